@@ -1,0 +1,16 @@
+"""Partitioning a decoupled model into per-device branches (pure torch; no torch.distributed here)."""
+
+from decnn.partition.branch import Branch, extract_branch, extract_branches, run_branches_locally
+from decnn.partition.exchange import ExchangePlan, exchange_plans, local_exchange
+from decnn.partition.placement import Placement
+
+__all__ = [
+    "Branch",
+    "ExchangePlan",
+    "Placement",
+    "exchange_plans",
+    "extract_branch",
+    "extract_branches",
+    "local_exchange",
+    "run_branches_locally",
+]
