@@ -1,0 +1,27 @@
+"""The ``decnn`` console script: one entry point for the package's commands.
+
+    decnn models [...]     the model table (python -m decnn.models)
+    decnn compare [...]    training and inference runs side by side (table + plot)
+    decnn bench [...]      the side-by-side benchmark (python -m decnn.bench)
+    decnn data [...]       download, check, prepare Tiny-ImageNet or make the stand-in (python -m decnn.data)
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "models": "decnn.model_table",
+    "compare": "decnn.compare",
+    "bench": "decnn.bench",
+    "data": "decnn.data.__main__",
+}
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__.strip(), file=sys.stderr)
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    sys.exit(importlib.import_module(COMMANDS[argv[0]]).main(argv[1:]))

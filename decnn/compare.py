@@ -1,0 +1,123 @@
+"""Compare training and inference runs: one table and an accuracy-vs-latency plot, read from TensorBoard.
+
+Every run logs one HPARAMS row (its settings and headline metrics) into its TensorBoard folder; this module
+reads those rows back, so the table here and TensorBoard's HPARAMS tab always show the same numbers.
+
+    decnn compare runs/ --plot results/compare.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+COLUMNS = (
+    "model", "groups", "width", "mode", "devices", "link", "batch",
+    "top1", "latency_p50_ms", "throughput_ips", "params_per_device", "bytes_per_image",
+)
+
+
+def read_run(run_dir: Path) -> dict | None:
+    """The hparams and final metric values that a run logged, or None if it logged no HPARAMS row."""
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    try:
+        start_info = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    except KeyError:
+        return None
+    start = plugin_data_pb2.HParamsPluginData.FromString(start_info).session_start_info
+    record = {name: _value(v) for name, v in start.hparams.items()}
+    for tag in events.Tags()["scalars"]:
+        record[tag] = events.Scalars(tag)[-1].value
+    return record
+
+
+def _value(v):
+    kind = v.WhichOneof("kind")
+    return {"number_value": v.number_value, "string_value": v.string_value, "bool_value": v.bool_value}[kind]
+
+
+def load_runs(root: str | Path) -> list[dict]:
+    """Every run under ``root`` with an HPARAMS row; ``run`` is its folder relative to ``root``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no runs folder at {root}; train.py and infer_distributed.py write to runs/")
+    records = []
+    for run_dir in sorted({p.parent for p in root.rglob("events.out.tfevents.*")}):
+        record = read_run(run_dir)
+        if record is not None:
+            records.append({"run": str(run_dir.relative_to(root)), **record})
+    return records
+
+
+def comparison_rows(records: list[dict]) -> list[dict]:
+    """Table rows; an inference run without its own top-1 takes the best top-1 trained for its model."""
+    trained = {}
+    for r in records:
+        if r.get("mode") == "train" and r.get("top1") is not None:
+            key = (r["model"], r["groups"], r["width"])
+            trained[key] = max(trained.get(key, 0.0), r["top1"])
+    rows = []
+    for r in records:
+        row = {c: r.get(c) for c in COLUMNS}
+        if row["top1"] is None:
+            row["top1"] = trained.get((r.get("model"), r.get("groups"), r.get("width")))
+        rows.append({"run": r["run"], **row})
+    return rows
+
+
+def format_markdown(rows: list[dict]) -> str:
+    lines = ["| run | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row[c]) for c in ("run", *COLUMNS)) + " |")
+    return "\n".join(lines)
+
+
+def _cell(v) -> str:
+    if v is None or v == "":
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}" if not v.is_integer() else f"{int(v)}"
+    return str(v)
+
+
+def plot(rows: list[dict], path: str | Path) -> Path:
+    """Accuracy (top-1) against latency (p50) for every run that has both."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [r for r in rows if r["top1"] is not None and r["latency_p50_ms"] is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in points:
+        ax.scatter(r["latency_p50_ms"], 100 * r["top1"])
+        label = f"{r['model']} g{_cell(r['groups'])} x{_cell(r['width'])} {r['mode']}x{_cell(r['devices'])}"
+        ax.annotate(label + (f" {r['link']}" if r["link"] else ""), (r["latency_p50_ms"], 100 * r["top1"]),
+                    fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("latency p50 per batch (ms)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("Accuracy vs latency" if points else "Accuracy vs latency (no run has both yet)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="decnn compare", description="Compare training and inference runs.")
+    p.add_argument("runs", nargs="?", default="runs", help="folder with the runs (default: runs)")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw accuracy vs latency")
+    p.add_argument("--json", action="store_true", help="print JSON rows instead of Markdown")
+    args = p.parse_args(argv)
+    rows = comparison_rows(load_runs(args.runs))
+    print(json.dumps(rows, indent=2) if args.json else format_markdown(rows))
+    if args.plot:
+        print(f"plot: {plot(rows, args.plot)}")

@@ -1,0 +1,52 @@
+"""`decnn compare` reads back what runs logged to TensorBoard's HPARAMS tab."""
+
+import pytest
+
+from decnn.compare import comparison_rows, format_markdown, load_runs, plot
+from decnn.logger import make_logger
+
+
+def _log_run(path, hparams, metrics):
+    with make_logger(path) as log:
+        log.scalar("train/loss", 1.0, 0)
+        log.hparams(hparams, metrics)
+
+
+@pytest.fixture
+def runs(tmp_path):
+    model = {"model": "decnn_resnet34", "groups": 4, "width": 1.5}
+    _log_run(tmp_path / "train" / "a", {**model, "mode": "train"}, {"top1": 0.61})
+    _log_run(tmp_path / "train" / "b", {**model, "mode": "train"}, {"top1": 0.64})
+    _log_run(
+        tmp_path / "infer" / "c",
+        {**model, "mode": "branch", "devices": 2, "batch": 1, "link": "20mbit"},
+        {"latency_p50_ms": 46.5, "throughput_ips": 21.0, "bytes_per_image": 1.2e6, "params_per_device": 6.07e6},
+    )
+    make_logger(tmp_path / "empty").close()  # a run that never logged hparams is skipped
+    return tmp_path
+
+
+def test_runs_are_read_back_with_their_hparams_and_metrics(runs):
+    records = {r["run"]: r for r in load_runs(runs)}
+    assert set(records) == {"train/a", "train/b", "infer/c"}
+    c = records["infer/c"]
+    assert (c["model"], c["groups"], c["mode"], c["link"]) == ("decnn_resnet34", 4, "branch", "20mbit")
+    assert c["latency_p50_ms"] == pytest.approx(46.5)
+    assert records["train/a"]["train/loss"] == pytest.approx(1.0)
+
+
+def test_inference_rows_take_the_best_trained_accuracy_of_their_model(runs):
+    rows = {r["run"]: r for r in comparison_rows(load_runs(runs))}
+    assert rows["infer/c"]["top1"] == pytest.approx(0.64)
+    table = format_markdown(list(rows.values()))
+    assert "| infer/c | decnn_resnet34 | 4 | 1.5 | branch | 2 | 20mbit | 1 | 0.64 | 46.5 |" in table
+
+
+def test_plot_is_written(runs, tmp_path):
+    path = plot(comparison_rows(load_runs(runs)), tmp_path / "out" / "compare.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_runs_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no runs folder"):
+        load_runs(tmp_path / "nope")

@@ -1,0 +1,25 @@
+"""notebooks/compare.ipynb runs top to bottom on logged runs."""
+
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+from decnn.logger import make_logger
+
+NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "compare.ipynb"
+
+
+def test_compare_notebook_executes(tmp_path, monkeypatch):
+    model = {"model": "decnn_resnet34", "groups": 4, "width": 1.5}
+    with make_logger(tmp_path / "train" / "a") as log:
+        log.hparams({**model, "mode": "train"}, {"top1": 0.6})
+    with make_logger(tmp_path / "infer" / "b") as log:
+        log.hparams({**model, "mode": "branch", "devices": 2, "link": ""}, {"latency_p50_ms": 40.0})
+    monkeypatch.setenv("DECNN_RUNS", str(tmp_path))
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    resources = {"metadata": {"path": str(tmp_path)}}
+    NotebookClient(notebook, timeout=120, kernel_name="python3", resources=resources).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert any("2 runs under" in o.get("text", "") for o in outputs)
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
