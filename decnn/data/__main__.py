@@ -1,0 +1,82 @@
+"""Command line: ``python -m decnn.data {download,standin,check,prepare} [--root R]``."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from decnn.data import cache
+from decnn.data.download import KaggleUnavailableError, download, unpack_zip
+from decnn.data.layout import DEFAULT_ROOT, STANDIN_ROOT, DatasetCorruptError, scan
+from decnn.data.standin import make_standin
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        print(args.run(args))
+    except (FileNotFoundError, FileExistsError, DatasetCorruptError, KaggleUnavailableError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _download(args) -> str:
+    if args.from_zip:
+        layout = unpack_zip(args.from_zip, args.root / DEFAULT_ROOT.name)
+    else:
+        layout = download(args.root)
+    return f"{layout.summary()}\nNext: python -m decnn.data prepare --root {layout.root}"
+
+
+def _standin(args) -> str:
+    return scan(make_standin(args.root)).summary()
+
+
+def _check(args) -> str:
+    return scan(args.root).summary()
+
+
+def _prepare(args) -> str:
+    layout = scan(args.root)
+    files = cache.prepare(layout)
+    sizes = [f"  cache:   {path} ({path.stat().st_size / 2**20:.1f} MiB)" for path in files.values()]
+    return "\n".join([layout.summary(), *sizes])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m decnn.data", description="Get, check and prepare Tiny-ImageNet, or write the offline stand-in."
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    p = commands.add_parser("download", help="fetch Tiny-ImageNet from Kaggle, or unpack a zip")
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=DEFAULT_ROOT.parent,
+        help=f"data folder; the dataset goes to ROOT/{DEFAULT_ROOT.name} (default: %(default)s)",
+    )
+    p.add_argument(
+        "--from-zip",
+        type=Path,
+        metavar="PATH",
+        help="unpack this tiny-imagenet-200.zip (downloaded by hand) instead of using Kaggle",
+    )
+    p.set_defaults(run=_download)
+
+    p = commands.add_parser("standin", help="write the offline stand-in (digits in the same layout)")
+    p.add_argument("--root", type=Path, default=STANDIN_ROOT, help="dataset folder (default: %(default)s)")
+    p.set_defaults(run=_standin)
+
+    for name, run, text in [
+        ("check", _check, "validate a dataset and print a summary"),
+        ("prepare", _prepare, "validate a dataset and build its cache"),
+    ]:
+        p = commands.add_parser(name, help=text)
+        p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="dataset folder (default: %(default)s)")
+        p.set_defaults(run=run)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
