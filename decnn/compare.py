@@ -17,7 +17,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 COLUMNS = (
     "model", "groups", "width", "mode", "devices", "link", "batch",
-    "top1", "latency_p50_ms", "throughput_ips", "params_per_device", "bytes_per_image",
+    "top1", "latency_p50_ms", "throughput_ips", "params_per_device_mb", "bytes_per_image",
 )
 
 
@@ -54,19 +54,36 @@ def load_runs(root: str | Path) -> list[dict]:
     return records
 
 
+# Where each column's number comes from: the metric tags that train.py, infer_distributed.py and the
+# benchmark log with their HPARAMS rows (first one present wins).
+METRICS = {
+    "top1": ("hparam/best_top1", "infer/top1"),
+    "latency_p50_ms": ("infer/latency_p50_ms", "bench/latency_p50_ms"),
+    "throughput_ips": ("infer/throughput_ips", "bench/throughput_ips"),
+    "params_per_device_mb": ("infer/params_per_device_mb", "bench/params_per_device_mb"),
+    "bytes_per_image": ("infer/bytes_per_image", "bench/bytes_per_image"),
+}
+
+
 def comparison_rows(records: list[dict]) -> list[dict]:
-    """Table rows; an inference run without its own top-1 takes the best top-1 trained for its model."""
-    trained = {}
-    for r in records:
-        if r.get("mode") == "train" and r.get("top1") is not None:
-            key = (r["model"], r["groups"], r["width"])
-            trained[key] = max(trained.get(key, 0.0), r["top1"])
+    """Table rows (top-1 in %); a run without its own top-1 takes the best top-1 trained for its model."""
     rows = []
     for r in records:
         row = {c: r.get(c) for c in COLUMNS}
-        if row["top1"] is None:
-            row["top1"] = trained.get((r.get("model"), r.get("groups"), r.get("width")))
+        for column, tags in METRICS.items():
+            row[column] = next((r[t] for t in tags if t in r), None)
+        if "hparam/best_top1" in r:  # a training run: the whole model on one device
+            row.update(mode="train", devices=1, batch=r.get("batch_size"))
+            row["params_per_device_mb"] = r["params"] * 4 / 2**20 if "params" in r else None
         rows.append({"run": r["run"], **row})
+    trained = {}
+    for row in rows:
+        if row["mode"] == "train" and row["top1"] is not None:
+            key = (row["model"], row["groups"], row["width"])
+            trained[key] = max(trained.get(key, -1.0), row["top1"])
+    for row in rows:
+        if row["top1"] is None:
+            row["top1"] = trained.get((row["model"], row["groups"], row["width"]))
     return rows
 
 
@@ -95,9 +112,9 @@ def plot(rows: list[dict], path: str | Path) -> Path:
     points = [r for r in rows if r["top1"] is not None and r["latency_p50_ms"] is not None]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in points:
-        ax.scatter(r["latency_p50_ms"], 100 * r["top1"])
+        ax.scatter(r["latency_p50_ms"], r["top1"])
         label = f"{r['model']} g{_cell(r['groups'])} x{_cell(r['width'])} {r['mode']}x{_cell(r['devices'])}"
-        ax.annotate(label + (f" {r['link']}" if r["link"] else ""), (r["latency_p50_ms"], 100 * r["top1"]),
+        ax.annotate(label + (f" {r['link']}" if r["link"] else ""), (r["latency_p50_ms"], r["top1"]),
                     fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel("latency p50 per batch (ms)")
     ax.set_ylabel("top-1 (%)")

@@ -15,12 +15,13 @@ def _log_run(path, hparams, metrics):
 @pytest.fixture
 def runs(tmp_path):
     model = {"model": "decnn_resnet34", "groups": 4, "width": 1.5}
-    _log_run(tmp_path / "train" / "a", {**model, "mode": "train"}, {"top1": 0.61})
-    _log_run(tmp_path / "train" / "b", {**model, "mode": "train"}, {"top1": 0.64})
+    _log_run(tmp_path / "train" / "a", {**model, "params": 12139688}, {"hparam/best_top1": 61.0})
+    _log_run(tmp_path / "train" / "b", {**model, "params": 12139688}, {"hparam/best_top1": 64.0})
     _log_run(
-        tmp_path / "infer" / "c",
+        tmp_path / "bench" / "c",
         {**model, "mode": "branch", "devices": 2, "batch": 1, "link": "20mbit"},
-        {"latency_p50_ms": 46.5, "throughput_ips": 21.0, "bytes_per_image": 1.2e6, "params_per_device": 6.07e6},
+        {"bench/latency_p50_ms": 46.5, "bench/throughput_ips": 21.0, "bench/bytes_per_image": 1.2e6,
+         "bench/params_per_device_mb": 23.2},
     )
     make_logger(tmp_path / "empty").close()  # a run that never logged hparams is skipped
     return tmp_path
@@ -28,18 +29,20 @@ def runs(tmp_path):
 
 def test_runs_are_read_back_with_their_hparams_and_metrics(runs):
     records = {r["run"]: r for r in load_runs(runs)}
-    assert set(records) == {"train/a", "train/b", "infer/c"}
-    c = records["infer/c"]
+    assert set(records) == {"train/a", "train/b", "bench/c"}
+    c = records["bench/c"]
     assert (c["model"], c["groups"], c["mode"], c["link"]) == ("decnn_resnet34", 4, "branch", "20mbit")
-    assert c["latency_p50_ms"] == pytest.approx(46.5)
+    assert c["bench/latency_p50_ms"] == pytest.approx(46.5)
     assert records["train/a"]["train/loss"] == pytest.approx(1.0)
 
 
 def test_inference_rows_take_the_best_trained_accuracy_of_their_model(runs):
     rows = {r["run"]: r for r in comparison_rows(load_runs(runs))}
-    assert rows["infer/c"]["top1"] == pytest.approx(0.64)
+    assert rows["bench/c"]["top1"] == pytest.approx(64.0)
+    assert rows["train/a"]["mode"] == "train" and rows["train/a"]["top1"] == pytest.approx(61.0)
+    assert rows["train/a"]["params_per_device_mb"] == pytest.approx(12139688 * 4 / 2**20)
     table = format_markdown(list(rows.values()))
-    assert "| infer/c | decnn_resnet34 | 4 | 1.5 | branch | 2 | 20mbit | 1 | 0.64 | 46.5 |" in table
+    assert "| bench/c | decnn_resnet34 | 4 | 1.5 | branch | 2 | 20mbit | 1 | 64 | 46.5 | 21 | 23.2 |" in table
 
 
 def test_plot_is_written(runs, tmp_path):

@@ -13,9 +13,9 @@ NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "compare.ipynb"
 def test_compare_notebook_executes(tmp_path, monkeypatch):
     model = {"model": "decnn_resnet34", "groups": 4, "width": 1.5}
     with make_logger(tmp_path / "train" / "a") as log:
-        log.hparams({**model, "mode": "train"}, {"top1": 0.6})
+        log.hparams(model, {"hparam/best_top1": 60.0})
     with make_logger(tmp_path / "infer" / "b") as log:
-        log.hparams({**model, "mode": "branch", "devices": 2, "link": ""}, {"latency_p50_ms": 40.0})
+        log.hparams({**model, "mode": "branch", "devices": 2, "link": "loopback"}, {"bench/latency_p50_ms": 40.0})
     monkeypatch.setenv("DECNN_RUNS", str(tmp_path))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     resources = {"metadata": {"path": str(tmp_path)}}

@@ -1,0 +1,377 @@
+"""Training: config -> data -> model -> optimizer -> loop -> checkpoints, one process per device.
+
+Under ``torchrun`` every process joins the process group (gloo on CPU, NCCL on CUDA), trains on its shard
+of each epoch through DDP, and only rank 0 writes: the run folder, checkpoints and TensorBoard logs.
+Resuming from ``last.pt`` continues exactly: weights, optimizer, schedule, epoch and every RNG.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from timm.models import get_pretrained_cfg
+from timm.optim import param_groups_weight_decay
+from timm.utils import distribute_bn
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from decnn.checkpoint import (
+    check_architecture,
+    load_checkpoint,
+    load_model,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from decnn.config import Config, ConfigError, DataConfig, ModelConfig, OptimConfig
+from decnn.data import TinyImageNet, make_standin
+from decnn.logger import make_logger
+from decnn.meters import Progress, topk_correct
+from decnn.models import count_flops, count_params
+from decnn.transforms import batch_mixer, eval_transform, train_transform
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(device: str, local_rank: int = 0) -> torch.device:
+    """``train.device`` resolved: "auto" is CUDA when there is one."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda, but CUDA is not available")
+    if device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(device: str) -> tuple[int, int, torch.device]:
+    """Join torchrun's process group when there is one; return (rank, world size, this process's device)."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    target = pick_device(device, int(os.environ.get("LOCAL_RANK", 0)))
+    if world_size == 1:
+        return 0, 1, target
+    cuda = target.type == "cuda"
+    dist.init_process_group("nccl" if cuda else "gloo", device_id=target if cuda else None)
+    return dist.get_rank(), world_size, target
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)  # a few CUDA kernels have no deterministic twin
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def build_dataset(root: str | Path, split: str, transform, limit: int = 0) -> tuple[Dataset, int]:
+    """A split (a fixed random subset of ``limit`` images when 0 < limit < its size) and its number of classes."""
+    ds = TinyImageNet(root, split, transform)
+    if not 0 < limit < len(ds):
+        return ds, ds.num_classes
+    # Seeded apart from train.seed, so that runs with different seeds see the same images.
+    keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:limit]
+    return Subset(ds, keep.tolist()), ds.num_classes
+
+
+def dataset_root(cfg: DataConfig) -> str | Path:
+    return make_standin(cfg.root) if cfg.standin else cfg.root
+
+
+def model_kwargs(cfg: ModelConfig, num_classes: int) -> dict:
+    """The ``timm.create_model`` arguments a checkpoint records."""
+    return {"num_classes": num_classes, "groups": cfg.groups, "width": cfg.width, "stem": cfg.stem}
+
+
+def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = param_groups_weight_decay(model, cfg.weight_decay)  # no decay on biases and norm weights
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.AdamW(params, lr=cfg.lr)
+
+
+def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """Per-step linear warmup to ``optim.lr``, then cosine decay to ``schedule.min_lr``."""
+    warmup = cfg.schedule.warmup_epochs * steps_per_epoch
+    total = cfg.schedule.epochs * steps_per_epoch
+    floor = cfg.schedule.min_lr / cfg.optim.lr
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None = None,
+             memory_format: torch.memory_format = torch.preserve_format) -> dict[str, float]:
+    """Loss and top-1/top-5 accuracy (%) over the loader, summed over all processes when distributed."""
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1 hits, top-5 hits, count
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        labels = labels.to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            logits = model(images).float()
+        totals[0] += F.cross_entropy(logits, labels, reduction="sum")
+        totals[1:3] += topk_correct(logits, labels, (1, 5))
+        totals[3] += len(labels)
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    loss, top1, top5, count = totals.tolist()
+    return {"loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count}
+
+
+class Trainer:
+    """Everything one training process holds. ``fit()`` runs the remaining epochs; ``step_epoch()`` runs one."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.rank, self.world_size, self.device = init_distributed(cfg.train.device)
+        self.is_main = self.rank == 0
+        seed_everything(cfg.train.seed + self.rank, cfg.train.deterministic)
+        cuda = self.device.type == "cuda"
+        self.amp_dtype = AMP_DTYPES.get(cfg.train.amp) if cuda else None
+        self.memory_format = torch.channels_last if cfg.train.channels_last and cuda else torch.preserve_format
+        if not cuda and (cfg.train.amp != "none" or cfg.train.channels_last):
+            self._say("note: train.amp and train.channels_last apply on CUDA only; this run is fp32 on the CPU")
+
+        # Everything that can fail on bad input comes before anything is written.
+        ckpt = load_checkpoint(cfg.train.resume) if cfg.train.resume else None
+        image_cfg = get_pretrained_cfg(cfg.model.name)
+        d, root = cfg.data, dataset_root(cfg.data)
+        train_tf = train_transform(cfg.augment, d.image_size, image_cfg.mean, image_cfg.std)
+        self.train_set, num_classes = build_dataset(root, "train", train_tf, d.max_train_images)
+        val_tf = eval_transform(d.image_size, image_cfg.mean, image_cfg.std)
+        self.val_set, _ = build_dataset(root, "val", val_tf, d.max_val_images)
+        m = cfg.model
+        self.model_kwargs = model_kwargs(m, num_classes)
+        if ckpt is not None:
+            check_architecture(ckpt, m.name, self.model_kwargs, where=cfg.train.resume)
+        try:
+            model = timm.create_model(m.name, **self.model_kwargs)
+        except ValueError as e:
+            raise ConfigError(f"model: {e}") from e
+        self.params = count_params(model)
+        self.flops = count_flops(model, (1, 3, cfg.data.image_size, cfg.data.image_size))
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.ddp_model = self.model
+        self.train_loader, self.val_loader = self._loaders()
+        self.mixer = batch_mixer(cfg.augment, num_classes)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.augment.label_smoothing)
+        self.optimizer = build_optimizer(cfg.optim, self.model)
+        self.scheduler = build_scheduler(cfg, self.optimizer, len(self.train_loader))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+        self.epoch, self.best_top1, self.best_top5 = 0, -math.inf, -math.inf
+        if ckpt is not None:
+            self._restore(ckpt)
+        if self.world_size > 1:
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=[self.device] if cuda else None)
+
+        self.run_dir = self._make_run_dir() if self.is_main else None
+        self.log = make_logger(self.run_dir, enabled=self.is_main)
+        self.log.text("config", f"```yaml\n{cfg.to_yaml()}```")
+        self._say(
+            f"run folder {self.run_dir} | {m.name} (groups {m.groups}, width {m.width:g}, stem {m.stem}): "
+            f"{self.params / 1e6:.2f}M params, {self.flops / 1e9:.2f} GFLOPs at {cfg.data.image_size}px | "
+            f"{len(self.train_set)} train / {len(self.val_set)} val images, {num_classes} classes | "
+            f"{self.world_size} x {self.device.type}, epoch {self.epoch}/{cfg.schedule.epochs}"
+        )
+
+    def _loaders(self) -> tuple[DataLoader, DataLoader]:
+        d = self.cfg.data
+        pin = self.device.type == "cuda"
+        # Order depends on (seed, epoch) only, so a resumed run sees the batches a continuous one would.
+        sampler = DistributedSampler(self.train_set, self.world_size, self.rank, shuffle=True,
+                                     seed=self.cfg.train.seed, drop_last=True)
+        train = DataLoader(self.train_set, d.batch_size, sampler=sampler, num_workers=d.workers,
+                           pin_memory=pin, drop_last=True)
+        if len(train) == 0:
+            raise ConfigError(f"{len(self.train_set)} training images do not fill one batch of data.batch_size="
+                              f"{d.batch_size} in each of {self.world_size} processes")
+        # Each process evaluates every world_size-th image: no padding, so the summed counts are exact.
+        shard = Subset(self.val_set, range(self.rank, len(self.val_set), self.world_size))
+        val = DataLoader(shard, d.batch_size, num_workers=d.workers, pin_memory=pin)
+        return train, val
+
+    def _make_run_dir(self) -> Path:
+        cfg, m = self.cfg, self.cfg.model
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        if cfg.train.resume:
+            run_dir = Path(cfg.train.resume).parent
+            (run_dir / f"config.resumed-{stamp}.yaml").write_text(cfg.to_yaml())
+            return run_dir
+        run_dir = Path(cfg.run.out_dir) / (cfg.run.name or f"{m.name}_g{m.groups}_x{m.width:g}_{m.stem}_{stamp}")
+        try:
+            run_dir.mkdir(parents=True)
+        except FileExistsError:
+            raise FileExistsError(
+                f"run folder {run_dir} already exists: choose another run.name, "
+                f"or continue it with train.resume={run_dir / 'last.pt'}"
+            ) from None
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        return run_dir
+
+    def _restore(self, ckpt: dict) -> None:
+        load_weights(self.model, ckpt["model"], where=self.cfg.train.resume)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt["scaler"]:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.best_top1, self.best_top5 = ckpt["epoch"], ckpt["best_top1"], ckpt["best_top5"]
+        if len(ckpt["rng"]) == self.world_size:
+            set_rng_state(ckpt["rng"][self.rank])
+        else:
+            self._say(f"note: the checkpoint was written by {len(ckpt['rng'])} processes, this run has "
+                      f"{self.world_size}; augmentations will not repeat those of an uninterrupted run")
+
+    def _say(self, message: str) -> None:
+        if self.is_main:
+            print(message, flush=True)
+
+    def fit(self) -> dict:
+        """Train the remaining epochs; return the best val top-1/top-5 and the run folder."""
+        with self.log:
+            while self.epoch < self.cfg.schedule.epochs:
+                self.step_epoch()
+            self.log.hparams(self.hparams(), {"hparam/best_top1": self.best_top1, "hparam/best_top5": self.best_top5})
+        self._say(f"best val top-1 {self.best_top1:.2f}% top-5 {self.best_top5:.2f}% (run folder {self.run_dir})")
+        return {"best_top1": self.best_top1, "best_top5": self.best_top5, "run_dir": self.run_dir}
+
+    def step_epoch(self) -> dict[str, float]:
+        """Train one epoch, evaluate, log, and save last.pt (and best.pt when val top-1 improves)."""
+        start = time.perf_counter()
+        train_loss, images_per_s = self.train_epoch()
+        if self.world_size > 1:
+            distribute_bn(self.model, self.world_size, reduce=True)  # ranks' BN statistics differ: average them
+        metrics = evaluate(self.model, self.val_loader, self.device, self.amp_dtype, self.memory_format)
+        self.epoch += 1
+        is_best = metrics["top1"] > self.best_top1
+        if is_best:
+            self.best_top1, self.best_top5 = metrics["top1"], metrics["top5"]
+        epoch_time = time.perf_counter() - start
+        self.log.scalars({
+            "val/loss": metrics["loss"], "val/top1": metrics["top1"], "val/top5": metrics["top5"],
+            "perf/images_per_s": images_per_s, "perf/epoch_time_s": epoch_time,
+        }, self.epoch)
+        state = self.state_dict()  # a collective (RNG states of all ranks): every rank calls it
+        if self.is_main:
+            save_checkpoint(self.run_dir / "last.pt", state)
+            if is_best:
+                save_checkpoint(self.run_dir / "best.pt", state)
+        self._say(
+            f"epoch {self.epoch}/{self.cfg.schedule.epochs}  train loss {train_loss:.4f}  "
+            f"val loss {metrics['loss']:.4f} top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}%  "
+            f"{images_per_s:.0f} img/s  {epoch_time:.1f} s  best top-1 {self.best_top1:.2f}%"
+        )
+        return metrics
+
+    def train_epoch(self) -> tuple[float, float]:
+        """One pass over this process's shard; return rank 0's mean loss and the images/s of all ranks."""
+        cfg, loader = self.cfg, self.train_loader
+        self.ddp_model.train()
+        loader.sampler.set_epoch(self.epoch)
+        progress = Progress(len(loader), f"epoch {self.epoch + 1}/{cfg.schedule.epochs}", enabled=self.is_main)
+        epoch_loss = torch.zeros((), device=self.device)
+        window_loss, window = torch.zeros((), device=self.device), 0
+        start = time.perf_counter()
+        for i, (images, labels) in enumerate(loader):
+            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            labels = labels.to(self.device, non_blocking=True)
+            images, labels = self.mixer(images, labels)
+            with autocast(self.device, self.amp_dtype):
+                loss = self.criterion(self.ddp_model(images), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.optim.clip_grad_norm:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad_norm)
+            lr = self.scheduler.get_last_lr()[0]
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            epoch_loss += loss.detach()
+            window_loss += loss.detach()
+            window += 1
+            step = self.epoch * len(loader) + i + 1
+            if step % cfg.run.log_every and i + 1 < len(loader):
+                progress.update()
+                continue
+            mean = window_loss.item() / window  # a sync point on CUDA: only every log_every steps
+            window_loss.zero_()
+            window = 0
+            self.log.scalars({"train/loss": mean, "train/lr": lr}, step)
+            progress.update({"loss": f"{mean:.4f}", "lr": f"{lr:.4g}"})
+        progress.close()
+        elapsed = time.perf_counter() - start
+        images = len(loader) * cfg.data.batch_size * self.world_size
+        return epoch_loss.item() / len(loader), images / elapsed
+
+    def state_dict(self) -> dict:
+        rng = [rng_state()]
+        if self.world_size > 1:
+            rng = [None] * self.world_size
+            dist.all_gather_object(rng, rng_state())
+        return {
+            "model": self.model.state_dict(),
+            "model_name": self.cfg.model.name,
+            "model_kwargs": self.model_kwargs,
+            "config": self.cfg.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "best_top1": self.best_top1,
+            "best_top5": self.best_top5,
+            "rng": rng,
+        }
+
+    def hparams(self) -> dict:
+        """What tells runs apart in TensorBoard's HPARAMS tab."""
+        c = self.cfg
+        return {
+            "model": c.model.name, "groups": c.model.groups, "width": c.model.width, "stem": c.model.stem,
+            "params": self.params, "flops": self.flops, "image_size": c.data.image_size,
+            "batch_size": c.data.batch_size * self.world_size, "optimizer": c.optim.name, "lr": c.optim.lr,
+            "epochs": c.schedule.epochs,
+        }
+
+
+def train(cfg: Config) -> dict:
+    """Train as ``cfg`` says (under torchrun: this process's share); return the best val metrics."""
+    try:
+        return Trainer(cfg).fit()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def evaluate_checkpoint(path: str | Path, cfg: Config) -> dict[str, float]:
+    """Val loss and top-1/top-5 (%) of a checkpoint on ``cfg``'s val set, in one process."""
+    device = pick_device(cfg.train.device)
+    model, ckpt = load_model(path, expected_name=cfg.model.name)
+    d, image_cfg = cfg.data, get_pretrained_cfg(cfg.model.name)
+    val_tf = eval_transform(d.image_size, image_cfg.mean, image_cfg.std)
+    val_set, num_classes = build_dataset(dataset_root(d), "val", val_tf, d.max_val_images)
+    check_architecture(ckpt, cfg.model.name, model_kwargs(cfg.model, num_classes), where=str(path))
+    loader = DataLoader(val_set, d.batch_size, num_workers=d.workers)
+    amp_dtype = AMP_DTYPES.get(cfg.train.amp) if device.type == "cuda" else None
+    return evaluate(model.to(device), loader, device, amp_dtype)
