@@ -14,7 +14,7 @@ import sys
 COMMANDS = {
     "models": "decnn.model_table",
     "compare": "decnn.compare",
-    "bench": "decnn.bench",
+    "bench": "decnn.bench.__main__",
     "data": "decnn.data.__main__",
 }
 

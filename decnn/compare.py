@@ -138,3 +138,7 @@ def main(argv=None) -> None:
     print(json.dumps(rows, indent=2) if args.json else format_markdown(rows))
     if args.plot:
         print(f"plot: {plot(rows, args.plot)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -30,7 +30,7 @@ CHECKPOINT_KEYS = {"model", "model_name", "model_kwargs", "config", "optimizer",
 def tiny_overrides(root, out_dir, name="run") -> list[str]:
     """A 0.35M-parameter DeCNN on 64 images of 32x32, with every augmentation on: seconds per epoch."""
     return [
-        "model.name=decnn_resnet18", "model.groups=2", "model.width=0.25", "model.stem=tiny",
+        "model.name=decnn_resnet34", "model.groups=2", "model.width=0.25", "model.stem=tiny",
         f"data.root={root}", "data.image_size=32", "data.batch_size=16", "data.workers=0",
         "data.max_train_images=64", "data.max_val_images=32",
         "augment.randaugment=5", "augment.mixup_alpha=0.2", "augment.cutmix_alpha=1.0",
@@ -63,7 +63,7 @@ def test_run_folder(trained):
     assert (run_dir / "config.yaml").read_text() == cfg.to_yaml()
     ckpt = load_checkpoint(run_dir / "last.pt")
     assert ckpt.keys() == CHECKPOINT_KEYS
-    assert ckpt["epoch"] == 2 and ckpt["model_name"] == "decnn_resnet18"
+    assert ckpt["epoch"] == 2 and ckpt["model_name"] == "decnn_resnet34"
     assert ckpt["model_kwargs"] == {"num_classes": 10, "groups": 2, "width": 0.25, "stem": "tiny"}
     assert ckpt["best_top1"] == result["best_top1"] == load_checkpoint(run_dir / "best.pt")["best_top1"]
     assert 0 <= result["best_top1"] <= result["best_top5"] <= 100
@@ -80,7 +80,7 @@ def test_tensorboard(trained):
     session = hparams_metadata.parse_session_start_info_plugin_data(
         events.PluginTagToContent("hparams")[hparams_metadata.SESSION_START_INFO_TAG])
     values = {k: v.string_value or v.number_value for k, v in session.hparams.items()}
-    assert {"model": "decnn_resnet18", "groups": 2, "width": 0.25, "stem": "tiny"}.items() <= values.items()
+    assert {"model": "decnn_resnet34", "groups": 2, "width": 0.25, "stem": "tiny"}.items() <= values.items()
     assert values["params"] > 0 and values["flops"] > 0
 
 
@@ -213,7 +213,7 @@ def test_ddp_ranks_agree(standin, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["demo_resnet18.yaml", "demo_decnn_resnet18_g4_x1.5.yaml"])
+@pytest.mark.parametrize("name", ["demo_resnet34.yaml", "demo_decnn_resnet34_g4_x1.5.yaml"])
 def test_demo_learns(name, standin, tmp_path):
     """The baseline and the DeCNN both learn the 10-class stand-in: top-1 far above chance (10%)."""
     cfg = load_config(REPO / "configs" / name, [f"data.root={standin}", f"run.out_dir={tmp_path}"])

@@ -1,0 +1,138 @@
+"""``python -m decnn.bench``: DeCNN split inference against the alternatives, side by side, in one run.
+
+Rounds interleave every configuration (round 1 runs each once, then round 2, ...) so that machine noise
+hits all alike; each reported figure is the median over rounds, and ratios are taken within a round.
+
+    python -m decnn.bench                                   # batch 1 and 8, 2 devices, loopback
+    sudo .venv/bin/python -m decnn.bench --link 1gbit 100mbit 20mbit --batch 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import timm
+import torch
+from tqdm import tqdm
+
+import decnn  # noqa: F401  (registers the models)
+from decnn.bench.plan import DECNN, Config, plan
+from decnn.bench.report import BASELINES, format_markdown, summarize, write
+from decnn.bench.run import RunFailed, run_local, run_over_link
+from decnn.costmodel import predict, sent_bytes, time_segments
+from decnn.links import EmulatedLink, links_available, parse_rate
+from decnn.partition import Placement, extract_branches
+
+ELEMENT_SIZE = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m decnn.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
+    p.add_argument("--devices", type=int, nargs="+", default=[2],
+                   help="device counts for the split runs (those dividing 4 groups; default 2)")
+    p.add_argument("--link", nargs="+", default=["loopback"],
+                   help="loopback and/or emulated links such as 1gbit 100mbit 20mbit (needs root)")
+    p.add_argument("--exchange-dtype", nargs="+", default=["fp32", "fp16"], choices=tuple(ELEMENT_SIZE))
+    p.add_argument("--overlap", type=int, default=2, help="batches in flight for the overlap runs (default 2)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--images", type=int, default=16, help="timed batches per run (default 16)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed batches per run (default 2)")
+    p.add_argument("--timeout", type=float, default=60.0, help="collective timeout of each run (s)")
+    p.add_argument("--per-message-ms", type=float, default=0.2,
+                   help="fixed cost of one exchange in the cost model (default 0.2, gloo on loopback)")
+    p.add_argument("--out", default="results/bench.json", help="JSON report; a .md table is written beside it")
+    p.add_argument("--log-dir", default="runs/bench", help="TensorBoard runs ('' for none)")
+    args = p.parse_args(argv)
+    for flag in ("rounds", "images", "overlap"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag} must be >= 1")
+    for link in args.link:
+        if link != "loopback":
+            try:
+                parse_rate(link)
+            except ValueError as e:
+                p.error(f"--link {link}: {e}")
+    return args
+
+
+def predictions(configs: list[Config], per_message_s: float) -> dict[str, object]:
+    """Cost-model predictions for the branch runs, from this process's own 1-thread segment timings."""
+    torch.set_num_threads(1)
+    model = timm.create_model(DECNN["model"], groups=DECNN["groups"], width=DECNN["width"]).eval()
+    out, timed = {}, {}
+    for c in configs:
+        if c.mode != "branch":
+            continue
+        key = (c.devices, c.batch)
+        if key not in timed:
+            branches = extract_branches(model, Placement.even(DECNN["groups"], c.devices))
+            x = torch.randn(c.batch, 3, 64, 64)
+            timed[key] = (time_segments(branches, x), branches, x)
+        seconds, branches, x = timed[key]
+        rate = None if c.link is None else parse_rate(c.link)
+        out[c.label()] = predict(seconds, sent_bytes(branches, x, ELEMENT_SIZE[c.exchange_dtype]), rate, per_message_s)
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    links = [None if link == "loopback" else link for link in args.link]
+    if any(links):
+        ok, reason = links_available()
+        if not ok:
+            print(f"emulated links unavailable ({reason}); running on loopback only", file=sys.stderr)
+            links = [None]
+    configs = plan(args.batch, args.devices, links, args.exchange_dtype, args.overlap)
+    skipped = [n for n in args.devices if DECNN["groups"] % n]
+    if skipped:
+        print(f"skipping --devices {skipped}: {DECNN['groups']} groups do not split evenly", file=sys.stderr)
+    print(f"cost model: timing each branch's segments ({len(args.batch)} batch sizes) ...", flush=True)
+    predicted = predictions(configs, args.per_message_ms / 1e3)
+
+    reports: dict[str, list[dict]] = {c.label(): [] for c in configs}
+    with ExitStack() as stack:
+        emulated = {(link, n): stack.enter_context(EmulatedLink(link, num_hosts=n))
+                    for link in links if link for n in {c.devices for c in configs if c.link == link}}
+        port = 29500
+        bar = tqdm(total=args.rounds * len(configs), desc="bench", unit="run", file=sys.stdout)
+        for _ in range(args.rounds):
+            for c in configs:
+                bar.set_postfix_str(c.label())
+                images = args.images * c.batch
+                try:
+                    if c.link:
+                        port += 1
+                        report = run_over_link(c, emulated[(c.link, c.devices)], port, images, args.warmup,
+                                               args.timeout)
+                    else:
+                        report = run_local(c, images, args.warmup, args.timeout)
+                except RunFailed as e:
+                    print(f"\nerror: {e}", file=sys.stderr)
+                    return 1
+                reports[c.label()].append(report)
+                bar.update()
+        bar.close()
+
+    def baselines(batch: int) -> list[dict[str, dict]]:
+        """Round r's 1-device baseline reports at ``batch``, by name."""
+        return [{name: reports[Config(name, "single", 1, batch).label()][r] for name in BASELINES.values()}
+                for r in range(args.rounds)]
+
+    records = [summarize(c, reports[c.label()], baselines(c.batch), predicted.get(c.label())) for c in configs]
+    meta = {"started": time.strftime("%Y%m%d-%H%M%S"), "argv": sys.argv[1:] if argv is None else argv,
+            "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__, "threads_per_process": 1}
+    write(records, meta, Path(args.out), args.log_dir)
+    print(format_markdown(records))
+    print(f"\nwrote {args.out} and {Path(args.out).with_suffix('.md')}"
+          + (f"; TensorBoard: tensorboard --logdir {args.log_dir}" if args.log_dir else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

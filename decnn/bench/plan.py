@@ -1,0 +1,62 @@
+"""The configurations a benchmark compares: the 1-device baselines and every way to use N devices."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+BASELINE = {"model": "decnn_resnet34", "groups": 1, "width": 1.0}  # plain ResNet-34, what users start from
+DECNN = {"model": "decnn_resnet34", "groups": 4, "width": 1.5}  # the paper's model
+
+
+@dataclass(frozen=True)
+class Config:
+    """One run of ``infer_distributed.py``; ``link`` is None for a single process or plain loopback."""
+
+    name: str
+    mode: str
+    devices: int
+    batch: int
+    model: dict = field(default_factory=lambda: dict(DECNN))
+    exchange_dtype: str = "fp32"
+    overlap: int = 1
+    link: str | None = None
+
+    @property
+    def oversubscribed(self) -> bool:
+        return self.devices > (os.cpu_count() or 1)
+
+    def label(self) -> str:
+        return f"{self.name} x{self.devices} b{self.batch}" + (f" @{self.link}" if self.link else "")
+
+    def infer_args(self) -> list[str]:
+        """Arguments of ``infer_distributed.py`` for this run (without --devices or --out)."""
+        m = self.model
+        args = ["--random-init", "--mode", self.mode, "--model", m["model"], "--groups", m["groups"],
+                "--width", m["width"], "--batch", self.batch, "--threads", 1]
+        if self.mode == "branch":
+            args += ["--exchange-dtype", self.exchange_dtype]
+        if self.overlap > 1:
+            args += ["--overlap", self.overlap]
+        return [str(a) for a in args]
+
+
+def plan(batches: list[int], devices: list[int], links: list[str | None], dtypes: list[str],
+         overlap: int = 2) -> list[Config]:
+    """Every configuration: baselines once per batch, the N-device ways once per batch, N and link."""
+    configs = []
+    for b in batches:
+        configs.append(Config("resnet34 single", "single", 1, b, dict(BASELINE)))
+        configs.append(Config("decnn single", "single", 1, b))
+        for n in devices:
+            if DECNN["groups"] % n:
+                continue
+            for link in links:
+                for dtype in dtypes:
+                    configs.append(Config(f"decnn branch {dtype}", "branch", n, b, exchange_dtype=dtype, link=link))
+                    configs.append(Config(f"decnn branch {dtype} overlap", "branch", n, b, exchange_dtype=dtype,
+                                          overlap=overlap, link=link))
+                configs.append(Config("resnet34 pipeline", "pipeline", n, b, dict(BASELINE), link=link,
+                                      overlap=min(overlap, b)))
+                configs.append(Config("resnet34 data", "data", n, b, dict(BASELINE), link=link))
+    return configs

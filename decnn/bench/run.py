@@ -1,0 +1,60 @@
+"""Run one benchmark configuration through ``infer_distributed``'s command line and read its JSON report.
+
+Local runs start N processes through the elastic launcher (``--devices N``) on loopback; runs over an
+emulated link start one ``torchrun`` per network namespace, so activations cross a shaped veth over TCP.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from decnn.bench.plan import Config
+from decnn.links import EmulatedLink
+
+INFER = [sys.executable, "-m", "decnn.inference"]
+
+
+class RunFailed(RuntimeError):
+    """A benchmark run exited with an error; the message holds the tail of its output."""
+
+
+def _common(config: Config, images: int, warmup: int, timeout: float, out: Path) -> list[str]:
+    return [*config.infer_args(), "--num-images", str(images), "--warmup", str(warmup), "--timeout", str(timeout),
+            "--out", str(out), "--log-dir", ""]
+
+
+def _check(proc: subprocess.CompletedProcess | subprocess.Popen, output: str, config: Config) -> None:
+    if proc.returncode:
+        tail = "\n".join(output.strip().splitlines()[-8:])
+        raise RunFailed(f"{config.label()} exited with code {proc.returncode}:\n{tail}")
+
+
+def run_local(config: Config, images: int, warmup: int, timeout: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "report.json"
+        argv = [*INFER, *_common(config, images, warmup, timeout, out)]
+        if config.devices > 1:
+            argv += ["--devices", str(config.devices)]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout * 4 + 120)
+        _check(proc, proc.stdout + proc.stderr, config)
+        return json.loads(out.read_text())
+
+
+def run_over_link(config: Config, link: EmulatedLink, port: int, images: int, warmup: int, timeout: float) -> dict:
+    """One torchrun per host of ``link``; rank 0 (host 0) writes the report."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "report.json"
+        args = ["-m", "decnn.inference", *_common(config, images, warmup, timeout, out)]
+        procs = [
+            link.popen(i, link.torchrun_argv(i, args, port=port, run_id=f"bench{port}"),
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in range(config.devices)
+        ]
+        outputs = [p.communicate(timeout=timeout * 4 + 120)[0] for p in procs]
+        for p, output in zip(procs, outputs):
+            _check(p, output, config)
+        return json.loads(out.read_text())

@@ -1,0 +1,96 @@
+"""Command line of ``infer_distributed.py``: parse, check, then run here, under torchrun, or launch N processes."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from decnn.comm import LOCAL_ENDPOINT, LaunchError, PeerError, launch, under_launcher
+from decnn.inference.codec import EXCHANGE_DTYPES
+from decnn.inference.config import MODES, ConfigError, InferConfig
+from decnn.inference.runner import preflight, run_rank
+
+EXAMPLES = """examples:
+  # DeCNN ResNet-34 (G4, x1.5) split over 2 local processes, checked against the whole model
+  python infer_distributed.py --random-init --devices 2 --batch 1 --verify
+  # a trained checkpoint on the val set, uneven placement, 3 batches in flight, fp16 exchange
+  python infer_distributed.py --checkpoint checkpoints/best.pt --devices 2 --placement 0,1,2/3 \\
+      --overlap 3 --exchange-dtype fp16
+  # the baselines: whole model in one process; plain ResNet-34; data parallel
+  python infer_distributed.py --random-init --mode single
+  python infer_distributed.py --random-init --mode single --groups 1 --width 1.0
+  python infer_distributed.py --random-init --mode data --devices 2 --batch 8
+  # several hosts: the same command on each, one process per device
+  torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint HOST0:29500 \\
+      infer_distributed.py --random-init
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="infer_distributed.py",
+        description="Split inference of a decoupled CNN: each device runs its branch and exchanges activations "
+        "only at the shuffle points (one all-to-all each).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d = InferConfig()
+    g = p.add_argument_group("what to run")
+    g.add_argument("--mode", choices=MODES, default=d.mode,
+                   help="branch: DeCNN split (default); single: whole model, one process; data: whole model on "
+                   "every device, different images; pipeline: layer-wise split (works for plain ResNets)")
+    g.add_argument("--checkpoint", help="trained checkpoint; runs on the val images of --data-root")
+    g.add_argument("--random-init", action="store_true", help="random weights on synthetic images (speed runs)")
+    g.add_argument("--model", help="timm name (default decnn_resnet34; with --checkpoint: must match it)")
+    g.add_argument("--groups", type=int, help="branches (with --random-init; default 4)")
+    g.add_argument("--width", type=float, help="channel multiplier (with --random-init; default 1.5)")
+    g.add_argument("--stem", choices=("tiny", "imagenet"), help="stem (with --random-init; default tiny)")
+    g = p.add_argument_group("processes")
+    g.add_argument("--devices", type=int, help="start this many local processes (one per device) through "
+                   "torch's elastic launcher; leave out under torchrun")
+    g.add_argument("--nnodes", type=int, default=d.nnodes, help="hosts, each running --devices processes")
+    g.add_argument("--rdzv-endpoint", default=d.rdzv_endpoint,
+                   help=f"HOST:PORT of the rendezvous (default {LOCAL_ENDPOINT}: this host, a free port)")
+    g.add_argument("--device", choices=("cpu", "cuda"), default=d.device, help="gloo on cpu, NCCL on cuda")
+    g.add_argument("--threads", type=int, help="torch threads per process (default: cores / local processes)")
+    g.add_argument("--pin-cores", action="store_true", help="bind each process to its own cores")
+    g.add_argument("--timeout", type=float, default=d.timeout,
+                   help="seconds before a dead or hung peer stops the run (default %(default)s)")
+    g = p.add_argument_group("inputs")
+    g.add_argument("--data-root", default=d.data_root, help="Tiny-ImageNet layout folder (or the stand-in)")
+    g.add_argument("--num-images", type=int, help="images to run (default: the val split, or 64 synthetic)")
+    g.add_argument("--batch", type=int, default=d.batch, help="images per batch (default %(default)s)")
+    g.add_argument("--image-size", type=int, help="synthetic image size (default: the model's, 64)")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of the random init and synthetic images")
+    g = p.add_argument_group("split")
+    g.add_argument("--placement", help="groups per device, e.g. 0,1,2/3 (default: even)")
+    g.add_argument("--exchange-dtype", choices=EXCHANGE_DTYPES, default=d.exchange_dtype,
+                   help="activations on the wire: fp32, fp16, bf16 or int8 (8-bit, per-row scale)")
+    g.add_argument("--overlap", type=int, nargs="?", const=2, default=d.overlap, metavar="K",
+                   help="keep K batches in flight so exchanges overlap compute (K=2 if no value); "
+                   "mode pipeline: K micro-batches per batch")
+    g = p.add_argument_group("measuring")
+    g.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps first (default %(default)s)")
+    g.add_argument("--verify", action="store_true",
+                   help="also run the whole model on rank 0 and report max |dlogit| and top-1 agreement")
+    g.add_argument("--out", help="write the report as JSON here")
+    g.add_argument("--log-dir", default=d.log_dir, help="TensorBoard runs go under this folder "
+                   "(default %(default)s; '' for none)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = InferConfig(**vars(parser().parse_args(argv)))
+    try:
+        if under_launcher() or cfg.world_size == 1:
+            run_rank(cfg)  # a process of torchrun's, or a group of one
+        else:
+            preflight(cfg)  # bad settings, checkpoint or dataset: fail before any process starts
+            # The processes learn their number from the launcher, as under torchrun.
+            worker_cfg = dataclasses.replace(cfg, devices=None)
+            launch(run_rank, (worker_cfg,), cfg.devices, nnodes=cfg.nnodes, rdzv_endpoint=cfg.rdzv_endpoint)
+    except (ConfigError, PeerError, LaunchError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

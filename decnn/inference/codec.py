@@ -1,0 +1,92 @@
+"""How activations travel at shuffle points: fp32 as is, fp16/bf16 cast, or int8 with per-row scales.
+
+An activation leaves in channels-first rows, ``(C, B, H*W)``, so that one ``all_to_all_single`` can split
+it by channel counts along dim 0. A codec turns such rows into wire rows (still one row per channel, so the
+same split sizes apply) and back.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EXCHANGE_DTYPES = ("fp32", "fp16", "bf16", "int8")
+
+
+class Codec:
+    """fp32: the wire rows are the activation rows themselves (no copy)."""
+
+    name = "fp32"
+    wire_dtype = torch.float32
+    needs_buffer = False  # encode() needs a wire buffer of its own
+
+    def row_elements(self, batch: int, pixels: int) -> int:
+        """Wire elements per channel row for ``batch`` images of ``pixels`` values each."""
+        return batch * pixels
+
+    def encode(self, rows: torch.Tensor, wire: torch.Tensor | None) -> torch.Tensor:
+        """Rows ``(C, B, P)`` in fp32 -> wire rows ``(C, row_elements)``, filling ``wire`` if needed."""
+        return rows.view(rows.shape[0], -1)
+
+    def decode(self, wire: torch.Tensor, batch: int) -> torch.Tensor:
+        """Wire rows -> fp32 rows ``(C, B, P)``."""
+        return wire.view(wire.shape[0], batch, -1)
+
+
+class CastCodec(Codec):
+    """Rounds to a 16-bit float on the wire: half the bytes."""
+
+    needs_buffer = True
+
+    def __init__(self, name: str, dtype: torch.dtype):
+        self.name, self.wire_dtype = name, dtype
+
+    def encode(self, rows: torch.Tensor, wire: torch.Tensor) -> torch.Tensor:
+        return wire.copy_(rows.view(rows.shape[0], -1))
+
+    def decode(self, wire: torch.Tensor, batch: int) -> torch.Tensor:
+        return wire.view(wire.shape[0], batch, -1).float()
+
+
+class Int8Codec(Codec):
+    """8-bit affine quantisation per (channel, image): a quarter of the bytes plus 8 per row for the range.
+
+    Each (channel, image) row carries its own minimum and step as two fp32 values packed behind its codes,
+    so the data and its scales travel in the same all-to-all. Post-ReLU activations use all 256 levels.
+    """
+
+    name = "int8"
+    wire_dtype = torch.uint8
+    needs_buffer = True
+    _HEADER = 8  # bytes: fp32 minimum, fp32 step
+
+    def row_elements(self, batch: int, pixels: int) -> int:
+        return batch * (pixels + self._HEADER)
+
+    def encode(self, rows: torch.Tensor, wire: torch.Tensor) -> torch.Tensor:
+        c, b, p = rows.shape
+        wire = wire.view(c, b, p + self._HEADER)
+        lo, hi = torch.aminmax(rows, dim=-1, keepdim=True)
+        step = (hi - lo).clamp_min_(1e-12).div_(255)
+        codes = (rows - lo).div_(step).round_()
+        wire[..., :p].copy_(codes)
+        wire[..., p:].copy_(torch.cat([lo, step], dim=-1).view(torch.uint8))
+        return wire.view(c, -1)
+
+    def decode(self, wire: torch.Tensor, batch: int) -> torch.Tensor:
+        c = wire.shape[0]
+        wire = wire.view(c, batch, -1)
+        p = wire.shape[-1] - self._HEADER
+        header = wire[..., p:].contiguous().view(torch.float32)  # (C, B, 2): minimum, step
+        return torch.addcmul(header[..., :1], wire[..., :p].float(), header[..., 1:])
+
+
+def make_codec(name: str) -> Codec:
+    if name == "fp32":
+        return Codec()
+    if name == "fp16":
+        return CastCodec("fp16", torch.float16)
+    if name == "bf16":
+        return CastCodec("bf16", torch.bfloat16)
+    if name == "int8":
+        return Int8Codec()
+    raise ValueError(f"unknown exchange dtype {name!r}; choose one of {EXCHANGE_DTYPES}")

@@ -1,0 +1,52 @@
+"""Measurements of a run: latency percentiles, memory, accuracy and agreement with the monolithic model."""
+
+from __future__ import annotations
+
+import resource
+
+import torch
+from torch import nn
+
+
+def percentiles_ms(seconds: list[float]) -> dict[str, float]:
+    """p50/p95/p99 and mean of durations given in seconds, in milliseconds."""
+    if not seconds:
+        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan"), "mean": float("nan")}
+    t = torch.tensor(seconds, dtype=torch.float64) * 1e3
+    q = torch.quantile(t, torch.tensor([0.5, 0.95, 0.99], dtype=torch.float64))
+    return {"p50": q[0].item(), "p95": q[1].item(), "p99": q[2].item(), "mean": t.mean().item()}
+
+
+def param_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def reset_peak_rss() -> None:
+    """Start the peak-RSS count afresh (Linux), so that it covers inference rather than model loading."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # elsewhere the peak covers the whole process
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Top-k accuracy in percent, as ``{"top1": ..., "top5": ...}``."""
+    top = logits.topk(max(ks), dim=1).indices
+    hit = top == labels.view(-1, 1)
+    return {f"top{k}": hit[:, :k].any(1).float().mean().item() * 100 for k in ks}
+
+
+def agreement(logits: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """Max |difference| of the logits (also relative to the largest |reference logit|) and the fraction of
+    images with the same top-1 class."""
+    diff = (logits - reference).abs().max().item()
+    return {
+        "max_abs_diff": diff,
+        "max_rel_diff": diff / max(reference.abs().max().item(), 1e-30),
+        "top1_agreement": (logits.argmax(1) == reference.argmax(1)).float().mean().item(),
+    }

@@ -1,0 +1,59 @@
+"""Regenerate the tables of ``paper/README.md`` from a benchmark JSON and the training runs.
+
+The report's prose stays as written; only the blocks between ``<!-- decnn:begin NAME -->`` and
+``<!-- decnn:end NAME -->`` are replaced:
+
+    python -m decnn.paper --bench results/bench.json --runs runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from decnn.bench.report import format_markdown as bench_table
+from decnn.compare import comparison_rows, load_runs
+
+REPORT = Path("paper/README.md")
+
+
+def accuracy_table(rows: list[dict]) -> str:
+    lines = ["| run | model | groups | width | val top-1 (%) | params (M) |", "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if r["mode"] == "train":
+            params = r["params_per_device_mb"] * 2**20 / 4 / 1e6 if r["params_per_device_mb"] else float("nan")
+            lines.append(f"| {r['run']} | {r['model']} | {r['groups']:g} | {r['width']:g} | {r['top1']:.2f} "
+                         f"| {params:.2f} |")
+    return "\n".join(lines)
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- decnn:begin {name} -->\n).*?(<!-- decnn:end {name} -->)", re.S)
+    if not pattern.search(text):
+        raise ValueError(f"{REPORT} has no block '{name}' (<!-- decnn:begin {name} --> ... <!-- decnn:end {name} -->)")
+    return pattern.sub(lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m decnn.paper", description=__doc__.splitlines()[0])
+    p.add_argument("--bench", help="benchmark JSON (python -m decnn.bench --out ...)")
+    p.add_argument("--runs", help="runs folder with training runs, for the accuracy table")
+    p.add_argument("--report", type=Path, default=REPORT)
+    args = p.parse_args(argv)
+    text = args.report.read_text()
+    if args.bench:
+        data = json.loads(Path(args.bench).read_text())
+        meta = data["meta"]
+        note = (f"_Measured {meta['started']} with `python -m decnn.bench {' '.join(meta['argv'])}` "
+                f"({meta['cores']} cores, torch {meta['torch']}, 1 thread per process)._\n\n")
+        text = replace_block(text, "bench", note + bench_table(data["records"]))
+    if args.runs:
+        text = replace_block(text, "accuracy", accuracy_table(comparison_rows(load_runs(args.runs))))
+    args.report.write_text(text)
+    print(f"updated {args.report}")
+
+
+if __name__ == "__main__":
+    main()

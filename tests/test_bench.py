@@ -1,0 +1,65 @@
+"""The benchmark's plan and its summary arithmetic (fast), and one tiny real run (slow)."""
+
+import json
+
+import pytest
+
+from decnn.bench.__main__ import main as bench_main
+from decnn.bench.plan import plan
+from decnn.bench.report import format_markdown, summarize
+from decnn.costmodel import Prediction
+
+
+def test_plan_has_baselines_once_and_each_split_per_link_and_dtype():
+    configs = plan(batches=[1, 8], devices=[2, 3, 4], links=[None, "20mbit"], dtypes=["fp32", "fp16"])
+    labels = [c.label() for c in configs]
+    assert len(labels) == len(set(labels))
+    singles = [c for c in configs if c.mode == "single"]
+    assert sorted((c.name, c.batch) for c in singles) == sorted(
+        (n, b) for n in ("resnet34 single", "decnn single") for b in (1, 8))
+    assert {c.devices for c in configs if c.mode != "single"} == {2, 4}  # 3 does not divide 4 groups
+    branch = [c for c in configs if c.mode == "branch"]
+    assert len(branch) == 2 * 2 * 2 * 2 * 2  # batch x devices x link x dtype x overlap on/off
+    pipeline = next(c for c in configs if c.mode == "pipeline" and c.batch == 1)
+    assert pipeline.overlap == 1  # micro-batches cannot exceed the batch
+
+
+def test_branch_args_reach_infer_distributed():
+    config = next(c for c in plan([8], [2], [None], ["fp16"], overlap=3) if c.overlap == 3 and c.mode == "branch")
+    args = config.infer_args()
+    assert args[args.index("--exchange-dtype") + 1] == "fp16"
+    assert args[args.index("--overlap") + 1] == "3"
+    assert args[args.index("--threads") + 1] == "1"
+
+
+def _report(p50, ips):
+    return {"model": "decnn_resnet34", "groups": 4, "width": 1.5, "latency_ms": {"p50": p50, "p95": p50, "p99": p50},
+            "throughput_ips": ips, "bytes_per_image": 10.0, "bytes_per_image_per_point": [10.0],
+            "params_per_rank": [1, 1], "peak_rss_per_rank": [1, 1]}
+
+
+def test_ratios_are_taken_within_each_round_then_medianed():
+    config = plan([1], [2], [None], ["fp32"])[2]
+    reports = [_report(20, 50), _report(40, 25), _report(30, 30)]
+    # Round 2 was slow for everyone: within-round ratios stay 2x, 2x, 2x against ResNet-34.
+    baselines = [{"resnet34 single": _report(40, 25), "decnn single": _report(30, 33)},
+                 {"resnet34 single": _report(80, 12.5), "decnn single": _report(60, 17)},
+                 {"resnet34 single": _report(60, 15), "decnn single": _report(45, 22)}]
+    record = summarize(config, reports, baselines, Prediction(0.01, 0.005, 0.015, 0.01))
+    assert record["latency_ms"]["p50"] == 30
+    assert record["latency_ratio_vs_resnet34"] == pytest.approx(2.0)
+    assert record["latency_ratio_vs_decnn_single"] == pytest.approx(1.5)
+    assert record["predicted_latency_ms"] == pytest.approx(15.0)
+    assert "| decnn branch fp32 | 1 | loopback | 2 | 30.0 |" in format_markdown([record])
+
+
+@pytest.mark.slow
+def test_small_benchmark_runs_every_configuration(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench_main(["--batch", "1", "--rounds", "1", "--images", "2", "--warmup", "1",
+                       "--exchange-dtype", "fp16", "--out", str(out), "--log-dir", str(tmp_path / "runs")]) == 0
+    records = json.loads(out.read_text())["records"]
+    assert {r["name"] for r in records} == {"resnet34 single", "decnn single", "decnn branch fp16",
+                                           "decnn branch fp16 overlap", "resnet34 pipeline", "resnet34 data"}
+    assert all(r["latency_ms"]["p50"] > 0 and r["latency_ratio_vs_resnet34"] > 0 for r in records)
+    assert out.with_suffix(".md").exists() and any((tmp_path / "runs").rglob("events.out.tfevents.*"))

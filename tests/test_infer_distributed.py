@@ -1,0 +1,324 @@
+"""Split inference against the single-process reference, on CPU/gloo with 2-3 processes.
+
+Direct tests drive BranchMode in two launched processes (placements, overlap, exchange dtypes, counted
+collectives); CLI tests run ``infer_distributed.py --devices N`` as users do and read its JSON.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.distributed as dist
+from conftest import randomize_
+
+from decnn.comm import Communicator, launch
+from decnn.config import load_config
+from decnn.data import make_standin
+from decnn.inference.branch_mode import BranchMode
+from decnn.inference.cli import main
+from decnn.inference.codec import make_codec
+from decnn.inference.inputs import Normalize
+from decnn.inference.optimize import prepare_for_inference
+from decnn.links import EmulatedLink, links_available
+from decnn.partition import Placement, extract_branch
+from decnn.trainer import evaluate_checkpoint, train
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--model", "decnn_resnet18", "--width", "0.5"]
+SYNTHETIC = ["--random-init", *SMALL, "--image-size", "32", "--num-images", "6", "--batch", "2", "--warmup", "1"]
+PLACEMENTS = {"even": "0,1/2,3", "uneven": "0,1,2/3", "interleaved": "0,2/1,3"}
+# Worst |dlogit| relative to the largest |logit| that each wire format may cost (fp32: DESIGN.md's 1e-4).
+TOLERANCE = {"fp16": 2e-3, "bf16": 2e-2, "int8": 5e-2}
+
+
+def _small_model() -> torch.nn.Module:
+    return randomize_(timm.create_model("decnn_resnet18", width=0.5, num_classes=10))
+
+
+def _scenario_worker() -> dict:
+    """On each of 2 ranks: every placement x overlap x exchange dtype on the same images, collectives counted
+    at torch.distributed itself (not by the communicator)."""
+    counts = {}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            counts[name] = counts.get(name, 0) + 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    for name in ("broadcast", "all_to_all_single", "reduce", "all_reduce", "send", "recv", "isend", "irecv",
+                 "all_gather", "gather", "scatter", "all_to_all", "barrier"):
+        setattr(dist, name, counted(name, getattr(dist, name)))
+
+    torch.set_num_threads(1)
+    comm = Communicator(timeout_s=60)
+    model = _small_model()
+    normalize = Normalize(model.pretrained_cfg["mean"], model.pretrained_cfg["std"], comm.device)
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 256, (3, 3, 32, 32), generator=g, dtype=torch.uint8) for _ in range(2)]
+    inputs = batches if comm.rank == 0 else [torch.empty_like(b) for b in batches]
+    out = {"counts": {}}
+    with torch.inference_mode():
+        out["reference"] = torch.cat([model(normalize(x)) for x in batches])
+    for pname, spec in PLACEMENTS.items():
+        branch = extract_branch(model, Placement.parse(4, spec), comm.rank)
+        if pname != "interleaved":  # one placement keeps plain NCHW activations: both layouts are exchanged
+            branch = prepare_for_inference(branch)
+        for dtype in ("fp32", "fp16", "bf16", "int8") if pname == "even" else ("fp32",):
+            mode = BranchMode(branch, comm, make_codec(dtype), normalize, in_flight=1)
+            counts.clear()
+            one_at_a_time = [mode.step([x]) for x in inputs]
+            out["counts"][(pname, dtype)] = dict(counts)
+            if comm.rank == 0:
+                out[(pname, dtype, 1)] = torch.cat([o[0] for o in one_at_a_time])
+        overlapped = BranchMode(branch, comm, make_codec("fp32"), normalize, in_flight=2).step(inputs)
+        if comm.rank == 0:
+            out[(pname, "fp32", 2)] = torch.cat(overlapped)
+    comm.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def scenarios():
+    return launch(_scenario_worker, (), 2)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_branches_on_two_processes_reproduce_the_whole_model(scenarios, placement):
+    got, ref = scenarios[0][(placement, "fp32", 1)], scenarios[0]["reference"]
+    assert (got - ref).abs().max().item() <= 1e-4
+    assert torch.equal(got.argmax(1), ref.argmax(1))
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_overlap_gives_the_same_logits_as_one_batch_at_a_time(scenarios, placement):
+    assert torch.equal(scenarios[0][(placement, "fp32", 2)], scenarios[0][(placement, "fp32", 1)])
+
+
+@pytest.mark.parametrize("dtype", TOLERANCE)
+def test_compressed_exchange_stays_within_its_tolerance(scenarios, dtype):
+    got, ref = scenarios[0][("even", dtype, 1)], scenarios[0]["reference"]
+    assert (got - ref).abs().max().item() <= TOLERANCE[dtype] * ref.abs().max().item()
+    assert (got.argmax(1) == ref.argmax(1)).float().mean().item() >= 5 / 6
+
+
+def test_each_batch_costs_one_broadcast_one_all_to_all_per_shuffle_point_and_one_reduce(scenarios):
+    per_batch = {"broadcast": 1, "all_to_all_single": 3, "reduce": 1}  # ResNet-18: 3 shuffle points
+    for rank in (0, 1):
+        for counts in scenarios[rank]["counts"].values():
+            assert counts == {k: 2 * v for k, v in per_batch.items()}  # two batches
+
+
+@pytest.mark.parametrize("dtype", ["fp32", *TOLERANCE])
+def test_codec_round_trip(dtype, rng):
+    codec = make_codec(dtype)
+    rows = torch.relu(torch.randn(6, 2, 50, generator=rng)) * 3  # (channels, images, pixels), post-ReLU
+    wire = torch.empty(6, codec.row_elements(2, 50), dtype=codec.wire_dtype) if codec.needs_buffer else None
+    back = codec.decode(codec.encode(rows, wire).clone(), 2)
+    # int8: half a step of (max - min) / 255 per (channel, image); 16-bit floats: their relative precision
+    top = rows.max().item()
+    bound = {"fp32": 0.0, "fp16": top * 2**-11, "bf16": top * 2**-8, "int8": top / 510}[dtype]
+    assert (back - rows).abs().max().item() <= bound * 1.001 + 1e-6
+
+
+# -- the command line, as users run it --
+
+
+def _cli(*args: str, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "infer_distributed.py"), *args], cwd=ROOT, timeout=timeout,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+def _report(tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / "report.json"
+    res = _cli(*args, "--out", str(out), "--log-dir", str(tmp_path / "tb"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_cli_branch_uneven_overlapped_verified(tmp_path):
+    r = _report(tmp_path, *SYNTHETIC, "--devices", "2", "--placement", "0,1,2/3", "--overlap", "--verify")
+    for key in ("model", "groups", "width", "mode", "devices", "batch", "exchange_dtype", "throughput_ips",
+                "bytes_per_image", "params_per_rank"):
+        assert key in r
+    assert set(r["latency_ms"]) >= {"p50", "p95", "p99"}
+    assert (r["mode"], r["devices"], r["placement"], r["overlap"]) == ("branch", 2, [[0, 1, 2], [3]], 2)
+    assert r["max_abs_diff"] <= 1e-4 and r["max_rel_diff"] <= 1e-4 and r["top1_agreement"] == 1.0
+    assert r["collectives_per_batch"] == [{"broadcast": 1, "all_to_all": 3, "reduce": 1}] * 2
+    assert r["params_per_rank"][0] > 2.5 * r["params_per_rank"][1]  # 3 groups vs 1
+    assert len(r["bytes_per_image_per_point"]) == 3 and r["bytes_per_image"] > 0
+    assert list(Path(r["run_dir"]).glob("events.out.tfevents.*"))
+
+
+def test_cli_int8_exchange_saves_bytes_and_agrees(tmp_path):
+    r = _report(tmp_path, *SYNTHETIC, "--devices", "2", "--exchange-dtype", "int8", "--verify")
+    assert 0.7 < r["bytes_saved_vs_fp32"] < 0.75  # a quarter of the bytes, plus 8 per (channel, image)
+    assert r["max_rel_diff"] <= TOLERANCE["int8"] and r["top1_agreement"] >= 5 / 6
+
+
+def test_cli_data_mode_equals_single(tmp_path):
+    r = _report(tmp_path, *SYNTHETIC, "--num-images", "8", "--devices", "2", "--mode", "data", "--verify")
+    assert r["max_abs_diff"] <= 1e-4 and r["max_rel_diff"] <= 1e-4 and r["top1_agreement"] == 1.0
+    assert r["collectives_per_batch"][0] == {"scatter": 0.5, "gather": 0.5}  # one of each per 2 batches
+
+
+def test_cli_pipeline_mode_runs_a_plain_resnet(tmp_path):
+    pytest.importorskip("decnn.inference.pipeline_mode")
+    r = _report(tmp_path, "--random-init", "--model", "decnn_resnet18", "--groups", "1", "--width", "0.5",
+                "--image-size", "32", "--num-images", "4", "--batch", "2", "--warmup", "1", "--devices", "2",
+                "--mode", "pipeline", "--overlap", "2", "--verify")
+    assert r["groups"] == 1 and r["max_abs_diff"] <= 1e-4 and r["top1_agreement"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def checkpoint_and_data(tmp_path_factory):
+    """A checkpoint from the trainer (one short epoch at 32x32) and the stand-in dataset."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    root = make_standin(folder / "standin")
+    cfg = load_config(overrides=[
+        "model.name=decnn_resnet18", "model.groups=4", "model.width=0.25", f"data.root={root}",
+        "data.image_size=32", "data.batch_size=16", "data.workers=0", "data.max_train_images=64",
+        "schedule.epochs=1", "schedule.warmup_epochs=0", "train.amp=none", "train.channels_last=false",
+        f"run.out_dir={folder}", "run.name=run",
+    ])
+    train(cfg)
+    return folder / "run" / "best.pt", root, cfg
+
+
+def test_cli_checkpoint_on_val_images_three_processes(tmp_path, checkpoint_and_data):
+    ckpt, root, cfg = checkpoint_and_data
+    r = _report(tmp_path, "--checkpoint", str(ckpt), "--data-root", str(root), "--batch", "50", "--warmup", "1",
+                "--devices", "3", "--placement", "0,1/2/3", "--verify")
+    assert (r["devices"], r["images"], r["image_size"]) == (3, 350, 32)  # the whole val split, resized as in training
+    assert r["max_abs_diff"] <= 1e-4 and r["top1_agreement"] == 1.0
+    # The split run scores exactly what the trainer's own evaluation scores on the same images.
+    expected = evaluate_checkpoint(ckpt, cfg)
+    assert r["top1"] == pytest.approx(expected["top1"]) and r["top5"] == pytest.approx(expected["top5"])
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pids: set[int]) -> list[int]:
+    """The pids that still run (zombies and vanished processes do not count)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+def _run_with_fault(fault: str, timeout: str):
+    """Run 2 processes with ``fault`` injected; return exit code, stderr, seconds taken and every descendant."""
+    cmd = [sys.executable, str(ROOT / "infer_distributed.py"), *SYNTHETIC, "--num-images", "40", "--devices", "2",
+           "--timeout", timeout, "--log-dir", ""]
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "DECNN_INJECT_FAULT": fault})
+    seen = set()
+    while proc.poll() is None and time.monotonic() - start < 120:
+        seen |= _descendants(proc.pid)
+        time.sleep(0.2)
+    _, stderr = proc.communicate(timeout=60)
+    return proc.returncode, stderr, time.monotonic() - start, seen
+
+
+def test_cli_a_rank_that_dies_stops_the_run_naming_it(tmp_path):
+    code, stderr, took, seen = _run_with_fault("1:2:exit", timeout="10")
+    assert code != 0
+    assert "rank 1 exited with code 17" in stderr
+    assert took < 60
+    assert len(seen) >= 2 and not _alive(seen)
+
+
+def test_cli_a_rank_that_hangs_stops_the_run_within_the_timeout(tmp_path):
+    code, stderr, took, seen = _run_with_fault("1:2:hang", timeout="4")
+    assert code != 0
+    assert "rank 1 did not respond" in stderr
+    assert took < 60  # start-up + 4 s timeout; the hang itself would last an hour
+    assert len(seen) >= 2 and not _alive(seen)
+
+
+@pytest.mark.netns
+def test_cli_two_hosts_through_an_emulated_link(tmp_path):
+    """Two network namespaces joined by a shaped link, one process each: the multi-host path."""
+    ok, reason = links_available()
+    if not ok:
+        pytest.skip(reason)
+    with EmulatedLink("200mbit", num_hosts=2, name_prefix="decnninf") as link:
+        endpoint = f"{link.hosts[0].address}:29500"
+        procs = [
+            link.popen(i, [sys.executable, str(ROOT / "infer_distributed.py"), *SYNTHETIC, "--devices", "1",
+                           "--nnodes", "2", "--rdzv-endpoint", endpoint, "--timeout", "30", "--verify", "--log-dir",
+                           "", "--out", str(tmp_path / f"host{i}.json")],
+                       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for i in range(2)
+        ]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], errors
+    r = json.loads((tmp_path / "host0.json").read_text())
+    assert r["devices"] == 2 and r["top1_agreement"] == 1.0 and r["max_abs_diff"] <= 1e-4
+    assert not (tmp_path / "host1.json").exists()  # only rank 0 reports
+
+
+# -- in-process: a group of one, and bad settings caught before any process group starts --
+
+
+def test_single_mode_in_process(tmp_path):
+    out = tmp_path / "single.json"
+    assert main([*SYNTHETIC, "--mode", "single", "--threads", "1", "--verify", "--out", str(out), "--log-dir", ""]) == 0
+    r = json.loads(out.read_text())
+    assert (r["mode"], r["devices"], r["bytes_per_image"]) == ("single", 1, 0)
+    assert r["max_abs_diff"] <= 1e-4 and r["top1_agreement"] == 1.0
+    assert not dist.is_initialized()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--random-init", "--devices", "3"], "3 devices cannot share 4 groups evenly"),
+        (["--random-init", "--devices", "2", "--placement", "0,1/2"], "must assign each of the groups"),
+        (["--random-init", "--mode", "single", "--devices", "2"], "mode single runs the whole model in one process"),
+        (["--random-init", "--groups", "5"], "not divisible by groups=5"),
+        (["--random-init", "--exchange-dtype", "fp16", "--mode", "data", "--devices", "2"], "applies to mode branch"),
+        (["--devices", "2"], "give either --checkpoint PATH"),
+        (["--checkpoint", "/nonexistent/ckpt.pt", "--devices", "2"], "no checkpoint at /nonexistent/ckpt.pt"),
+    ],
+)
+def test_bad_settings_fail_before_any_process_group(args, message, capsys):
+    assert main(args) == 1
+    assert message in capsys.readouterr().err
+    assert not dist.is_initialized()
+
+
+def test_checkpoint_of_another_model_and_missing_dataset_fail_early(checkpoint_and_data, capsys):
+    ckpt, _, _ = checkpoint_and_data
+    assert main(["--checkpoint", str(ckpt), "--model", "decnn_resnet34", "--devices", "2"]) == 1
+    assert "holds a decnn_resnet18 model, not the requested decnn_resnet34" in capsys.readouterr().err
+    assert main(["--checkpoint", str(ckpt), "--data-root", "/nonexistent/tiny", "--devices", "2"]) == 1
+    assert "/nonexistent/tiny" in capsys.readouterr().err
+    assert not dist.is_initialized()
