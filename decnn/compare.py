@@ -116,6 +116,7 @@ def plot(rows: list[dict], path: str | Path) -> Path:
         label = f"{r['model']} g{_cell(r['groups'])} x{_cell(r['width'])} {r['mode']}x{_cell(r['devices'])}"
         ax.annotate(label + (f" {r['link']}" if r["link"] else ""), (r["latency_p50_ms"], r["top1"]),
                     fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.margins(x=0.3, y=0.2)  # room for the labels
     ax.set_xlabel("latency p50 per batch (ms)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title("Accuracy vs latency" if points else "Accuracy vs latency (no run has both yet)")

@@ -2,8 +2,8 @@
 
 1. data: Tiny-ImageNet if ``data/tiny-imagenet-200`` holds it, else the offline digits stand-in;
 2. train ResNet-34 and DeCNN ResNet-34 (CPU-sized: quarter width, 32x32 inputs);
-3. split inference of the trained DeCNN on 2 local devices, checked against the whole model (--verify),
-   and the trained ResNet-34 on one device;
+3. split inference of the trained DeCNN on 2 local devices (1 thread each), checked against the whole model
+   (--verify), and the trained ResNet-34 on one device (1 thread: the fair baseline on 2 cores);
 4. the benchmark at small size (full-size models, random weights);
 5. the comparison table and plot; then how to open TensorBoard.
 """
@@ -72,7 +72,7 @@ def main(argv=None) -> None:
     sh(sys.executable, "infer_distributed.py", "--checkpoint", checkpoints["decnn"], "--data-root", data_root,
        "--devices", "2", "--verify", "--out", f"results/demo-{stamp}/infer-decnn-2dev.json")
     sh(sys.executable, "infer_distributed.py", "--checkpoint", checkpoints["resnet34"], "--data-root", data_root,
-       "--mode", "single", "--out", f"results/demo-{stamp}/infer-resnet34-1dev.json")
+       "--mode", "single", "--threads", "1", "--out", f"results/demo-{stamp}/infer-resnet34-1dev.json")
 
     step("4/5 benchmark (full-size ResNet-34 vs DeCNN ResNet-34, random weights, small run)")
     sh(sys.executable, "-m", "decnn.bench", "--batch", "1", "--rounds", "1", "--images", "8",

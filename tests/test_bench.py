@@ -51,6 +51,7 @@ def test_ratios_are_taken_within_each_round_then_medianed():
     assert record["latency_ratio_vs_decnn_single"] == pytest.approx(1.5)
     assert record["predicted_latency_ms"] == pytest.approx(15.0)
     assert "| decnn branch fp32 | 1 | loopback | 2 | 30.0 |" in format_markdown([record])
+    assert record["throughput_ratio_vs_decnn_single"] == pytest.approx(25 / 17)  # median of 50/33, 25/17, 30/22
 
 
 @pytest.mark.slow

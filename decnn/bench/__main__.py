@@ -25,6 +25,7 @@ from decnn.bench.plan import DECNN, Config, plan
 from decnn.bench.report import BASELINES, format_markdown, summarize, write
 from decnn.bench.run import RunFailed, run_local, run_over_link
 from decnn.costmodel import predict, sent_bytes, time_segments
+from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
 from decnn.links import EmulatedLink, links_available, parse_rate
 from decnn.partition import Placement, extract_branches
 
@@ -62,8 +63,10 @@ def parse_args(argv):
 
 
 def predictions(configs: list[Config], per_message_s: float) -> dict[str, object]:
-    """Cost-model predictions for the branch runs, from this process's own 1-thread segment timings."""
+    """Cost-model predictions for the branch runs, from this process's own 1-thread segment timings of
+    branches prepared exactly as infer_distributed.py prepares them (BN folded, channels-last)."""
     torch.set_num_threads(1)
+    keep_freed_memory()
     model = timm.create_model(DECNN["model"], groups=DECNN["groups"], width=DECNN["width"]).eval()
     out, timed = {}, {}
     for c in configs:
@@ -71,8 +74,9 @@ def predictions(configs: list[Config], per_message_s: float) -> dict[str, object
             continue
         key = (c.devices, c.batch)
         if key not in timed:
-            branches = extract_branches(model, Placement.even(DECNN["groups"], c.devices))
-            x = torch.randn(c.batch, 3, 64, 64)
+            branches = [prepare_for_inference(b)
+                        for b in extract_branches(model, Placement.even(DECNN["groups"], c.devices))]
+            x = torch.randn(c.batch, 3, 64, 64).contiguous(memory_format=torch.channels_last)
             timed[key] = (time_segments(branches, x), branches, x)
         seconds, branches, x = timed[key]
         rate = None if c.link is None else parse_rate(c.link)

@@ -1,0 +1,28 @@
+"""The report generator replaces only its marked blocks."""
+
+import pytest
+
+from decnn.paper import accuracy_table, replace_block
+
+
+def test_only_the_named_block_is_replaced():
+    text = "intro\n<!-- decnn:begin bench -->\nold\n<!-- decnn:end bench -->\nprose stays\n"
+    out = replace_block(text, "bench", "| new |")
+    assert out == "intro\n<!-- decnn:begin bench -->\n| new |\n<!-- decnn:end bench -->\nprose stays\n"
+    assert replace_block(out, "bench", "| new |") == out  # idempotent
+
+
+def test_missing_block_is_a_clear_error():
+    with pytest.raises(ValueError, match="no block 'accuracy'"):
+        replace_block("nothing here", "accuracy", "x")
+
+
+def test_accuracy_table_lists_training_runs_only():
+    rows = [
+        {"run": "train/a", "mode": "train", "model": "decnn_resnet34", "groups": 4.0, "width": 1.5, "top1": 96.29,
+         "params_per_device_mb": 756322 * 4 / 2**20},
+        {"run": "bench/b", "mode": "branch", "model": "decnn_resnet34", "groups": 4.0, "width": 1.5, "top1": None,
+         "params_per_device_mb": 23.2},
+    ]
+    table = accuracy_table(rows)
+    assert "| train/a | decnn_resnet34 | 4 | 1.5 | 96.29 | 0.76 |" in table and "bench/b" not in table
