@@ -34,6 +34,7 @@ from decnn.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from decnn.comm import backend_for
 from decnn.config import Config, ConfigError, DataConfig, ModelConfig, OptimConfig
 from decnn.data import TinyImageNet, make_standin
 from decnn.logger import make_logger
@@ -61,7 +62,7 @@ def init_distributed(device: str) -> tuple[int, int, torch.device]:
     if world_size == 1:
         return 0, 1, target
     cuda = target.type == "cuda"
-    dist.init_process_group("nccl" if cuda else "gloo", device_id=target if cuda else None)
+    dist.init_process_group(backend_for(target), device_id=target if cuda else None)
     return dist.get_rank(), world_size, target
 
 

@@ -91,13 +91,13 @@ def resolve_model(cfg: InferConfig) -> ModelSpec:
         model = timm.create_model(name, **kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"cannot build {name} with {kwargs}: {e}") from None
-    required = ("stem", "segments", "shuffles", "fc", "groups")
+    required = ("stem", "segments", "shuffles", "fc", "groups", "width", "stem_kind")
     if any(not hasattr(model, a) for a in required):
         raise ConfigError(f"{name} does not expose the decoupled structure ({', '.join(required)})")
     actual = {
         "groups": model.groups,
-        "width": model.stem[0].out_channels / 64,
-        "stem": "imagenet" if any(isinstance(m, nn.MaxPool2d) for m in model.stem) else "tiny",
+        "width": model.width,
+        "stem": model.stem_kind,
     }
     clash = [f"{k}={actual[k]!r}, not the requested {v!r}" for k, v in given.items() if actual[k] != v]
     if clash and cfg.checkpoint is not None:

@@ -156,7 +156,8 @@ class DecoupledResNet(nn.Module):
                 "(a shuffle after the last stage would only permute the classifier's inputs)"
             )
         widths = stage_widths(width, groups)
-        self.groups, self.width, self.num_classes, self.drop_rate = groups, width, num_classes, drop_rate
+        self.groups, self.width, self.stem_kind = groups, width, stem
+        self.num_classes, self.drop_rate = num_classes, drop_rate
 
         stem_layers = _conv_bn(in_chans, widths[0], 7 if stem == "imagenet" else 3, 2 if stem == "imagenet" else 1, 1)
         stem_layers.append(nn.ReLU(inplace=True))

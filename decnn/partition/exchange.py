@@ -38,14 +38,15 @@ def exchange_plans(permutation: torch.Tensor, placement: Placement) -> list[Exch
     owner_of_group = {g: d for d, dev in enumerate(placement.devices) for g in dev}
     per_group = channels // placement.groups
     owner = torch.tensor([owner_of_group[c // per_group] for c in range(channels)])
+    local = [placement.local_channels(channels, d) for d in range(num)]
     position = torch.empty(channels, dtype=torch.long)  # old channel -> index in its owner's local layout
     for d in range(num):
-        position[placement.local_channels(channels, d)] = torch.arange(len(placement.local_channels(channels, d)))
+        position[local[d]] = torch.arange(len(local[d]))
 
     # sources[d][s]: positions k (in d's new local order) of the channels that d receives from s.
     sources, send_blocks = [], [[None] * num for _ in range(num)]
     for d in range(num):
-        old = permutation[placement.local_channels(channels, d)]
+        old = permutation[local[d]]
         sources.append([(owner[old] == s).nonzero().flatten() for s in range(num)])
         for s in range(num):
             send_blocks[s][d] = position[old[sources[d][s]]]
