@@ -9,10 +9,10 @@
 import argparse
 import sys
 
-from decnn.checkpoint import CheckpointError, load_checkpoint
-from decnn.config import ConfigError, load_config
 from decnn.data import DatasetCorruptError, DatasetNotFoundError
-from decnn.trainer import evaluate_checkpoint, train
+from decnn.train.checkpoint import CheckpointError, load_checkpoint
+from decnn.train.config import ConfigError, load_config
+from decnn.train.trainer import evaluate_checkpoint, train
 
 
 def main() -> None:

@@ -12,8 +12,8 @@ import importlib
 import sys
 
 COMMANDS = {
-    "models": "decnn.model_table",
-    "compare": "decnn.compare",
+    "models": "decnn.models.table",
+    "compare": "decnn.bench.compare",
     "bench": "decnn.bench.__main__",
     "data": "decnn.data.__main__",
 }

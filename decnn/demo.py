@@ -79,7 +79,7 @@ def main(argv=None) -> None:
        "--exchange-dtype", "fp32", "fp16", "--out", f"results/demo-{stamp}/bench.json")
 
     step("5/5 compare accuracy and latency")
-    sh(sys.executable, "-m", "decnn.compare", "runs", "--plot", f"results/demo-{stamp}/compare.png")
+    sh(sys.executable, "-m", "decnn.bench.compare", "runs", "--plot", f"results/demo-{stamp}/compare.png")
 
     print(f"\nDemo finished in {(time.time() - started) / 60:.1f} min. Results: results/demo-{stamp}/")
     print("TensorBoard logs are under runs/ (train/, infer/, bench/). Open them with:\n"

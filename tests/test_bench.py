@@ -5,9 +5,9 @@ import json
 import pytest
 
 from decnn.bench.__main__ import main as bench_main
+from decnn.bench.costmodel import Prediction
 from decnn.bench.plan import plan
 from decnn.bench.report import format_markdown, summarize
-from decnn.costmodel import Prediction
 
 
 def test_plan_has_baselines_once_and_each_split_per_link_and_dtype():

@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 
-from decnn.checkpoint import (
+from decnn.train.checkpoint import (
     CheckpointError,
     check_architecture,
     load_checkpoint,

@@ -2,8 +2,8 @@
 
 import pytest
 
-from decnn.compare import comparison_rows, format_markdown, load_runs, plot
-from decnn.logger import make_logger
+from decnn.bench.compare import comparison_rows, format_markdown, load_runs, plot
+from decnn.train.logger import make_logger
 
 
 def _log_run(path, hparams, metrics):

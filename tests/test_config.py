@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from decnn.config import Config, ConfigError, load_config
+from decnn.train.config import Config, ConfigError, load_config
 
 CONFIGS = sorted(Path(__file__).parents[1].glob("configs/*.yaml"))
 

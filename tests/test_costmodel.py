@@ -4,7 +4,7 @@ import pytest
 import timm
 import torch
 
-from decnn.costmodel import predict, sent_bytes, time_segments
+from decnn.bench.costmodel import predict, sent_bytes, time_segments
 from decnn.partition import Placement, extract_branches
 
 

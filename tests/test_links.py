@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from decnn import links
-from decnn.links import EmulatedLink, cleanup_stale, links_available, parse_rate
+from decnn.bench import links
+from decnn.bench.links import EmulatedLink, cleanup_stale, links_available, parse_rate
 
 PREFIX = "decnntest"  # keeps these tests' namespaces apart from real runs
 

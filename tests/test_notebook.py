@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from decnn.logger import make_logger
+from decnn.train.logger import make_logger
 
 NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "compare.ipynb"
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from decnn.paper import accuracy_table, replace_block
+from decnn.bench.paper import accuracy_table, replace_block
 
 
 def test_only_the_named_block_is_replaced():

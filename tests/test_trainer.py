@@ -16,11 +16,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from decnn.checkpoint import CheckpointError, load_checkpoint
-from decnn.config import ConfigError, load_config
 from decnn.data import make_standin
-from decnn.logger import NullLogger, make_logger
-from decnn.trainer import Trainer, build_optimizer, build_scheduler, evaluate_checkpoint, train
+from decnn.train.checkpoint import CheckpointError, load_checkpoint
+from decnn.train.config import ConfigError, load_config
+from decnn.train.logger import NullLogger, make_logger
+from decnn.train.trainer import Trainer, build_optimizer, build_scheduler, evaluate_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT_KEYS = {"model", "model_name", "model_kwargs", "config", "optimizer", "scheduler", "scaler", "epoch",

@@ -21,12 +21,12 @@ import torch
 from tqdm import tqdm
 
 import decnn  # noqa: F401  (registers the models)
+from decnn.bench.costmodel import predict, sent_bytes, time_segments
+from decnn.bench.links import EmulatedLink, links_available, parse_rate
 from decnn.bench.plan import DECNN, Config, plan
 from decnn.bench.report import BASELINES, format_markdown, summarize, write
 from decnn.bench.run import RunFailed, run_local, run_over_link
-from decnn.costmodel import predict, sent_bytes, time_segments
 from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
-from decnn.links import EmulatedLink, links_available, parse_rate
 from decnn.partition import Placement, extract_branches
 
 ELEMENT_SIZE = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}

@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 
 from decnn.bench.plan import Config
-from decnn.logger import make_logger
+from decnn.train.logger import make_logger
 
 _MB = 2**20
 BASELINES = {"resnet34": "resnet34 single", "decnn_single": "decnn single"}

@@ -12,8 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from decnn.bench.links import EmulatedLink
 from decnn.bench.plan import Config
-from decnn.links import EmulatedLink
 
 INFER = [sys.executable, "-m", "decnn.inference"]
 

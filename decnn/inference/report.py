@@ -9,7 +9,7 @@ from pathlib import Path
 from decnn.inference.config import InferConfig
 from decnn.inference.metrics import percentiles_ms
 from decnn.inference.spec import ModelSpec
-from decnn.logger import make_logger
+from decnn.train.logger import make_logger
 
 _MB = 2**20
 

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 import decnn  # noqa: F401  (registers the models with timm)
-from decnn.checkpoint import CheckpointError, load_checkpoint, load_model
 from decnn.inference.config import ConfigError, InferConfig
 from decnn.partition import Placement
+from decnn.train.checkpoint import CheckpointError, load_checkpoint, load_model
 
 DEFAULT_MODEL = "decnn_resnet34"
 

@@ -1,5 +1,5 @@
-"""``python -m decnn.models``: the model table (see decnn.model_table)."""
+"""``python -m decnn.models``: the model table (see decnn.models.table)."""
 
-from decnn.model_table import main
+from decnn.models.table import main
 
 main()

@@ -1,6 +1,6 @@
 """Images/s from decoding the JPEG folder (PIL) vs reading the prepared cache, in one run.
 
-    python benchmarks/data_loading.py [--root R] [--split train] [--repeats 5] [--out FILE]
+    python -m decnn.bench.data_loading [--root R] [--split train] [--repeats 5] [--out FILE]
 
 Without --root it uses the digits stand-in (written first if missing). Each method makes
 ``--repeats`` full passes over the split, producing the same uint8 [3, 64, 64] tensors; the median

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms import v2
 
-from decnn.config import AugmentConfig
+from decnn.train.config import AugmentConfig
 
 
 def train_transform(cfg: AugmentConfig, image_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:

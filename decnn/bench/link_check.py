@@ -1,6 +1,6 @@
 """Check emulated edge links: TCP throughput host 0 -> host 1 per rate, optionally a gloo all_to_all.
 
-    sudo .venv/bin/python benchmarks/link_check.py [--rates 20mbit 100mbit 1gbit unshaped]
+    sudo .venv/bin/python -m decnn.bench.link_check [--rates 20mbit 100mbit 1gbit unshaped]
         [--seconds 1.0] [--gloo-kb 200] [--out FILE]
 
 Each rate gets a fresh two-host EmulatedLink; the transfer is sized to take about ``--seconds`` at
@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from decnn.links import EmulatedLink, links_available, parse_rate
+from decnn.bench.links import EmulatedLink, links_available, parse_rate
 
 UNSHAPED_BYTES = 200_000_000
 GLOO_WORKER = """

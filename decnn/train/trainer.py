@@ -25,7 +25,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from decnn.checkpoint import (
+from decnn.comm import backend_for
+from decnn.data import TinyImageNet, make_standin
+from decnn.models import count_flops, count_params
+from decnn.train.checkpoint import (
     check_architecture,
     load_checkpoint,
     load_model,
@@ -34,13 +37,10 @@ from decnn.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from decnn.comm import backend_for
-from decnn.config import Config, ConfigError, DataConfig, ModelConfig, OptimConfig
-from decnn.data import TinyImageNet, make_standin
-from decnn.logger import make_logger
-from decnn.meters import Progress, topk_correct
-from decnn.models import count_flops, count_params
-from decnn.transforms import batch_mixer, eval_transform, train_transform
+from decnn.train.config import Config, ConfigError, DataConfig, ModelConfig, OptimConfig
+from decnn.train.logger import make_logger
+from decnn.train.meters import Progress, topk_correct
+from decnn.train.transforms import batch_mixer, eval_transform, train_transform
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

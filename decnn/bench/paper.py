@@ -3,7 +3,7 @@
 The report's prose stays as written; only the blocks between ``<!-- decnn:begin NAME -->`` and
 ``<!-- decnn:end NAME -->`` are replaced:
 
-    python -m decnn.paper --bench results/bench.json --runs runs
+    python -m decnn.bench.paper --bench results/bench.json --runs runs
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import json
 import re
 from pathlib import Path
 
+from decnn.bench.compare import comparison_rows, load_runs
 from decnn.bench.report import format_markdown as bench_table
-from decnn.compare import comparison_rows, load_runs
 
 REPORT = Path("paper/README.md")
 
@@ -37,7 +37,7 @@ def replace_block(text: str, name: str, body: str) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m decnn.paper", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m decnn.bench.paper", description=__doc__.splitlines()[0])
     p.add_argument("--bench", help="benchmark JSON (python -m decnn.bench --out ...)")
     p.add_argument("--runs", help="runs folder with training runs, for the accuracy table")
     p.add_argument("--report", type=Path, default=REPORT)

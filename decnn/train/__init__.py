@@ -1,0 +1,5 @@
+"""Training: typed YAML config, the trainer loop, atomic checkpoints, the TensorBoard logger, transforms, meters.
+
+``config`` loads and checks a run's settings; ``trainer`` runs the loop (DDP under torchrun);
+``checkpoint`` writes and reads run state atomically; ``logger`` is TensorBoard or a null logger.
+"""
