@@ -7,12 +7,23 @@ from torch import nn
 import decnn  # noqa: F401  (registers the models with timm)
 
 
+# Small enough for fast tests: the VGG's default MLP alone holds 120M parameters.
+SMALL_VGG = {"stem_width": 32, "num_features": 64, "mlp_hidden": 64}
+
+
+def small_kwargs(name: str) -> dict:
+    """Arguments that shrink model ``name`` beyond ``width`` (the VGG's fixed-size stem and head)."""
+    return dict(SMALL_VGG) if "vgg" in name else {}
+
+
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights and batch-norm statistics: the init (zeroed BN gammas) would hide permutation bugs."""
+    """Random weights and batch-norm statistics: the init (identical BN scales, zero statistics) would hide
+    permutation bugs. Weights are scaled by 1/sqrt(fan-in) so that deep models keep logits of order 1."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+            fan_in = p[0].numel() if p.dim() > 1 else 25
+            p.copy_(torch.randn(p.shape, generator=g) / fan_in**0.5)
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)

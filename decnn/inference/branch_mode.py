@@ -124,7 +124,7 @@ class BranchMode:
                     pending[m] = comm.reduce(y, 0, async_op=True)
         for p in pending:
             p.wait()
-        return logits if comm.rank == 0 else None
+        return [branch.finish(y) for y in logits] if comm.rank == 0 else None
 
     def reset_stats(self) -> None:
         """Start counting afresh (after the warm-up)."""

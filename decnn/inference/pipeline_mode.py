@@ -20,6 +20,8 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 from torch.utils.flop_counter import FlopCounterMode
 
+from decnn.models import verify_decoupled
+
 __all__ = [
     "UnitProfile",
     "balanced_cuts",
@@ -41,22 +43,13 @@ def _now(device: torch.device) -> float:
     return time.perf_counter()
 
 
-class _Head(nn.Module):
-    """Global average pooling and the classifier (dropout is a no-op in eval mode)."""
-
-    def __init__(self, global_pool: nn.Module, fc: nn.Module):
-        super().__init__()
-        self.global_pool, self.fc = global_pool, fc
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.global_pool(x).flatten(1))
-
-
 def model_units(model: nn.Module) -> OrderedDict[str, nn.Module]:
-    """The model as a chain of units: stem, every residual block (a shuffle joins the block before it), head.
+    """The model as a chain of units: stem, every child of its segments (a ResNet's residual blocks, a VGG's
+    layers; a shuffle joins the unit before it), head. The model is read through the decoupled contract.
 
     Units share their layers with ``model``; applying them in order computes ``model(x)`` in eval mode.
     """
+    verify_decoupled(model)
     units = OrderedDict(stem=model.stem)
     for s, segment in enumerate(model.segments):
         for b, block in enumerate(segment):
@@ -64,7 +57,8 @@ def model_units(model: nn.Module) -> OrderedDict[str, nn.Module]:
             if b == len(segment) - 1 and s < len(model.shuffles):
                 name, unit = f"{name}+shuffles.{s}", nn.Sequential(block, model.shuffles[s])
             units[name] = unit
-    units["head"] = _Head(model.global_pool, model.fc)
+    head = model.head_parts()
+    units["head"] = nn.Sequential(head.pool, head.linear, head.tail)
     return units
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 import decnn  # noqa: F401  (registers the models with timm)
 from decnn.inference.config import ConfigError, InferConfig
+from decnn.models import DecoupledModelError, verify_decoupled
 from decnn.partition import Placement
 from decnn.train.checkpoint import CheckpointError, load_checkpoint, load_model
 
@@ -30,7 +31,7 @@ class ModelSpec:
     seed: int
     groups: int
     width: float
-    stem: str
+    stem: str | None  # None for a model with one stem only (the VGG)
     num_classes: int
     input_size: int
     mean: tuple[float, ...]
@@ -60,8 +61,8 @@ class ModelSpec:
 
 @torch.no_grad()
 def _randomize_batch_norms(model: nn.Module) -> nn.Module:
-    """Random BN scales and statistics (from the global seed): the init zeroes each block's last BN scale,
-    which would leave the residual branches silent and make --verify check far less than the whole model."""
+    """Random BN scales and statistics (from the global seed): the init's identical scales and zero statistics
+    (or zeroed last-BN scales with zero_init_last_bn) would make --verify check far less than the whole model."""
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.weight.uniform_(0.5, 1.0)
@@ -91,9 +92,10 @@ def resolve_model(cfg: InferConfig) -> ModelSpec:
         model = timm.create_model(name, **kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"cannot build {name} with {kwargs}: {e}") from None
-    required = ("stem", "segments", "shuffles", "fc", "groups", "width", "stem_kind")
-    if any(not hasattr(model, a) for a in required):
-        raise ConfigError(f"{name} does not expose the decoupled structure ({', '.join(required)})")
+    try:
+        verify_decoupled(model)
+    except DecoupledModelError as e:
+        raise ConfigError(f"{name}: {e}") from None
     actual = {
         "groups": model.groups,
         "width": model.width,

@@ -5,9 +5,14 @@ independent branches between shuffle points. A channel shuffle after a stage mix
 only place where branches exchange data. ``width`` widens all stages to win back the accuracy that grouping
 costs (the paper's ResNet-34 "s3_x15": groups=4, width=1.5, shuffles after stages 1-3).
 
-The model exposes its structure so that partitioning needs no architecture-specific code:
-``stem`` (dense), ``segments`` (the runs of blocks between shuffle points), ``shuffles`` (one per boundary
-between segments) and ``fc`` (dense head after global average pooling).
+The model keeps the decoupled contract (``decnn.models.decoupled``): ``stem`` (dense), ``segments`` (the runs
+of blocks between shuffle points), ``shuffles`` (one per boundary between segments) and a head of global
+pooling and ``fc``.
+
+The paper's models are the ImageNet ones of the authors' code: ``timm.create_model("decnn_resnet34",
+stem="imagenet", num_classes=1000)`` is their ``resnet34_s3_x15`` (``width=1.75``: ``resnet34_s3_x175``);
+``decnn_resnet50`` with the same arguments and ``width=1.5`` or ``1.75`` is ``resnet50_s3_addchannel`` or
+``resnet50_s3_addchannel175``. The defaults (``stem="tiny"``, 200 classes) adapt them to Tiny-ImageNet.
 """
 
 from __future__ import annotations
@@ -18,35 +23,12 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-__all__ = ["BasicBlock", "Bottleneck", "ChannelShuffle", "DecoupledResNet"]
+from decnn.models.decoupled import ChannelShuffle, DecoupledNet, HeadParts, make_global_pool
+
+__all__ = ["BasicBlock", "Bottleneck", "DecoupledResNet"]
 
 STEMS = ("tiny", "imagenet")
 STAGE_PLANES = (64, 128, 256, 512)
-
-
-class ChannelShuffle(nn.Module):
-    """ShuffleNet's channel shuffle: a fixed permutation of ``channels`` channels in ``groups`` groups.
-
-    Output channel ``j`` is input channel ``permutation[j]``; the forward pass computes the same thing with a
-    reshape and a transpose, which is faster than indexing.
-    """
-
-    def __init__(self, channels: int, groups: int):
-        super().__init__()
-        self.channels, self.groups = channels, groups
-
-    @property
-    def permutation(self) -> torch.Tensor:
-        per_group = self.channels // self.groups
-        j = torch.arange(self.channels)
-        return (j % self.groups) * per_group + j // self.groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        return x.view(b, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(b, c, h, w)
-
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}, groups={self.groups}"
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int, groups: int) -> list[nn.Module]:
@@ -120,7 +102,7 @@ def stage_widths(width: float, groups: int) -> list[int]:
     return widths
 
 
-class DecoupledResNet(nn.Module):
+class DecoupledResNet(DecoupledNet):
     """A ResNet whose convolutions after the stem form ``groups`` branches, shuffled after ``shuffle_after``.
 
     Args:
@@ -128,10 +110,14 @@ class DecoupledResNet(nn.Module):
         layers: blocks per stage, e.g. ``(3, 4, 6, 3)`` for ResNet-34.
         groups: number of branches (1 = a plain ResNet).
         width: channel multiplier for every stage (the stem matches stage 1).
-        num_classes: classifier outputs.
+        num_classes: classifier outputs (0: no classifier, ``forward`` returns the pooled features).
         stem: ``"tiny"`` (3x3/1, no max-pool; for 64x64 inputs) or ``"imagenet"`` (7x7/2 + 3x3/2 max-pool).
         shuffle_after: stage indices (0-based, each < 3) followed by a channel shuffle.
         in_chans: input channels.
+        drop_rate: dropout before the classifier.
+        global_pool: timm's pooling type (``"avg"``, ``"max"``, ``"avgmax"``, ``"catavgmax"``; ``""`` = none).
+        zero_init_last_bn: start every residual block as an identity (zero scale of its last batch norm); the
+            authors' code sets every batch-norm scale to 1, the default here.
     """
 
     def __init__(
@@ -145,6 +131,8 @@ class DecoupledResNet(nn.Module):
         shuffle_after: Sequence[int] = (0, 1, 2),
         in_chans: int = 3,
         drop_rate: float = 0.0,
+        global_pool: str = "avg",
+        zero_init_last_bn: bool = False,
     ):
         super().__init__()
         if stem not in STEMS:
@@ -157,13 +145,16 @@ class DecoupledResNet(nn.Module):
             )
         widths = stage_widths(width, groups)
         self.groups, self.width, self.stem_kind = groups, width, stem
-        self.num_classes, self.drop_rate = num_classes, drop_rate
+        self.drop_rate = drop_rate
 
-        stem_layers = _conv_bn(in_chans, widths[0], 7 if stem == "imagenet" else 3, 2 if stem == "imagenet" else 1, 1)
+        imagenet = stem == "imagenet"
+        stem_layers = _conv_bn(in_chans, widths[0], 7 if imagenet else 3, 2 if imagenet else 1, 1)
         stem_layers.append(nn.ReLU(inplace=True))
-        if stem == "imagenet":
+        if imagenet:
             stem_layers.append(nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
         self.stem = nn.Sequential(*stem_layers)
+        reduction = 4 if imagenet else 1
+        self.feature_info = [{"num_chs": widths[0], "reduction": reduction, "module": "stem"}]
 
         segments, shuffles, current = [], [], []
         cin = widths[0]
@@ -171,53 +162,53 @@ class DecoupledResNet(nn.Module):
             for b in range(n):
                 current.append(block(cin, mid, 2 if (b == 0 and i > 0) else 1, groups))
                 cin = mid * block.expansion
+            reduction *= 2 if i > 0 else 1
+            tap = f"segments.{len(segments)}.{len(current) - 1}"
             if i in shuffle_after:
+                tap = f"shuffles.{len(shuffles)}"
                 segments.append(nn.Sequential(*current))
                 shuffles.append(ChannelShuffle(cin, groups))
                 current = []
+            self.feature_info.append({"num_chs": cin, "reduction": reduction, "module": tap})
         segments.append(nn.Sequential(*current))
         self.segments = nn.ModuleList(segments)
         self.shuffles = nn.ModuleList(shuffles)
-        self.num_features = cin
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(cin, num_classes)
-        self._init_weights()
+        self.num_features = self.head_hidden_size = cin
+        self.reset_classifier(num_classes, global_pool)
+        self._init_weights(zero_init_last_bn)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, zero_init_last_bn: bool) -> None:
+        # As the authors' code: He-normal convs (fan-out), every BN scale 1, PyTorch's default for the fc.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        # Zero-init the last BN of each residual branch: blocks start as identities, which trains better.
-        for m in self.modules():
-            if isinstance(m, (BasicBlock, Bottleneck)):
-                nn.init.zeros_((m.bn3 if isinstance(m, Bottleneck) else m.bn2).weight)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for i, segment in enumerate(self.segments):
-            x = segment(x)
-            if i < len(self.shuffles):
-                x = self.shuffles[i](x)
-        return x
+        if zero_init_last_bn:  # blocks start as identities, which often trains better (Goyal et al., 2017)
+            for m in self.modules():
+                if isinstance(m, (BasicBlock, Bottleneck)):
+                    nn.init.zeros_((m.bn3 if isinstance(m, Bottleneck) else m.bn2).weight)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x).flatten(1)
+        x = self.global_pool(x)
         if self.drop_rate:
             x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def head_parts(self) -> HeadParts:
+        return HeadParts(pool=self.global_pool, linear=self.fc, tail=nn.Identity())
 
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier for ``num_classes`` (0: none); ``global_pool`` (when given) replaces the pooling."""
+        if global_pool is not None:
+            self.global_pool = make_global_pool(global_pool)
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes)
+        features = self.num_features * self.global_pool.feat_mult()
+        self.fc = nn.Linear(features, num_classes) if num_classes else nn.Identity()
 
 
 def _cfg(**kwargs) -> dict:
@@ -240,7 +231,8 @@ default_cfgs = generate_default_cfgs(
 
 
 def _create(variant: str, pretrained: bool, **kwargs) -> DecoupledResNet:
-    return build_model_with_cfg(DecoupledResNet, variant, pretrained, **kwargs)
+    # Feature taps can sit inside a segment, so timm's features_only wrapper uses forward_intermediates.
+    return build_model_with_cfg(DecoupledResNet, variant, pretrained, feature_cfg={"feature_cls": "getter"}, **kwargs)
 
 
 @register_model

@@ -2,8 +2,10 @@
 
 A branch holds only its own weights: the stem's output rows for its channels (every device gets the input
 image), each segment's group convolutions and batch norms sliced to its groups (run as one group
-convolution with as many groups as the device holds), and the classifier's columns for its channels. The
-branch's partial logits summed over all devices are the model's logits.
+convolution with as many groups as the device holds), and the columns of the head's linear layer that read
+its channels' pooled features. The branches' partial products summed over all devices, passed through the
+head's tail (the identity for a ResNet, the rest of the MLP for a VGG, held by device 0 only), are the
+model's logits. The model is read through the decoupled contract (``decnn.models.decoupled``) only.
 """
 
 from __future__ import annotations
@@ -14,24 +16,29 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from decnn.models.decoupled import verify_decoupled
 from decnn.partition.exchange import ExchangePlan, exchange_plans, local_exchange
 from decnn.partition.placement import Placement
 
 Exchange = Callable[[int, torch.Tensor], torch.Tensor]
+Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Branch(nn.Module):
     """One device's share of a decoupled model.
 
-    ``forward(x, exchange)`` runs it end to end, calling ``exchange(i, activation)`` at shuffle point i;
-    ``segment`` and ``head`` let a driver interleave several branches or images.
+    ``forward(x, exchange, reduce)`` runs it end to end, calling ``exchange(i, activation)`` at shuffle
+    point i and ``reduce(partial)`` to sum the partial products over the branches; ``segment``, ``head`` and
+    ``finish`` let a driver interleave several branches or images. ``finish`` belongs to device 0 only.
     """
 
-    def __init__(self, stem: nn.Module, segments: nn.ModuleList, fc: nn.Linear, plans: list[ExchangePlan]):
+    def __init__(
+        self, stem: nn.Module, segments: nn.ModuleList, pool: nn.Module, fc: nn.Linear, tail: nn.Module | None,
+        plans: list[ExchangePlan],
+    ):
         super().__init__()
-        self.stem, self.segments, self.fc = stem, segments, fc
+        self.stem, self.segments, self.pool, self.fc, self.tail = stem, segments, pool, fc, tail
         self.plans = plans
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
 
     @property
     def num_shuffles(self) -> int:
@@ -42,15 +49,23 @@ class Branch(nn.Module):
         return self.segments[i](self.stem(x) if i == 0 else x)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
-        """This branch's partial logits (only device 0 adds the bias)."""
-        return self.fc(self.global_pool(x).flatten(1))
+        """This branch's partial product of the head's linear layer (only device 0 adds the bias)."""
+        return self.fc(self.pool(x))
 
-    def forward(self, x: torch.Tensor, exchange: Exchange) -> torch.Tensor:
+    def finish(self, summed: torch.Tensor) -> torch.Tensor:
+        """The logits from the sum of all branches' ``head`` outputs (device 0's branch only)."""
+        if self.tail is None:
+            raise RuntimeError("only device 0's branch holds the head's tail: reduce the partial products there")
+        return self.tail(summed)
+
+    def forward(self, x: torch.Tensor, exchange: Exchange, reduce: Reduce) -> torch.Tensor | None:
+        """The logits on device 0, None elsewhere."""
         for i in range(len(self.segments)):
             x = self.segment(i, x)
             if i < self.num_shuffles:
                 x = exchange(i, x)
-        return self.head(x)
+        summed = reduce(self.head(x))
+        return None if self.tail is None else self.finish(summed)
 
 
 def _slice_conv(conv: nn.Conv2d, out_index: torch.Tensor, groups: int) -> nn.Conv2d:
@@ -82,21 +97,14 @@ def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def _slice_segment(segment: nn.Module, placement: Placement, device: int) -> nn.Module:
-    """Slice every group conv and batch norm of a segment to ``device``'s groups."""
+    """Slice every group conv and batch norm of a segment (checked by verify_decoupled) to ``device``'s groups."""
     segment = copy.deepcopy(segment)
     local_groups = len(placement.devices[device])
     for name, m in list(segment.named_modules()):
         if isinstance(m, nn.Conv2d):
-            if m.groups != placement.groups:
-                raise ValueError(
-                    f"{name} has groups={m.groups}, but the model is split into {placement.groups} groups: "
-                    "every convolution between shuffle points must be grouped for the branches to decouple"
-                )
             _replace(segment, name, _slice_conv(m, placement.local_channels(m.out_channels, device), local_groups))
         elif isinstance(m, nn.BatchNorm2d):
             _replace(segment, name, _slice_bn(m, placement.local_channels(m.num_features, device)))
-        elif any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False)):
-            raise ValueError(f"cannot slice {name} ({type(m).__name__}): only Conv2d and BatchNorm2d hold weights")
     return segment
 
 
@@ -112,24 +120,56 @@ def _slice_stem(stem: nn.Sequential, placement: Placement, device: int) -> nn.Se
     return stem
 
 
-def _slice_fc(fc: nn.Linear, index: torch.Tensor, with_bias: bool) -> nn.Linear:
-    sliced = nn.Linear(len(index), fc.out_features, bias=with_bias)
-    sliced.weight.data.copy_(fc.weight.data[:, index])
+@torch.no_grad()
+def _feature_channels(pool: nn.Module, channels: torch.Tensor) -> torch.Tensor:
+    """The input channel (a value of ``channels``) that each feature of ``pool`` reads.
+
+    The head's pool is per-channel (any spatial pooling, flattened), so a probe whose channel c is the
+    constant ``channels[c]`` gives features equal to the channel they come from, wherever the pool puts them.
+    """
+    probe = channels.to(torch.float64).add(1).view(1, -1, 1, 1)
+    return pool(probe).flatten().round().long() - 1
+
+
+def _head_columns(pool: nn.Module, channels: int, local: torch.Tensor) -> torch.Tensor:
+    """The linear layer's input columns for a branch's pooled features, in the branch's feature order.
+
+    The k-th feature of channel c in the branch is the k-th feature of channel c in the whole model.
+    """
+    whole = _feature_channels(pool, torch.arange(channels))
+    part = _feature_channels(pool, local)
+    order = torch.argsort(whole, stable=True)  # columns grouped by channel, each channel's in feature order
+    first = torch.searchsorted(whole[order], part)  # where channel c's columns start in ``order``
+    by_channel = torch.argsort(part, stable=True)
+    sorted_part = part[by_channel]
+    rank = torch.empty_like(part)  # k for the k-th feature of its channel in the branch
+    rank[by_channel] = torch.arange(len(part)) - torch.searchsorted(sorted_part, sorted_part)
+    return order[first + rank]
+
+
+def _slice_fc(fc: nn.Linear, columns: torch.Tensor, with_bias: bool) -> nn.Linear:
+    sliced = nn.Linear(len(columns), fc.out_features, bias=with_bias)
+    sliced.weight.data.copy_(fc.weight.data[:, columns])
     if with_bias:
         sliced.bias.data.copy_(fc.bias.data)
     return sliced
 
 
 def extract_branch(model: nn.Module, placement: Placement, device: int) -> Branch:
-    """Device ``device``'s branch of a decoupled model (``stem``, ``segments``, ``shuffles``, ``fc``)."""
+    """Device ``device``'s branch of a decoupled model (one that passes ``verify_decoupled``)."""
+    verify_decoupled(model)
     if placement.groups != model.groups:
         raise ValueError(f"placement is for {placement.groups} groups, the model has {model.groups}")
     if not 0 <= device < placement.num_devices:
         raise ValueError(f"device {device} out of range for {placement.num_devices} devices")
     plans = [exchange_plans(s.permutation, placement)[device] for s in model.shuffles]
     segments = nn.ModuleList(_slice_segment(seg, placement, device) for seg in model.segments)
-    fc = _slice_fc(model.fc, placement.local_channels(model.fc.in_features, device), with_bias=device == 0)
-    branch = Branch(_slice_stem(model.stem, placement, device), segments, fc, plans)
+    head = model.head_parts()
+    channels = model.num_features
+    columns = _head_columns(head.pool, channels, placement.local_channels(channels, device))
+    fc = _slice_fc(head.linear, columns, with_bias=device == 0)
+    tail = copy.deepcopy(head.tail) if device == 0 else None
+    branch = Branch(_slice_stem(model.stem, placement, device), segments, copy.deepcopy(head.pool), fc, tail, plans)
     return branch.train(model.training)
 
 
@@ -143,4 +183,4 @@ def run_branches_locally(branches: list[Branch], x: torch.Tensor) -> torch.Tenso
     for i in range(branches[0].num_shuffles):
         outs = local_exchange([b.plans[i] for b in branches], outs)
         outs = [b.segment(i + 1, o) for b, o in zip(branches, outs)]
-    return torch.stack([b.head(o) for b, o in zip(branches, outs)]).sum(0)
+    return branches[0].finish(torch.stack([b.head(o) for b, o in zip(branches, outs)]).sum(0))
