@@ -1,6 +1,7 @@
 """The ``decnn`` console script: one entry point for the package's commands.
 
     decnn models [...]     the model table (python -m decnn.models)
+    decnn convert [...]    a checkpoint of the authors' training code as a decnn checkpoint
     decnn compare [...]    training and inference runs side by side (table + plot)
     decnn bench [...]      the side-by-side benchmark (python -m decnn.bench)
     decnn data [...]       download, check, prepare Tiny-ImageNet or make the stand-in (python -m decnn.data)
@@ -13,6 +14,7 @@ import sys
 
 COMMANDS = {
     "models": "decnn.models.table",
+    "convert": "decnn.train.convert",
     "compare": "decnn.bench.compare",
     "bench": "decnn.bench.__main__",
     "data": "decnn.data.__main__",

@@ -6,7 +6,6 @@ from torch import nn
 
 import decnn  # noqa: F401  (registers the models with timm)
 
-
 # Small enough for fast tests: the VGG's default MLP alone holds 120M parameters.
 SMALL_VGG = {"stem_width": 32, "num_features": 64, "mlp_hidden": 64}
 

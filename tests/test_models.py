@@ -6,11 +6,14 @@ import pytest
 import timm
 import torch
 import torchvision
+from conftest import small_kwargs
 
 from decnn.models import ChannelShuffle, count_flops, count_params, model_names
 from decnn.models.stats import GOLDEN_PATH
 
-TORCHVISION_TWIN = {"decnn_resnet18": "resnet18", "decnn_resnet34": "resnet34", "decnn_resnet50": "resnet50"}
+TORCHVISION_TWIN = {name: name.removeprefix("decnn_") for name in model_names()}
+PLAIN = {"groups": 1, "width": 1.0, "num_classes": 1000}
+PLAIN_ARGS = {"decnn_vgg16_bn": {**PLAIN, "stem_width": 64}}  # the ResNets: the ImageNet stem
 
 
 def test_registered_with_timm():
@@ -21,14 +24,14 @@ def test_registered_with_timm():
 @pytest.mark.parametrize("name", model_names())
 @pytest.mark.parametrize("size", [32, 64, 80])
 def test_forward_any_input_size(name, size):
-    model = timm.create_model(name, width=0.5, num_classes=7).eval()
+    model = timm.create_model(name, width=0.5, num_classes=7, **small_kwargs(name)).eval()
     with torch.no_grad():
         assert model(torch.randn(2, 3, size, size)).shape == (2, 7)
 
 
 @pytest.mark.parametrize("name", model_names())
 def test_plain_config_matches_torchvision_param_count(name):
-    ours = timm.create_model(name, groups=1, width=1.0, stem="imagenet", num_classes=1000)
+    ours = timm.create_model(name, **PLAIN_ARGS.get(name, {**PLAIN, "stem": "imagenet"}))
     theirs = getattr(torchvision.models, TORCHVISION_TWIN[name])()
     assert count_params(ours) == count_params(theirs)
 
@@ -51,6 +54,15 @@ def test_paper_defaults_of_resnet34():
     assert convs and all(c.groups == 4 for c in convs)
 
 
+def test_vgg_is_the_authors_x175_layout():
+    model = timm.create_model("decnn_vgg16_bn", num_classes=1000)
+    convs = [model.stem[0], *(m for seg in model.segments for m in seg if isinstance(m, torch.nn.Conv2d))]
+    assert [c.out_channels for c in convs] == [96, 112, 224, 224, 448, 448, 448, 896, 896, 896, 896, 896, 512]
+    assert [c.groups for c in convs] == [1] + [4] * 12
+    assert [s.channels for s in model.shuffles] == [448, 896]  # after convs 5 and 9, as their block0/1/2
+    assert (model.fc1.in_features, model.fc.in_features) == (512 * 7 * 7, 4096)
+
+
 def test_shuffle_positions_are_configurable():
     model = timm.create_model("decnn_resnet18", shuffle_after=(1,))
     assert len(model.segments) == 2 and [s.channels for s in model.shuffles] == [192]
@@ -61,7 +73,7 @@ def test_channel_shuffle_is_its_permutation(rng):
     x = torch.randn(2, 12, 3, 3, generator=rng)
     assert torch.equal(shuffle(x), x[:, shuffle.permutation])
     assert sorted(shuffle.permutation.tolist()) == list(range(12))
-    assert shuffle.permutation[:4].tolist() == [0, 3, 6, 9]  # new group 0 takes one channel from each old group
+    assert shuffle.permutation[:3].tolist() == [0, 4, 8]  # new group 0 takes every 4th channel, from 0
 
 
 @pytest.mark.parametrize(

@@ -117,7 +117,7 @@ def test_placement_parse_uneven():
 def test_dense_conv_between_shuffles_is_rejected():
     model = timm.create_model("decnn_resnet18", width=0.5)
     model.segments[1][0].conv1 = nn.Conv2d(48, 64, 3, 2, 1, bias=False)
-    with pytest.raises(DecoupledModelError, match="segments.1.0.conv1 has groups=1, but the model is split into 4"):
+    with pytest.raises(DecoupledModelError, match=r"segments\.1\.0\.conv1 has groups=1, but the model is split into 4"):
         extract_branch(model, Placement.even(4, 2), 0)
 
 

@@ -1,9 +1,12 @@
 """Tiny-ImageNet data: download, validation, the prepared cache, and an offline stand-in.
 
-``TinyImageNet(root, split)`` serves any folder in the Tiny-ImageNet layout (see ``layout.py``);
-``make_standin(root)`` writes such a folder from scikit-learn's digits for offline use.
+``TinyImageNet(root, split)`` serves any folder in the Tiny-ImageNet layout (see ``layout.py``),
+``ImageFolderTree(root, split)`` an ImageNet-style tree (``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``), and
+``dataset_class(root)`` picks between them by what is on disk; ``make_standin(root)`` writes a Tiny-ImageNet
+layout folder from scikit-learn's digits for offline use.
 """
 
+from decnn.data.folder import ImageFolderTree, dataset_class
 from decnn.data.layout import (
     DEFAULT_ROOT,
     STANDIN_ROOT,
@@ -18,6 +21,8 @@ __all__ = [
     "STANDIN_ROOT",
     "DatasetCorruptError",
     "DatasetNotFoundError",
+    "ImageFolderTree",
     "TinyImageNet",
+    "dataset_class",
     "make_standin",
 ]

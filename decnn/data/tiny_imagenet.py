@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from decnn.data import cache
-from decnn.data.layout import scan
+from decnn.data.layout import TINY_MEAN, TINY_STD, scan
 
 
 class TinyImageNet(Dataset):
@@ -16,6 +16,8 @@ class TinyImageNet(Dataset):
     ``ds[i]`` is ``(image, label)``: a uint8 tensor [3, 64, 64] (RGB) passed through ``transform``,
     and an int with ``classes[label]`` its wnid. The first use of a split builds its cache.
     """
+
+    mean, std = TINY_MEAN, TINY_STD  # what the transforms normalise with
 
     def __init__(self, root: str | Path, split: str = "train", transform=None):
         layout = scan(Path(root))

@@ -75,14 +75,11 @@ class DecoupledNet(nn.Module):
     """Base of the decoupled models: the chain's forward pass and the timm feature API.
 
     A subclass builds ``stem``, ``segments``, ``shuffles`` and its head, sets ``groups``, ``width``,
-    ``num_features``, ``head_hidden_size``, ``num_classes`` and ``feature_info`` (one entry per feature tap,
-    ``module`` naming the module whose output it is), and implements ``forward_head``, ``head_parts``,
-    ``get_classifier`` and ``reset_classifier``.
+    ``stem_kind`` (the ResNets' "tiny"/"imagenet"; None for a model with one stem), ``num_features``,
+    ``head_hidden_size``, ``num_classes`` and ``feature_info`` (one entry per feature tap, ``module`` naming
+    the module whose output it is), and implements ``forward_head``, ``head_parts``, ``get_classifier`` and
+    ``reset_classifier``. (No class-level annotations: TorchScript would read them as attribute types.)
     """
-
-    groups: int
-    width: float
-    stem_kind: str | None = None  # the ResNets' "tiny"/"imagenet" stem; None where the model has one stem only
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -138,7 +135,7 @@ class DecoupledNet(nn.Module):
         last_conv = max(i for i, m in enumerate(self.stem) if isinstance(m, nn.Conv2d))
         for i, m in enumerate(self.stem[last_conv + 1:], start=last_conv + 1):
             if not isinstance(m, PER_CHANNEL):
-                raise DecoupledModelError(f"stem.{i} ({type(m).__name__}) after the stem's last conv is not per-channel")
+                raise DecoupledModelError(f"stem.{i} ({type(m).__name__}) after the last stem conv: not per-channel")
         if not isinstance(self.segments, nn.ModuleList) or not isinstance(self.shuffles, nn.ModuleList):
             raise DecoupledModelError(f"{name}.segments and .shuffles must be nn.ModuleLists")
         if len(self.shuffles) != len(self.segments) - 1:
@@ -189,5 +186,5 @@ def verify_decoupled(model: nn.Module) -> DecoupledNet:
 
 
 def make_global_pool(pool_type: str) -> SelectAdaptivePool2d:
-    """timm's selectable global pooling, flattened; ``""`` passes the feature map through."""
-    return SelectAdaptivePool2d(pool_type=pool_type, flatten=True)
+    """timm's selectable global pooling, flattened; ``""`` passes the feature map through unflattened."""
+    return SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))

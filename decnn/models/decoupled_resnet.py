@@ -116,7 +116,7 @@ class DecoupledResNet(DecoupledNet):
         in_chans: input channels.
         drop_rate: dropout before the classifier.
         global_pool: timm's pooling type (``"avg"``, ``"max"``, ``"avgmax"``, ``"catavgmax"``; ``""`` = none).
-        zero_init_last_bn: start every residual block as an identity (zero scale of its last batch norm); the
+        zero_init_last: start every residual block as an identity (zero scale of its last batch norm); the
             authors' code sets every batch-norm scale to 1, the default here.
     """
 
@@ -132,7 +132,7 @@ class DecoupledResNet(DecoupledNet):
         in_chans: int = 3,
         drop_rate: float = 0.0,
         global_pool: str = "avg",
-        zero_init_last_bn: bool = False,
+        zero_init_last: bool = False,
     ):
         super().__init__()
         if stem not in STEMS:
@@ -175,9 +175,9 @@ class DecoupledResNet(DecoupledNet):
         self.shuffles = nn.ModuleList(shuffles)
         self.num_features = self.head_hidden_size = cin
         self.reset_classifier(num_classes, global_pool)
-        self._init_weights(zero_init_last_bn)
+        self._init_weights(zero_init_last)
 
-    def _init_weights(self, zero_init_last_bn: bool) -> None:
+    def _init_weights(self, zero_init_last: bool) -> None:
         # As the authors' code: He-normal convs (fan-out), every BN scale 1, PyTorch's default for the fc.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -185,7 +185,7 @@ class DecoupledResNet(DecoupledNet):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        if zero_init_last_bn:  # blocks start as identities, which often trains better (Goyal et al., 2017)
+        if zero_init_last:  # blocks start as identities, which often trains better (Goyal et al., 2017)
             for m in self.modules():
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     nn.init.zeros_((m.bn3 if isinstance(m, Bottleneck) else m.bn2).weight)

@@ -81,7 +81,7 @@ class DecoupledVGG(DecoupledNet):
                     f"conv {i} has {c} channels (width={width}, stem_width={stem_width}, "
                     f"num_features={num_features}), not divisible by groups={groups}"
                 )
-        self.groups, self.width, self.drop_rate = groups, width, drop_rate
+        self.groups, self.width, self.stem_kind, self.drop_rate = groups, width, None, drop_rate
 
         self.feature_info = []
         layers, segments, shuffles, conv, reduction = [], [], [], 0, 1

@@ -34,10 +34,18 @@ def count_flops(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 64, 64), 
 GOLDEN_PATH = Path(__file__).with_name("golden.json")
 
 
-def golden_stats() -> dict[str, dict[str, int]]:
-    """Params and FLOPs at 64x64 of every registered model with its defaults; compared in the tests."""
-    stats = {}
+def golden_stats() -> dict[str, dict]:
+    """Params and FLOPs of every registered model with its defaults (at 64x64), and of the authors' zoo at
+    224x224 (``reference_zoo_224``); compared in the tests."""
+    from decnn.models.reference import REFERENCE_ZOO
+
+    stats: dict[str, dict] = {}
     for name in model_names():
         model = timm.create_model(name)
         stats[name] = {"params": count_params(model), "flops_64": count_flops(model)}
+    stats["reference_zoo_224"] = {}
+    for arch, (name, kwargs) in REFERENCE_ZOO.items():
+        model = timm.create_model(name, **kwargs)
+        flops = count_flops(model, (1, 3, 224, 224))
+        stats["reference_zoo_224"][arch] = {"params": count_params(model), "flops_224": flops}
     return stats

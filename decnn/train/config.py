@@ -18,6 +18,7 @@ from decnn.models import model_names
 
 STEMS = ("tiny", "imagenet")
 OPTIMIZERS = ("sgd", "adamw")
+DECAYS = ("cosine", "step")
 AMP_DTYPES = ("none", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -31,7 +32,8 @@ class ModelConfig:
     name: str = "decnn_resnet34"  # any registered decnn_* model
     groups: int = 4  # branches; 1 = a plain ResNet
     width: float = 1.5  # channel multiplier of every stage
-    stem: str = "tiny"  # "tiny": 3x3/1 for 64x64 inputs; "imagenet": 7x7/2 + max-pool
+    stem: str = "tiny"  # ResNets: "tiny" (3x3/1, for 64x64 inputs) or "imagenet" (7x7/2 + max-pool); "" for the VGG
+    zero_init_last: bool = False  # ResNets: zero each block's last BN scale (the authors' code sets all to 1)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class DataConfig:
     root: str = "data/tiny-imagenet-200"
     standin: bool = False  # write the offline digits stand-in at root if it is missing
     image_size: int = 64  # side of the network input (train crops and eval resize)
+    crop_pct: float = 1.0  # eval: resize to image_size / crop_pct, then center-crop (ImageNet: 0.875)
     batch_size: int = 128  # per process
     workers: int = 4  # data-loading processes per training process
     max_train_images: int = 0  # a fixed random subset of this size; 0 = all
@@ -61,15 +64,18 @@ class OptimConfig:
     lr: float = 0.1  # peak learning rate, reached after warmup
     momentum: float = 0.9  # SGD momentum (AdamW uses its default betas)
     nesterov: bool = True
-    weight_decay: float = 5e-4  # not applied to biases and norm weights
+    weight_decay: float = 5e-4
+    decay_norm_and_bias: bool = False  # also decay biases and norm weights (the authors' code does)
     clip_grad_norm: float = 0.0  # 0 = off
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
     epochs: int = 100
-    warmup_epochs: int = 5  # linear warmup from lr / (warmup steps) to lr, then cosine decay
+    warmup_epochs: int = 5  # linear warmup from lr / (warmup steps) to lr, then the decay
+    decay: str = "cosine"  # "cosine" to min_lr, or "step": lr / 10 every step_epochs epochs
     min_lr: float = 0.0  # where the cosine ends
+    step_epochs: int = 30
 
 
 @dataclass(frozen=True)
@@ -194,8 +200,9 @@ def validate(cfg: Config) -> None:
         ("model.name", m.name in model_names(), f"one of {model_names()}"),
         ("model.groups", m.groups >= 1, ">= 1"),
         ("model.width", m.width > 0, "> 0"),
-        ("model.stem", m.stem in STEMS, f"one of {STEMS}"),
+        ("model.stem", m.stem in (*STEMS, ""), f"one of {STEMS}, or '' for a model with one stem (decnn_vgg16_bn)"),
         ("data.image_size", d.image_size >= 8, ">= 8"),
+        ("data.crop_pct", 0 < d.crop_pct <= 1, "in (0, 1]"),
         ("data.batch_size", d.batch_size >= 1, ">= 1"),
         ("data.workers", d.workers >= 0, ">= 0"),
         ("data.max_train_images", d.max_train_images >= 0, ">= 0 (0 = all)"),
@@ -213,7 +220,9 @@ def validate(cfg: Config) -> None:
         ("optim.clip_grad_norm", o.clip_grad_norm >= 0, ">= 0 (0 = off)"),
         ("schedule.epochs", s.epochs >= 1, ">= 1"),
         ("schedule.warmup_epochs", 0 <= s.warmup_epochs <= s.epochs, f"in [0, schedule.epochs={s.epochs}]"),
+        ("schedule.decay", s.decay in DECAYS, f"one of {DECAYS}"),
         ("schedule.min_lr", 0 <= s.min_lr <= o.lr, f"in [0, optim.lr={o.lr}]"),
+        ("schedule.step_epochs", s.step_epochs >= 1, ">= 1"),
         ("train.device", t.device in DEVICES, f"one of {DEVICES}"),
         ("train.amp", t.amp in AMP_DTYPES, f"one of {AMP_DTYPES}"),
         ("run.log_every", r.log_every >= 1, ">= 1"),

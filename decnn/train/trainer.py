@@ -18,7 +18,6 @@ import timm
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from timm.models import get_pretrained_cfg
 from timm.optim import param_groups_weight_decay
 from timm.utils import distribute_bn
 from torch import nn
@@ -26,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from decnn.comm import backend_for
-from decnn.data import TinyImageNet, make_standin
+from decnn.data import dataset_class, make_standin
 from decnn.models import count_flops, count_params
 from decnn.train.checkpoint import (
     check_architecture,
@@ -78,7 +77,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def build_dataset(root: str | Path, split: str, transform, limit: int = 0) -> tuple[Dataset, int]:
     """A split (a fixed random subset of ``limit`` images when 0 < limit < its size) and its number of classes."""
-    ds = TinyImageNet(root, split, transform)
+    ds = dataset_class(root)(root, split, transform)
     if not 0 < limit < len(ds):
         return ds, ds.num_classes
     # Seeded apart from train.seed, so that runs with different seeds see the same images.
@@ -91,19 +90,28 @@ def dataset_root(cfg: DataConfig) -> str | Path:
 
 
 def model_kwargs(cfg: ModelConfig, num_classes: int) -> dict:
-    """The ``timm.create_model`` arguments a checkpoint records."""
-    return {"num_classes": num_classes, "groups": cfg.groups, "width": cfg.width, "stem": cfg.stem}
+    """The ``timm.create_model`` arguments a checkpoint records (the stem and the init only where set)."""
+    kwargs = {"num_classes": num_classes, "groups": cfg.groups, "width": cfg.width}
+    if cfg.stem:
+        kwargs["stem"] = cfg.stem
+    if cfg.zero_init_last:
+        kwargs["zero_init_last"] = True
+    return kwargs
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = param_groups_weight_decay(model, cfg.weight_decay)  # no decay on biases and norm weights
+    if cfg.decay_norm_and_bias:
+        params = [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
+    else:
+        params = param_groups_weight_decay(model, cfg.weight_decay)
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return torch.optim.AdamW(params, lr=cfg.lr)
 
 
 def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """Per-step linear warmup to ``optim.lr``, then cosine decay to ``schedule.min_lr``."""
+    """Per-step linear warmup to ``optim.lr``, then cosine decay to ``schedule.min_lr`` or (``decay: step``)
+    a tenth of the rate every ``step_epochs`` epochs, counted from the start as in the authors' code."""
     warmup = cfg.schedule.warmup_epochs * steps_per_epoch
     total = cfg.schedule.epochs * steps_per_epoch
     floor = cfg.schedule.min_lr / cfg.optim.lr
@@ -111,6 +119,8 @@ def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epo
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if cfg.schedule.decay == "step":
+            return 0.1 ** (step // steps_per_epoch // cfg.schedule.step_epochs)
         progress = (step - warmup) / max(1, total - warmup)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -157,11 +167,11 @@ class Trainer:
 
         # Everything that can fail on bad input comes before anything is written.
         ckpt = load_checkpoint(cfg.train.resume) if cfg.train.resume else None
-        image_cfg = get_pretrained_cfg(cfg.model.name)
         d, root = cfg.data, dataset_root(cfg.data)
-        train_tf = train_transform(cfg.augment, d.image_size, image_cfg.mean, image_cfg.std)
+        stats = dataset_class(root)
+        train_tf = train_transform(cfg.augment, d.image_size, stats.mean, stats.std)
         self.train_set, num_classes = build_dataset(root, "train", train_tf, d.max_train_images)
-        val_tf = eval_transform(d.image_size, image_cfg.mean, image_cfg.std)
+        val_tf = eval_transform(d.image_size, stats.mean, stats.std, d.crop_pct)
         self.val_set, _ = build_dataset(root, "val", val_tf, d.max_val_images)
         m = cfg.model
         self.model_kwargs = model_kwargs(m, num_classes)
@@ -169,8 +179,8 @@ class Trainer:
             check_architecture(ckpt, m.name, self.model_kwargs, where=cfg.train.resume)
         try:
             model = timm.create_model(m.name, **self.model_kwargs)
-        except ValueError as e:
-            raise ConfigError(f"model: {e}") from e
+        except (TypeError, ValueError) as e:  # TypeError: an argument the model does not take, e.g. a stem
+            raise ConfigError(f"model: {m.name} with {self.model_kwargs}: {e}") from e
         self.params = count_params(model)
         self.flops = count_flops(model, (1, 3, cfg.data.image_size, cfg.data.image_size))
         self.model = model.to(self.device, memory_format=self.memory_format)
@@ -369,9 +379,10 @@ def evaluate_checkpoint(path: str | Path, cfg: Config) -> dict[str, float]:
     """Val loss and top-1/top-5 (%) of a checkpoint on ``cfg``'s val set, in one process."""
     device = pick_device(cfg.train.device)
     model, ckpt = load_model(path, expected_name=cfg.model.name)
-    d, image_cfg = cfg.data, get_pretrained_cfg(cfg.model.name)
-    val_tf = eval_transform(d.image_size, image_cfg.mean, image_cfg.std)
-    val_set, num_classes = build_dataset(dataset_root(d), "val", val_tf, d.max_val_images)
+    d, root = cfg.data, dataset_root(cfg.data)
+    stats = dataset_class(root)
+    val_tf = eval_transform(d.image_size, stats.mean, stats.std, d.crop_pct)
+    val_set, num_classes = build_dataset(root, "val", val_tf, d.max_val_images)
     check_architecture(ckpt, cfg.model.name, model_kwargs(cfg.model, num_classes), where=str(path))
     loader = DataLoader(val_set, d.batch_size, num_workers=d.workers)
     amp_dtype = AMP_DTYPES.get(cfg.train.amp) if device.type == "cuda" else None

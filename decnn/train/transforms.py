@@ -21,10 +21,14 @@ def train_transform(cfg: AugmentConfig, image_size: int, mean: Sequence[float], 
     return v2.Compose(steps)
 
 
-def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """Resize (a no-op at the native 64x64), then float and normalise."""
+def eval_transform(
+    image_size: int, mean: Sequence[float], std: Sequence[float], crop_pct: float = 1.0
+) -> v2.Compose:
+    """Resize the short side to ``image_size / crop_pct`` and center-crop (a no-op for Tiny-ImageNet's 64x64
+    at crop_pct 1; ImageNet's 256 -> 224 at 0.875), then float and normalise."""
     return v2.Compose([
-        v2.Resize(image_size, antialias=True),
+        v2.Resize(round(image_size / crop_pct), antialias=True),
+        v2.CenterCrop(image_size),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean, std),
     ])
