@@ -2,7 +2,7 @@
 
 import pytest
 
-from decnn.bench.compare import comparison_rows, format_markdown, load_runs, plot, read_run
+from decnn.bench.compare import comparison_rows, comparison_table, load_runs, plot, read_run
 from decnn.record import Latency, RecordError, RunRecord
 from decnn.train.logger import make_logger
 
@@ -46,7 +46,7 @@ def test_inference_rows_take_the_best_trained_accuracy_of_their_model(runs):
     assert rows["bench/c"]["top1"] == pytest.approx(64.0)
     assert rows["train/a"]["mode"] == "train" and rows["train/a"]["top1"] == pytest.approx(61.0)
     assert rows["train/a"]["params_per_device_mb"] == pytest.approx(12139688 * 4 / 2**20)
-    table = format_markdown(list(rows.values()))
+    table = comparison_table(list(rows.values()))
     assert "| bench/c | decnn_resnet34 | 4 | 1.5 | branch | 2 | 20mbit | 1 | 64 | 46.5 | 21 | 23.2 |" in table
 
 

@@ -72,7 +72,7 @@ def comparison_rows(runs: dict[str, RunRecord]) -> list[dict]:
     return rows
 
 
-def format_markdown(rows: list[dict]) -> str:
+def comparison_table(rows: list[dict]) -> str:
     lines = ["| run | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row[c]) for c in ("run", *COLUMNS)) + " |")
@@ -121,7 +121,7 @@ def main(argv=None) -> None:
     p.add_argument("--json", action="store_true", help="print JSON rows instead of Markdown")
     args = p.parse_args(argv)
     rows = comparison_rows(load_runs(args.runs))
-    print(json.dumps(rows, indent=2) if args.json else format_markdown(rows))
+    print(json.dumps(rows, indent=2) if args.json else comparison_table(rows))
     if args.plot:
         print(f"plot: {plot(rows, args.plot)}")
 
