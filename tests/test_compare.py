@@ -2,7 +2,7 @@
 
 import pytest
 
-from decnn.bench.compare import comparison_rows, comparison_table, load_runs, plot, read_run
+from decnn.bench.compare import comparison_rows, comparison_table, load_runs, main, plot, read_run
 from decnn.record import Latency, RecordError, RunRecord
 from decnn.train.logger import make_logger
 
@@ -34,11 +34,13 @@ def test_runs_are_read_back_with_their_hparams_and_metrics(runs):
     assert read_run(runs / "train" / "a")[1]["train/loss"] == pytest.approx(1.0)
 
 
-def test_an_unknown_hparam_is_an_error_not_a_silent_none(tmp_path):
+def test_an_unknown_hparam_is_an_error_not_a_silent_none(tmp_path, capsys):
     _log_run(tmp_path / "x", {"model": "decnn_resnet34", "groups": 4, "width": 1.5, "mode": "branch", "devices": 2,
                               "lnk": "20mbit"}, {"infer/latency_p50_ms": 1.0})
     with pytest.raises(RecordError, match=r"unknown hparam\(s\) \['lnk'\]"):
         load_runs(tmp_path)
+    assert main([str(tmp_path)]) == 2  # decnn compare: a usage error naming the run
+    assert f"error: {tmp_path / 'x'}: unknown hparam(s) ['lnk']" in capsys.readouterr().err
 
 
 def test_inference_rows_take_the_best_trained_accuracy_of_their_model(runs):
