@@ -244,13 +244,15 @@ def decnn_resnet18(pretrained: bool = False, **kwargs) -> DecoupledResNet:
 
 @register_model
 def decnn_resnet34(pretrained: bool = False, **kwargs) -> DecoupledResNet:
-    """DeCNN ResNet-34 "s3_x15" of the paper: 4 groups, x1.5 width, shuffles after stages 1-3."""
+    """DeCNN ResNet-34: 4 groups, x1.5 width, shuffles after stages 1-3. With ``stem="imagenet",
+    num_classes=1000`` it is the paper's "s3_x15" (the authors' ``resnet34_s3_x15``)."""
     args = {"block": BasicBlock, "layers": (3, 4, 6, 3), "groups": 4, "width": 1.5}
     return _create("decnn_resnet34", pretrained, **{**args, **kwargs})
 
 
 @register_model
 def decnn_resnet50(pretrained: bool = False, **kwargs) -> DecoupledResNet:
-    """DeCNN ResNet-50 (bottleneck): 4 groups, x1.75 width as in the paper's ResNet-50 result."""
+    """DeCNN ResNet-50 (bottleneck): 4 groups, x1.75 width. With ``stem="imagenet", num_classes=1000`` it is
+    the authors' ``resnet50_s3_addchannel175`` (``width=1.5``: ``resnet50_s3_addchannel``)."""
     args = {"block": Bottleneck, "layers": (3, 4, 6, 3), "groups": 4, "width": 1.75}
     return _create("decnn_resnet50", pretrained, **{**args, **kwargs})

@@ -13,7 +13,7 @@ import json
 import timm
 
 import decnn  # noqa: F401  (registers the models)
-from decnn.models.decoupled_resnet import STEMS
+from decnn.models.decoupled_resnet import STEMS, DecoupledResNet
 from decnn.models.stats import GOLDEN_PATH, count_flops, count_params, golden_stats, model_names
 from decnn.partition import Placement, extract_branches
 
@@ -23,14 +23,15 @@ def branch_stats(model, num_devices: int, size: int) -> dict:
     branches = extract_branches(model, Placement.even(model.groups, num_devices))
     shape = (1, 3, size, size)
 
-    def no_exchange(i, x):
-        return x  # shapes are unchanged by the exchange, and FLOPs are all we count here
+    def no_exchange(*args):
+        return args[-1]  # shapes are unchanged by the exchange and the reduce, and FLOPs are all we count here
 
     return {
         "params": count_params(model),
         "flops": count_flops(model, shape),
         "params_per_device": [count_params(b) for b in branches],
-        "flops_per_device": [count_flops(b, shape, forward=lambda x, b=b: b(x, no_exchange)) for b in branches],
+        "flops_per_device": [count_flops(b, shape, forward=lambda x, b=b: b(x, no_exchange, no_exchange))
+                             for b in branches],
     }
 
 
@@ -38,7 +39,9 @@ def table_rows(names, variants, devices, stem, size) -> list[dict]:
     rows = []
     for name in names:
         for groups, width in variants or [(1, 1.0), (None, None)]:
-            kwargs = {"stem": stem, **({} if groups is None else {"groups": groups, "width": width})}
+            resnet = timm.models.model_entrypoint(name).__module__ == DecoupledResNet.__module__
+            stem_arg = {"stem": stem} if resnet else {}  # the VGG has one stem
+            kwargs = {**stem_arg, **({} if groups is None else {"groups": groups, "width": width})}
             model = timm.create_model(name, **kwargs)
             # A model with too few groups for any requested count is shown whole, on one device.
             for n in [n for n in devices if model.groups % n == 0] or [1]:
