@@ -63,10 +63,10 @@ def export_onnx(out: str | Path, manifest: dict) -> list[list[str]]:
         x = torch.zeros(1, 3, size, size)
         names = onnx_files(d, len(branch.segments))
         for module, name in zip([*(_Segment(branch, i) for i in range(len(branch.segments))), _Head(branch)], names):
-            dynamic = {0: "batch"} if isinstance(module, _Head) else {0: "batch", 2: "height", 3: "width"}
+            image = {0: "batch", 2: "height", 3: "width"}
             torch.onnx.export(module, (x,), out / name, input_names=["x"], output_names=["y"], dynamo=False,
-                              dynamic_axes={"x": dynamic, "y": {0: "batch"} if isinstance(module, _Head) else dynamic})
-            with torch.inference_mode():
+                              dynamic_axes={"x": image, "y": {0: "batch"} if isinstance(module, _Head) else image})
+            with torch.no_grad():  # not inference_mode: the next export traces with this tensor
                 x = module(x)
         files.append(names)
     return files

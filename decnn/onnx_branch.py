@@ -21,7 +21,7 @@ class OnnxBranch:
         import onnxruntime as ort
 
         manifest = read_manifest(directory)
-        if "onnx" not in manifest:
+        if not manifest.get("onnx"):
             raise FileNotFoundError(f"{directory} has no ONNX graphs: export with `decnn export ... --onnx`")
         shard = torch.load(shard_file(directory, device), map_location="cpu", mmap=True, weights_only=True)
         self.plans = [ExchangePlan(**plan) for plan in shard["plans"]]
@@ -30,6 +30,7 @@ class OnnxBranch:
         self.sessions = [ort.InferenceSession(str(Path(directory) / name), options, providers=["CPUExecutionProvider"])
                          for name in manifest["onnx"][device]]
         self.segments = self.sessions[:-1]
+        self.param_bytes = manifest["devices"][device]["param_bytes"]
 
     @property
     def num_shuffles(self) -> int:

@@ -30,6 +30,7 @@ from decnn import worker
 from decnn.comm import LOCAL_ENDPOINT, launch
 from decnn.inference.config import ConfigError, InferConfig
 from decnn.inference.spec import ModelSpec, describe, resolve_model
+from decnn.shards import read_manifest
 
 __all__ = ["SplitModel", "WorkerError", "split"]
 
@@ -49,6 +50,7 @@ def split(
     exchange_dtype: str = "fp32",
     overlap: int = 1,
     *,
+    backend: str = "torch",
     threads: int | None = None,
     timeout: float = 60.0,
     nnodes: int = 1,
@@ -63,13 +65,15 @@ def split(
     ``mode``: ``"branch"`` (DeCNN: each device runs its channel groups) or ``"pipeline"`` (layer-wise
     stages). ``placement``: groups per device, e.g. ``"0,1,2/3"`` (default: even, or the shards').
     ``overlap``: branch mode, slices of a batch in flight; pipeline mode, micro-batches per batch.
+    ``backend="onnxruntime"``: the branches run as ONNX graphs (a shard folder exported with ``--onnx``);
+    torch.distributed still exchanges the activations.
     Bad settings raise :class:`ConfigError` before any process starts.
     """
     if mode not in SPLIT_MODES:
         raise ConfigError(f"mode {mode!r}: a split model runs mode 'branch' or 'pipeline', e.g. mode='branch'")
     common = dict(mode=mode, devices=devices, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, placement=placement,
-                  exchange_dtype=exchange_dtype, overlap=overlap, threads=threads, timeout=timeout, seed=seed,
-                  batch=overlap, warmup=0, log_dir=None)  # batch: pipeline mode checks it splits into overlap
+                  exchange_dtype=exchange_dtype, backend=backend, overlap=overlap, threads=threads, timeout=timeout,
+                  seed=seed, batch=overlap, warmup=0, log_dir=None)  # batch: checked to split into overlap
     module = source if isinstance(source, nn.Module) else None
     if module is not None:
         cfg = InferConfig(random_init=True, **common).check()
@@ -85,6 +89,9 @@ def split(
                           "e.g. decnn.split('runs/train/<run>/best.pt', devices=2)")
     if mode == "branch":
         spec.placement(placement, cfg.world_size)  # a bad placement or missing shard fails here
+    if backend == "onnxruntime" and (spec.exported_placement is None or not read_manifest(source).get("onnx")):
+        raise ConfigError(f"backend='onnxruntime' needs a shard folder with ONNX graphs, not {source!r}: "
+                          "export one with `decnn export CHECKPOINT --devices N --out DIR --onnx`")
     return SplitModel(cfg, spec)
 
 

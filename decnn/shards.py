@@ -91,7 +91,7 @@ def load_shard_branch(directory: str | Path, placement: Placement, device: int) 
     manifest = check_shards(directory, placement)
     path = shard_file(directory, device)
     try:
-        shard = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        shard = torch.load(path, map_location="cpu", weights_only=True)  # its own weights only: read them all
     except Exception as e:
         raise ShardError(f"{path} is not a shard: {str(e).splitlines()[0][:200]}") from None
     expected = {"export_id": manifest["export_id"], "device": device, "model_name": manifest["model_name"],
@@ -104,7 +104,9 @@ def load_shard_branch(directory: str | Path, placement: Placement, device: int) 
         load_weights(branch, shard["branch"], where=str(path), assign=True)
     except CheckpointError as e:
         raise ShardError(str(e)) from None
-    branch.plans = [ExchangePlan(**plan) for plan in shard["plans"]]
+    # Cloned: a tensor left on the mapped file would keep the whole mapping, weights included, resident.
+    branch.plans = [ExchangePlan(**{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in plan.items()})
+                    for plan in shard["plans"]]
     return branch.eval()
 
 

@@ -1,13 +1,15 @@
 """A rank's set-up, shared by the benchmark runner and the persistent workers of ``decnn.split``.
 
 From the spec, the rank builds only what its mode needs (branch mode: its branch alone, from shards or a
-memory-mapped checkpoint) and wraps it in the mode object whose ``step`` runs a batch across the ranks.
+memory-mapped checkpoint, or its ONNX graphs with ``backend="onnxruntime"``) and wraps it in the mode
+object whose ``step`` runs a batch across the ranks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from decnn.comm import Communicator
@@ -34,8 +36,15 @@ class BuiltMode:
 def build_mode(cfg: InferConfig, comm: Communicator, spec: ModelSpec, normalize: Normalize) -> BuiltMode:
     if cfg.mode == "branch":
         placement = spec.placement(cfg.placement, comm.world_size)
+        codec = make_codec(cfg.exchange_dtype)
+        if cfg.backend == "onnxruntime":
+            from decnn.onnx_branch import OnnxBranch
+
+            branch = OnnxBranch(spec.checkpoint, comm.rank, threads=torch.get_num_threads())
+            return BuiltMode(BranchMode(branch, comm, codec, normalize, cfg.overlap), branch.param_bytes,
+                             placement.as_lists())
         branch = spec.build_branch(placement, comm.rank).to(comm.device)
-        mode = BranchMode(prepare_for_inference(branch), comm, make_codec(cfg.exchange_dtype), normalize, cfg.overlap)
+        mode = BranchMode(prepare_for_inference(branch), comm, codec, normalize, cfg.overlap)
         return BuiltMode(mode, param_bytes(branch), placement.as_lists())
     model = spec.build(comm.device)
     held = param_bytes(model)
