@@ -22,6 +22,7 @@ from decnn.inference.metrics import agreement, peak_rss_bytes, reset_peak_rss, t
 from decnn.inference.optimize import keep_freed_memory
 from decnn.inference.report import write_report
 from decnn.inference.spec import ModelSpec, resolve_model
+from decnn.record import RunRecord
 
 SYNTHETIC_IMAGES = 64
 # Test-only fault injection: "RANK:STEP:exit" makes that rank exit at that timed step, ":hang" makes it hang.
@@ -61,7 +62,7 @@ def preflight(cfg: InferConfig, rank: int = 0) -> tuple[ModelSpec, object]:
     return spec, (open_inputs(cfg, spec) if rank == 0 else None)
 
 
-def run_rank(cfg: InferConfig) -> dict | None:
+def run_rank(cfg: InferConfig) -> RunRecord | None:
     """The whole run on this rank (the function every process runs); returns the report on rank 0."""
     rank = int(os.environ.get("RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
@@ -75,7 +76,7 @@ def run_rank(cfg: InferConfig) -> dict | None:
         comm.close()
 
 
-def _run(cfg: InferConfig, comm: Communicator, spec: ModelSpec, source, cores: list[int]) -> dict | None:
+def _run(cfg: InferConfig, comm: Communicator, spec: ModelSpec, source, cores: list[int]) -> RunRecord | None:
     shared = comm.broadcast_object((len(source), source.image_size) if comm.rank == 0 else None)
     num_images, image_size = shared
     normalize = Normalize(spec.mean, spec.std, comm.device)
