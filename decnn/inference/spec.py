@@ -111,8 +111,9 @@ def resolve_model(cfg: InferConfig) -> ModelSpec:
             manifest = shards.read_manifest(cfg.checkpoint)
         except shards.ShardError as e:
             raise ConfigError(str(e)) from None
-        if cfg.mode != "branch":
-            raise ConfigError(f"{cfg.checkpoint} holds branches for mode branch; mode {cfg.mode} needs the checkpoint")
+        if cfg.mode != "branch" or cfg.verify:
+            raise ConfigError(f"{cfg.checkpoint} holds branches for mode branch; mode {cfg.mode} and --verify need "
+                              "the whole model: give the checkpoint")
         name, kwargs, trained_size = manifest["model_name"], dict(manifest["model_kwargs"]), manifest["image_size"]
         exported = tuple(tuple(dev) for dev in manifest["placement"])
         if cfg.model is not None and cfg.model != name:
