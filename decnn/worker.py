@@ -4,7 +4,8 @@ Rank 0 takes requests from the caller's process through a pipe and announces eac
 small broadcast (operation, batch shape, dtype); then every rank runs its mode's ``step``, as the benchmark
 runner does, and rank 0 sends the logits back. Several hosts: on each other host run
 
-    torchrun --nnodes N --nproc-per-node K --rdzv-backend c10d --rdzv-endpoint HOST0:PORT -m decnn.worker
+    torchrun --nnodes N --nproc-per-node K --rdzv-backend c10d --rdzv-endpoint HOST0:PORT --rdzv-id decnn \
+        -m decnn.worker
 
 while the caller on HOST0 calls ``decnn.split(..., nnodes=N, rdzv_endpoint="HOST0:PORT")``; rank 0 sends
 the workers the settings and the model spec (shards and checkpoints are read on each host).
