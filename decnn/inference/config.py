@@ -6,14 +6,11 @@ import os
 from dataclasses import dataclass
 
 from decnn.comm import LOCAL_ENDPOINT, under_launcher
+from decnn.errors import ConfigError
 from decnn.inference.codec import EXCHANGE_DTYPES
 
 MODES = ("branch", "single", "data", "pipeline")
 BACKENDS = ("torch", "onnxruntime")  # what computes a branch; torch.distributed exchanges either way
-
-
-class ConfigError(ValueError):
-    """Settings that cannot work together; raised before any process group starts."""
 
 
 @dataclass(frozen=True)

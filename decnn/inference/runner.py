@@ -18,7 +18,7 @@ from decnn.comm import Communicator, configure_threads
 from decnn.inference.build import build_mode
 from decnn.inference.config import ConfigError, InferConfig
 from decnn.inference.inputs import Normalize, SyntheticImages, ValImages, batch_sizes
-from decnn.inference.metrics import agreement, peak_rss_bytes, reset_peak_rss, topk_accuracy
+from decnn.inference.metrics import agreement, peak_rss_bytes, reset_peak_rss, synced_time, topk_accuracy
 from decnn.inference.optimize import keep_freed_memory
 from decnn.inference.report import write_report
 from decnn.inference.spec import ModelSpec, resolve_model
@@ -138,8 +138,7 @@ def _timed_steps(cfg, comm, mode, source, sizes: list[int], image_size: int) -> 
         inputs, labels = _load(source, step, first, image_size, comm.device, comm.rank)
         start = time.perf_counter()
         out = mode.step(inputs)
-        _sync(comm.device)
-        elapsed = time.perf_counter() - start
+        elapsed = synced_time(comm.device) - start
         if comm.rank == 0:
             timing.latency_s += [elapsed] * len(step)
             timing.busy_s += elapsed
@@ -202,11 +201,6 @@ def _quality(cfg, spec: ModelSpec, normalize, source, sizes, timing: Timing) -> 
                 start += n
         quality.update(agreement(logits, torch.cat(refs)))
     return quality
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _inject_fault(rank: int, step: int) -> None:
