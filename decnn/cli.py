@@ -5,6 +5,7 @@
     decnn compare [...]    training and inference runs side by side (table + plot)
     decnn bench [...]      the side-by-side benchmark (python -m decnn.bench)
     decnn data [...]       download, check, prepare Tiny-ImageNet or make the stand-in (python -m decnn.data)
+    decnn export [...]     a checkpoint as per-device shards, optionally ONNX graphs (python -m decnn.export)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ COMMANDS = {
     "compare": "decnn.bench.compare",
     "bench": "decnn.bench.__main__",
     "data": "decnn.data.__main__",
+    "export": "decnn.export",
 }
 
 

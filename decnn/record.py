@@ -48,6 +48,7 @@ class RunRecord:
     batch: int | None = None
     overlap: int | None = None
     exchange_dtype: str | None = None
+    backend: str | None = None  # what computed the branches: torch or onnxruntime
     link: str | None = None  # the benchmark's emulated link, or "loopback"
     oversubscribed: bool | None = None
     image_size: int | None = None
@@ -165,7 +166,7 @@ class RunRecord:
 
 # The settings that tell runs apart in TensorBoard's HPARAMS tab, with the type each reads back as.
 HPARAMS = {"model": str, "groups": int, "width": float, "stem": str, "mode": str, "devices": int, "batch": int,
-           "exchange_dtype": str, "overlap": int, "link": str, "name": str}
+           "exchange_dtype": str, "backend": str, "overlap": int, "link": str, "name": str}
 # The headline numbers, by TensorBoard tag: the field (or field and key) each comes from.
 METRIC_TAGS = {
     "infer/latency_p50_ms": ("latency_ms", "p50"),

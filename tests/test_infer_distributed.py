@@ -20,6 +20,7 @@ from conftest import randomize_
 
 from decnn.bench.links import EmulatedLink, links_available
 from decnn.comm import Communicator, launch
+from decnn.export import main as export_main
 from decnn.inference.branch_mode import BranchMode
 from decnn.inference.cli import main
 from decnn.inference.codec import make_codec
@@ -210,6 +211,11 @@ def test_cli_checkpoint_on_val_images_three_processes(tmp_path, checkpoint_and_d
     # The split run scores exactly what the trainer's own evaluation scores on the same images.
     expected = evaluate_checkpoint(ckpt, cfg)
     assert r["top1"] == pytest.approx(expected["top1"]) and r["top5"] == pytest.approx(expected["top5"])
+    # The same run from per-device shards (the placement comes with them): the same scores.
+    assert export_main([str(ckpt), "--placement", "0,1/2/3", "--out", str(tmp_path / "shards")]) == 0
+    r = _report(tmp_path, "--checkpoint", str(tmp_path / "shards"), "--data-root", str(root), "--batch", "50",
+                "--warmup", "0", "--devices", "3")
+    assert (r["top1"], r["top5"]) == (pytest.approx(expected["top1"]), pytest.approx(expected["top5"]))
 
 
 def _descendants(pid: int) -> set[int]:

@@ -8,7 +8,7 @@ import sys
 
 from decnn.comm import LOCAL_ENDPOINT, LaunchError, PeerError, launch, under_launcher
 from decnn.inference.codec import EXCHANGE_DTYPES
-from decnn.inference.config import MODES, ConfigError, InferConfig
+from decnn.inference.config import BACKENDS, MODES, ConfigError, InferConfig
 from decnn.inference.runner import preflight, run_rank
 from decnn.models import STEMS
 
@@ -66,6 +66,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=d.seed, help="seed of the random init and synthetic images")
     g = p.add_argument_group("split")
     g.add_argument("--placement", help="groups per device, e.g. 0,1,2/3 (default: even)")
+    g.add_argument("--backend", choices=BACKENDS, default=d.backend,
+                   help="what computes a branch: torch, or ONNX Runtime on the graphs of an --onnx export")
     g.add_argument("--exchange-dtype", choices=EXCHANGE_DTYPES, default=d.exchange_dtype,
                    help="activations on the wire: fp32, fp16, bf16 or int8 (8-bit, per-row scale)")
     g.add_argument("--overlap", type=int, nargs="?", const=2, default=d.overlap, metavar="K",

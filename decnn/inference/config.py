@@ -10,6 +10,7 @@ from decnn.errors import ConfigError
 from decnn.inference.codec import EXCHANGE_DTYPES
 
 MODES = ("branch", "single", "data", "pipeline")
+BACKENDS = ("torch", "onnxruntime")  # what computes a branch; torch.distributed exchanges either way
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class InferConfig:
     batch: int = 1
     placement: str | None = None
     exchange_dtype: str = "fp32"
+    backend: str = "torch"
     overlap: int = 1
     verify: bool = False
     warmup: int = 3
@@ -58,6 +60,10 @@ class InferConfig:
              "give either --checkpoint PATH (val images) or --random-init (synthetic images)")
         need(self.image_size is None or self.random_init,
              "--image-size applies to synthetic images (--random-init); val images keep their size")
+        need(self.backend in BACKENDS, f"unknown backend {self.backend!r}; choose one of {BACKENDS}")
+        need(self.backend == "torch" or (self.mode == "branch" and self.checkpoint is not None),
+             "--backend onnxruntime runs the ONNX graphs of shards: mode branch with --checkpoint SHARD_DIR "
+             "(from `decnn export CHECKPOINT --out SHARD_DIR --onnx`)")
         need(self.exchange_dtype in EXCHANGE_DTYPES,
              f"unknown exchange dtype {self.exchange_dtype!r}; choose one of {EXCHANGE_DTYPES}")
         for name in ("batch", "nnodes", "overlap"):

@@ -13,7 +13,8 @@ import torch
 
 
 class Normalize:
-    """uint8 images -> float inputs: ``(x / 255 - mean) / std`` per channel."""
+    """uint8 images -> float inputs: ``(x / 255 - mean) / std`` per channel; float inputs are already
+    normalised and pass unchanged."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device):
         std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
@@ -21,6 +22,8 @@ class Normalize:
         self.shift = torch.tensor(mean, device=device).view(1, -1, 1, 1) / std_t
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.is_floating_point():
+            return images
         return images.to(torch.float32).mul_(self.scale).sub_(self.shift)
 
 

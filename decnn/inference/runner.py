@@ -15,16 +15,13 @@ from dataclasses import dataclass, field
 import torch
 
 from decnn.comm import Communicator, configure_threads
-from decnn.inference.baselines import DataMode, SingleMode
-from decnn.inference.branch_mode import BranchMode
-from decnn.inference.codec import make_codec
+from decnn.inference.build import build_mode
 from decnn.inference.config import ConfigError, InferConfig
 from decnn.inference.inputs import Normalize, SyntheticImages, ValImages, batch_sizes
-from decnn.inference.metrics import agreement, param_bytes, peak_rss_bytes, reset_peak_rss, synced_time, topk_accuracy
-from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
+from decnn.inference.metrics import agreement, peak_rss_bytes, reset_peak_rss, synced_time, topk_accuracy
+from decnn.inference.optimize import keep_freed_memory
 from decnn.inference.report import write_report
 from decnn.inference.spec import ModelSpec, resolve_model
-from decnn.partition import extract_branch
 from decnn.record import RunRecord
 
 SYNTHETIC_IMAGES = 64
@@ -79,29 +76,12 @@ def run_rank(cfg: InferConfig) -> RunRecord | None:
         comm.close()
 
 
-def _build_mode(cfg: InferConfig, comm: Communicator, spec: ModelSpec, normalize: Normalize):
-    """The mode object, the bytes of parameters this rank holds, and the placement (branch mode)."""
-    model = spec.build(comm.device)
-    if cfg.mode == "branch":
-        placement = spec.placement(cfg.placement, comm.world_size)
-        branch = extract_branch(model, placement, comm.rank).to(comm.device)
-        del model  # this rank keeps its branch only
-        held = param_bytes(branch)
-        mode = BranchMode(prepare_for_inference(branch), comm, make_codec(cfg.exchange_dtype), normalize, cfg.overlap)
-        return mode, held, placement.as_lists()
-    held = param_bytes(model)
-    if cfg.mode == "single":
-        return SingleMode(prepare_for_inference(model), normalize), held, None
-    if cfg.mode == "data":
-        return DataMode(prepare_for_inference(model), comm, normalize), held, None
-    return model, held, None  # pipeline: run_pipeline splits the model itself
-
-
 def _run(cfg: InferConfig, comm: Communicator, spec: ModelSpec, source, cores: list[int]) -> RunRecord | None:
     shared = comm.broadcast_object((len(source), source.image_size) if comm.rank == 0 else None)
     num_images, image_size = shared
     normalize = Normalize(spec.mean, spec.std, comm.device)
-    mode, held, placement = _build_mode(cfg, comm, spec, normalize)
+    built = build_mode(cfg, comm, spec, normalize)
+    mode, held, placement = built.mode, built.param_bytes, built.placement
     sizes = batch_sizes(num_images, cfg.batch)
     reset_peak_rss()
     if cfg.mode == "pipeline":

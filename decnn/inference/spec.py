@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 import decnn  # noqa: F401  (registers the models with timm)
+from decnn import shards
 from decnn.inference.config import ConfigError, InferConfig
 from decnn.models import DecoupledModelError, verify_decoupled
-from decnn.partition import Placement
+from decnn.partition import Branch, Placement, extract_branch
 from decnn.train.checkpoint import CheckpointError, load_checkpoint, load_model
 
 DEFAULT_MODEL = "decnn_resnet34"
@@ -23,7 +24,9 @@ DEFAULT_MODEL = "decnn_resnet34"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model by timm name and kwargs, with weights from ``checkpoint`` or a random init seeded by ``seed``."""
+    """A model by timm name and kwargs, with weights from ``checkpoint`` (a file, or a folder of per-device
+    shards exported for ``exported_placement``), from ``module`` (passed in by the caller), or a random init
+    seeded by ``seed``."""
 
     name: str
     kwargs: dict
@@ -36,26 +39,54 @@ class ModelSpec:
     input_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    exported_placement: tuple[tuple[int, ...], ...] | None = None
+    module: nn.Module | None = None
 
     def build(self, device: torch.device | None = None) -> nn.Module:
         """The whole model in eval mode (the same weights on every rank)."""
-        if self.checkpoint is not None:
+        if self.exported_placement is not None:
+            raise ConfigError(f"{self.checkpoint} holds per-device shards, not the whole model: give the checkpoint")
+        if self.module is not None:
+            model = self.module
+        elif self.checkpoint is not None:
             model, _ = load_model(self.checkpoint, expected_name=self.name)
         else:
             torch.manual_seed(self.seed)
             model = _randomize_batch_norms(timm.create_model(self.name, **self.kwargs))
         return model.to(device or "cpu").eval()
 
-    def placement(self, spec: str | None, num_devices: int) -> Placement:
-        """The explicit placement ``spec`` (e.g. "0,1,2/3"), else the groups spread evenly."""
+    def build_branch(self, placement: Placement, device: int) -> Branch:
+        """Device ``device``'s branch in eval mode; from shards or a checkpoint, without the other weights."""
         try:
-            placement = Placement.parse(self.groups, spec) if spec else Placement.even(self.groups, num_devices)
+            if self.exported_placement is not None:
+                return shards.load_shard_branch(self.checkpoint, placement, device)
+            if self.checkpoint is not None:
+                return shards.load_checkpoint_branch(self.checkpoint, placement, device)
+        except (shards.ShardError, CheckpointError) as e:
+            raise ConfigError(str(e)) from None
+        return extract_branch(self.build(), placement, device)
+
+    def placement(self, spec: str | None, num_devices: int) -> Placement:
+        """The explicit placement ``spec`` (e.g. "0,1,2/3"), else the shards' or the groups spread evenly."""
+        try:
+            if spec:
+                placement = Placement.parse(self.groups, spec)
+            elif self.exported_placement is not None:
+                placement = Placement(self.groups, self.exported_placement)
+            else:
+                placement = Placement.even(self.groups, num_devices)
         except ValueError as e:
             raise ConfigError(f"--placement: {e}") from None
         if placement.num_devices != num_devices:
             raise ConfigError(
-                f"--placement {spec} names {placement.num_devices} devices, but the run has {num_devices}"
+                f"placement {spec or placement.as_lists()} names {placement.num_devices} devices, "
+                f"but the run has {num_devices}"
             )
+        if self.exported_placement is not None:
+            try:
+                shards.check_shards(self.checkpoint, placement)
+            except shards.ShardError as e:
+                raise ConfigError(str(e)) from None
         return placement
 
 
@@ -75,7 +106,20 @@ def _randomize_batch_norms(model: nn.Module) -> nn.Module:
 def resolve_model(cfg: InferConfig) -> ModelSpec:
     """Check the model settings (and the checkpoint) and describe the model; raises ConfigError."""
     given = {k: v for k, v in (("groups", cfg.groups), ("width", cfg.width), ("stem", cfg.stem)) if v is not None}
-    if cfg.checkpoint is not None:
+    exported = None
+    if cfg.checkpoint is not None and shards.is_shard_dir(cfg.checkpoint):
+        try:
+            manifest = shards.read_manifest(cfg.checkpoint)
+        except shards.ShardError as e:
+            raise ConfigError(str(e)) from None
+        if cfg.mode != "branch" or cfg.verify:
+            raise ConfigError(f"{cfg.checkpoint} holds branches for mode branch; mode {cfg.mode} and --verify need "
+                              "the whole model: give the checkpoint")
+        name, kwargs, trained_size = manifest["model_name"], dict(manifest["model_kwargs"]), manifest["image_size"]
+        exported = tuple(tuple(dev) for dev in manifest["placement"])
+        if cfg.model is not None and cfg.model != name:
+            raise ConfigError(f"{cfg.checkpoint} holds a {name} model, not the requested {cfg.model}")
+    elif cfg.checkpoint is not None:
         try:
             ckpt = load_checkpoint(cfg.checkpoint)
         except (FileNotFoundError, CheckpointError) as e:
@@ -89,9 +133,18 @@ def resolve_model(cfg: InferConfig) -> ModelSpec:
         if name not in timm.list_models():
             raise ConfigError(f"unknown model {name!r}; DeCNN models: {timm.list_models('decnn_*')}")
     try:
-        model = timm.create_model(name, **kwargs)
+        with torch.device("meta"):  # the structure is all that is read here
+            model = timm.create_model(name, **kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"cannot build {name} with {kwargs}: {e}") from None
+    return describe(model, cfg, name, kwargs, given, trained_size, exported)
+
+
+def describe(model: nn.Module, cfg: InferConfig, name: str, kwargs: dict, given: dict | None = None,
+             trained_size: int | None = None, exported: tuple | None = None,
+             module: nn.Module | None = None) -> ModelSpec:
+    """The spec of ``model`` (built from ``name`` and ``kwargs``, or passed in as ``module``)."""
+    given = given or {}
     try:
         verify_decoupled(model)
     except DecoupledModelError as e:
@@ -116,4 +169,6 @@ def resolve_model(cfg: InferConfig) -> ModelSpec:
         input_size=trained_size or int(pcfg["input_size"][-1]),
         mean=tuple(pcfg["mean"]),
         std=tuple(pcfg["std"]),
+        exported_placement=exported,
+        module=module,
     )

@@ -73,7 +73,7 @@ def _slice_conv(conv: nn.Conv2d, out_index: torch.Tensor, groups: int) -> nn.Con
     in_channels = conv.in_channels // conv.groups * groups
     sliced = nn.Conv2d(
         in_channels, len(out_index), conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups,
-        conv.bias is not None, conv.padding_mode,
+        conv.bias is not None, conv.padding_mode, device=conv.weight.device,
     )
     sliced.weight.data.copy_(conv.weight.data[out_index])
     if conv.bias is not None:
@@ -82,7 +82,8 @@ def _slice_conv(conv: nn.Conv2d, out_index: torch.Tensor, groups: int) -> nn.Con
 
 
 def _slice_bn(bn: nn.BatchNorm2d, index: torch.Tensor) -> nn.BatchNorm2d:
-    sliced = nn.BatchNorm2d(len(index), bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+    device = next(bn.buffers()).device
+    sliced = nn.BatchNorm2d(len(index), bn.eps, bn.momentum, bn.affine, bn.track_running_stats, device=device)
     for name in ("weight", "bias", "running_mean", "running_var"):
         if getattr(bn, name) is not None:
             getattr(sliced, name).data.copy_(getattr(bn, name).data[index])
@@ -96,16 +97,24 @@ def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
+def _weightless_copy(module: nn.Module) -> nn.Module:
+    """A deep copy whose weights are on the ``meta`` device: copying them would read every group's weights
+    (all of a memory-mapped checkpoint) only for the slices to replace them."""
+    memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad) for p in module.parameters()}
+    memo.update({id(b): torch.empty_like(b, device="meta") for b in module.buffers()})
+    return copy.deepcopy(module, memo)
+
+
 def _slice_segment(segment: nn.Module, placement: Placement, device: int) -> nn.Module:
     """Slice every group conv and batch norm of a segment (checked by verify_decoupled) to ``device``'s groups."""
-    segment = copy.deepcopy(segment)
+    sliced = _weightless_copy(segment)
     local_groups = len(placement.devices[device])
-    for name, m in list(segment.named_modules()):
+    for name, m in segment.named_modules():
         if isinstance(m, nn.Conv2d):
-            _replace(segment, name, _slice_conv(m, placement.local_channels(m.out_channels, device), local_groups))
+            _replace(sliced, name, _slice_conv(m, placement.local_channels(m.out_channels, device), local_groups))
         elif isinstance(m, nn.BatchNorm2d):
-            _replace(segment, name, _slice_bn(m, placement.local_channels(m.num_features, device)))
-    return segment
+            _replace(sliced, name, _slice_bn(m, placement.local_channels(m.num_features, device)))
+    return sliced
 
 
 def _slice_stem(stem: nn.Sequential, placement: Placement, device: int) -> nn.Sequential:
@@ -148,7 +157,7 @@ def _head_columns(pool: nn.Module, channels: int, local: torch.Tensor) -> torch.
 
 
 def _slice_fc(fc: nn.Linear, columns: torch.Tensor, with_bias: bool) -> nn.Linear:
-    sliced = nn.Linear(len(columns), fc.out_features, bias=with_bias)
+    sliced = nn.Linear(len(columns), fc.out_features, bias=with_bias, device=fc.weight.device)
     sliced.weight.data.copy_(fc.weight.data[:, columns])
     if with_bias:
         sliced.bias.data.copy_(fc.bias.data)
@@ -156,7 +165,11 @@ def _slice_fc(fc: nn.Linear, columns: torch.Tensor, with_bias: bool) -> nn.Linea
 
 
 def extract_branch(model: nn.Module, placement: Placement, device: int) -> Branch:
-    """Device ``device``'s branch of a decoupled model (one that passes ``verify_decoupled``)."""
+    """Device ``device``'s branch of a decoupled model (one that passes ``verify_decoupled``).
+
+    The slices live where the model's weights do: a model on the ``meta`` device gives a weightless
+    skeleton of the branch, ready to be filled from a shard.
+    """
     verify_decoupled(model)
     if placement.groups != model.groups:
         raise ValueError(f"placement is for {placement.groups} groups, the model has {model.groups}")

@@ -78,8 +78,9 @@ def check_architecture(ckpt: dict, name: str, kwargs: dict | None = None, where:
         raise CheckpointError(f"{where} holds a {name} of another architecture ({diff})")
 
 
-def load_weights(model: nn.Module, state_dict: dict, where: str = "checkpoint") -> None:
-    """``model.load_state_dict`` with a CheckpointError naming the mismatching keys."""
+def load_weights(model: nn.Module, state_dict: dict, where: str = "checkpoint", assign: bool = False) -> None:
+    """``model.load_state_dict`` with a CheckpointError naming the mismatching keys (``assign``: take the
+    tensors themselves, e.g. into a ``meta`` skeleton, instead of copying them)."""
     own = model.state_dict()
     missing = sorted(own.keys() - state_dict.keys())
     unexpected = sorted(state_dict.keys() - own.keys())
@@ -88,7 +89,7 @@ def load_weights(model: nn.Module, state_dict: dict, where: str = "checkpoint") 
         parts = [f"{label}: {_few(keys)}" for label, keys in
                  (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped)) if keys]
         raise CheckpointError(f"{where} does not fit the model ({'; '.join(parts)})")
-    model.load_state_dict(state_dict)
+    model.load_state_dict(state_dict, assign=assign)
 
 
 def _few(keys: list[str], n: int = 5) -> str:

@@ -1,0 +1,97 @@
+"""ONNX Runtime against PyTorch for one device's branch (1 thread, interleaved rounds); writes JSON.
+
+    /work/tools/cpu-measure python -m decnn.bench.onnx_branch --out results/onnx_vs_torch.json
+
+Both run device 0's branch of the same random-init model (2 devices, even placement), segment by segment
+and the head, without the exchange (it keeps the shapes): PyTorch as the workers prepare it (BN folded,
+channels-last), ONNX Runtime from ``decnn export --onnx`` with all graph optimisations. Every round times
+each batch size and backend in turn; the report gives per-round medians, their median and spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import timm
+import torch
+
+from decnn.export import export_onnx
+from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
+from decnn.onnx_branch import OnnxBranch
+from decnn.partition import Placement
+from decnn.shards import export_shards, load_shard_branch
+from decnn.train.checkpoint import save_checkpoint
+
+
+def _chain(branch, x: torch.Tensor) -> torch.Tensor:
+    for i in range(len(branch.segments)):
+        x = branch.segment(i, x)
+    return branch.head(x)
+
+
+def _median_ms(fn, x: torch.Tensor, iters: int) -> float:
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m decnn.bench.onnx_branch", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="decnn_resnet34")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--iters", type=int, default=15, help="timed passes per round, batch and backend")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(1)
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    keep_freed_memory()
+    torch.manual_seed(0)
+    model = timm.create_model(args.model).eval()
+    placement = Placement.even(model.groups, 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "model.pt"
+        save_checkpoint(ckpt, {"model": model.state_dict(), "model_name": args.model, "model_kwargs": {},
+                               "config": {"data": {"image_size": args.image_size}}})
+        manifest = export_shards(ckpt, placement, tmp)
+        manifest["onnx"] = export_onnx(tmp, manifest)
+        (Path(tmp) / "manifest.json").write_text(json.dumps(manifest))
+        backends = {"torch": prepare_for_inference(load_shard_branch(tmp, placement, 0)),
+                    "onnxruntime": OnnxBranch(tmp, 0, threads=1)}
+        runs = {(b, n): [] for n in args.batches for b in backends}
+        with torch.inference_mode():
+            inputs = {n: torch.randn(n, 3, args.image_size, args.image_size) for n in args.batches}
+            diff = (_chain(backends["torch"], inputs[1]) - _chain(backends["onnxruntime"], inputs[1])).abs().max()
+            for branch in backends.values():  # warm-up
+                for x in inputs.values():
+                    _chain(branch, x)
+            for _ in range(args.rounds):
+                for n, x in inputs.items():
+                    for name, branch in backends.items():
+                        runs[name, n].append(_median_ms(lambda t, b=branch: _chain(b, t), x, args.iters))
+    rows = [{"backend": b, "batch": n, "median_ms": statistics.median(r), "min_ms": min(r), "max_ms": max(r),
+             "rounds_ms": r} for (b, n), r in runs.items()]
+    report = {"model": args.model, "image_size": args.image_size, "device": 0, "placement": placement.as_lists(),
+              "threads": 1, "rounds": args.rounds, "iters": args.iters, "max_abs_diff": diff.item(), "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    for row in rows:
+        print(f"{row['backend']:>12} batch {row['batch']}: {row['median_ms']:.2f} ms "
+              f"(rounds {row['min_ms']:.2f}..{row['max_ms']:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

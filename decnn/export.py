@@ -1,0 +1,108 @@
+"""``decnn export``: a checkpoint as per-device shards, and optionally each device's branch as ONNX graphs.
+
+    decnn export runs/train/<run>/best.pt --placement 0,1/2,3 --out shards/
+    decnn export runs/train/<run>/best.pt --devices 2 --out shards/ --onnx
+
+Shards (``device<d>.pt``) are what ``decnn.split("shards/", ...)`` and ``infer_distributed.py --checkpoint
+shards/`` load. With ``--onnx`` each device also gets ``device<d>.seg<i>.onnx`` (segment i; segment 0 starts
+with the stem) and ``device<d>.head.onnx`` (its partial logits): between segments, the activations are
+exchanged with the plans in the device's shard, and the partial logits of all devices are summed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from decnn.partition import Branch, Placement
+from decnn.shards import MANIFEST, ShardError, export_shards, load_shard_branch, meta_model
+from decnn.train.checkpoint import CheckpointError, load_checkpoint
+
+EXAMPLES = """examples:
+  decnn export runs/train/<run>/best.pt --placement 0,1/2,3 --out shards/
+  decnn export runs/train/<run>/best.pt --devices 2 --out shards/ --onnx
+"""
+
+
+class _Segment(nn.Module):
+    def __init__(self, branch: Branch, index: int):
+        super().__init__()
+        self.branch, self.index = branch, index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.branch.segment(self.index, x)
+
+
+class _Head(nn.Module):
+    def __init__(self, branch: Branch):
+        super().__init__()
+        self.branch = branch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.branch.head(x)
+
+
+def onnx_files(device: int, num_segments: int) -> list[str]:
+    """A device's graphs in the order they run: its segments, then its head."""
+    return [f"device{device}.seg{i}.onnx" for i in range(num_segments)] + [f"device{device}.head.onnx"]
+
+
+def export_onnx(out: str | Path, manifest: dict) -> list[list[str]]:
+    """Write every device's segments and head as ONNX graphs (dynamic batch, height and width)."""
+    out = Path(out)
+    placement = Placement(sum(len(dev) for dev in manifest["placement"]), tuple(map(tuple, manifest["placement"])))
+    size = manifest["image_size"]
+    files = []
+    for d in range(placement.num_devices):
+        branch = load_shard_branch(out, placement, d)
+        x = torch.zeros(1, 3, size, size)
+        names = onnx_files(d, len(branch.segments))
+        for module, name in zip([*(_Segment(branch, i) for i in range(len(branch.segments))), _Head(branch)], names):
+            image = {0: "batch", 2: "height", 3: "width"}
+            torch.onnx.export(module, (x,), out / name, input_names=["x"], output_names=["y"], dynamo=False,
+                              dynamic_axes={"x": image, "y": {0: "batch"} if isinstance(module, _Head) else image})
+            with torch.no_grad():  # not inference_mode: the next export traces with this tensor
+                x = module(x)
+        files.append(names)
+    return files
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="decnn export", description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a training checkpoint (best.pt or last.pt)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--placement", help="groups per device, e.g. 0,1/2,3 or 0,1,2/3")
+    where.add_argument("--devices", type=int, help="spread the groups evenly over this many devices")
+    p.add_argument("--out", required=True, help="folder for the shards (created if missing)")
+    p.add_argument("--onnx", action="store_true", help="also write each device's segments and head as ONNX")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        groups = meta_model(ckpt["model_name"], ckpt["model_kwargs"]).groups
+        del ckpt
+        placement = Placement.parse(groups, args.placement) if args.placement else Placement.even(groups, args.devices)
+        manifest = export_shards(args.checkpoint, placement, args.out)
+        if args.onnx:
+            manifest["onnx"] = export_onnx(args.out, manifest)
+            (Path(args.out) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    except (FileNotFoundError, CheckpointError, ShardError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for d, dev in enumerate(manifest["devices"]):
+        print(f"device {d}: groups {manifest['placement'][d]}, {dev['param_bytes'] / 2**20:.1f} MiB of parameters "
+              f"-> {Path(args.out) / dev['file']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

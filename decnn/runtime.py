@@ -1,0 +1,204 @@
+"""``decnn.split``: a split model to call from your own code, served by persistent worker processes.
+
+    import decnn
+    with decnn.split("runs/train/<run>/best.pt", devices=2) as model:
+        logits = model(images)          # uint8 [B, 3, H, W] images, or float32 normalised inputs
+
+The caller's process is a thin client: it checks the settings, starts the workers through torch's elastic
+launcher (on a background thread that supervises them) and talks to rank 0 through a pipe. The workers keep
+their branch (or pipeline stage) between calls. :meth:`SplitModel.close` — also run on leaving the
+``with`` block, on an exception, on Ctrl-C and at interpreter exit — stops them and waits until they are
+gone; a worker that dies makes the next call raise :class:`WorkerError` and the others are stopped.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from decnn import worker
+from decnn.comm import LOCAL_ENDPOINT, launch
+from decnn.inference.config import ConfigError, InferConfig
+from decnn.inference.spec import ModelSpec, describe, resolve_model
+from decnn.shards import read_manifest
+
+__all__ = ["SplitModel", "WorkerError", "split"]
+
+SPLIT_MODES = ("branch", "pipeline")
+_STOP_GRACE_S = 10.0  # for the workers to finish a step in flight and leave on their own
+
+
+class WorkerError(RuntimeError):
+    """The workers failed (a process died, or could not start); the split model is closed."""
+
+
+def split(
+    source: str | Path | nn.Module,
+    devices: int = 2,
+    mode: str = "branch",
+    placement: str | None = None,
+    exchange_dtype: str = "fp32",
+    overlap: int = 1,
+    *,
+    backend: str = "torch",
+    threads: int | None = None,
+    timeout: float = 60.0,
+    nnodes: int = 1,
+    rdzv_endpoint: str = LOCAL_ENDPOINT,
+    seed: int = 0,
+    **model_kwargs,
+) -> SplitModel:
+    """Start a split model on ``devices`` worker processes (per host, of ``nnodes``) and return it.
+
+    ``source``: a checkpoint file, a folder of shards from ``decnn export``, a DeCNN ``nn.Module``, or a
+    timm name (random weights from ``seed``; ``model_kwargs`` such as ``width=0.5`` go to timm).
+    ``mode``: ``"branch"`` (DeCNN: each device runs its channel groups) or ``"pipeline"`` (layer-wise
+    stages). ``placement``: groups per device, e.g. ``"0,1,2/3"`` (default: even, or the shards').
+    ``overlap``: branch mode, slices of a batch in flight; pipeline mode, micro-batches per batch.
+    ``backend="onnxruntime"``: the branches run as ONNX graphs (a shard folder exported with ``--onnx``);
+    torch.distributed still exchanges the activations.
+    Bad settings raise :class:`ConfigError` before any process starts.
+    """
+    if mode not in SPLIT_MODES:
+        raise ConfigError(f"mode {mode!r}: a split model runs mode 'branch' or 'pipeline', e.g. mode='branch'")
+    common = dict(mode=mode, devices=devices, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, placement=placement,
+                  exchange_dtype=exchange_dtype, backend=backend, overlap=overlap, threads=threads, timeout=timeout,
+                  seed=seed, batch=overlap, warmup=0, log_dir=None)  # batch: checked to split into overlap
+    module = source if isinstance(source, nn.Module) else None
+    if module is not None:
+        cfg = InferConfig(random_init=True, **common).check()
+        spec = describe(module, cfg, type(module).__name__, {}, module=module.eval())
+    elif Path(source).exists():
+        cfg = InferConfig(checkpoint=str(source), **common, **model_kwargs).check()
+        spec = resolve_model(cfg)
+    elif str(source) in timm.list_models():
+        cfg = InferConfig(random_init=True, model=str(source), **common, **model_kwargs).check()
+        spec = resolve_model(cfg)
+    else:
+        raise ConfigError(f"{source!r} is neither a checkpoint, a shard folder nor a timm model name; "
+                          "e.g. decnn.split('runs/train/<run>/best.pt', devices=2)")
+    if mode == "branch":
+        spec.placement(placement, cfg.world_size)  # a bad placement or missing shard fails here
+    if backend == "onnxruntime" and (spec.exported_placement is None or not read_manifest(source).get("onnx")):
+        raise ConfigError(f"backend='onnxruntime' needs a shard folder with ONNX graphs, not {source!r}: "
+                          "export one with `decnn export CHECKPOINT --devices N --out DIR --onnx`")
+    return SplitModel(cfg, spec)
+
+
+class SplitModel:
+    """A running split model: call it with a batch of images to get the logits (see :func:`split`)."""
+
+    def __init__(self, cfg: InferConfig, spec: ModelSpec):
+        self.spec, self.mode = spec, cfg.mode
+        self._closed, self._failure = False, None
+        self._conn, child = multiprocessing.get_context("forkserver").Pipe()
+        worker_cfg = dataclasses.replace(cfg, devices=None)  # the workers learn their number from the launcher
+        self._thread = threading.Thread(
+            target=self._supervise, args=(worker_cfg, spec, child, cfg.devices, cfg.nnodes, cfg.rdzv_endpoint),
+            name="decnn-split-launcher", daemon=True,
+        )
+        atexit.register(self.close)
+        self._thread.start()
+        try:
+            self.workers: list[dict] = self._receive()  # per rank: host, pid, param_bytes, peak_rss_bytes
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            child.close()  # every worker holds its copy now; rank 0's is the only one left open
+
+    def _supervise(self, cfg: InferConfig, spec: ModelSpec, child, devices: int, nnodes: int, endpoint: str) -> None:
+        try:
+            launch(worker.serve, (cfg, spec, child), devices, nnodes=nnodes, rdzv_endpoint=endpoint)
+        except BaseException as e:  # reported by the caller's next request
+            self._failure = e
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, classes]`` of uint8 images ``[B, 3, H, W]`` (0..255) or float32 normalised inputs."""
+        array = self._check(images).detach().cpu().contiguous().numpy()
+        return torch.from_numpy(self._request(worker.RUN, array))
+
+    def stats(self) -> list[dict]:
+        """Per rank, now: host, pid, parameter bytes held and peak RSS."""
+        return self._request(worker.STATS)
+
+    def _check(self, images) -> torch.Tensor:
+        if self._closed:
+            raise WorkerError("this split model is closed; start a new one with decnn.split(...)")
+        example = "e.g. a uint8 tensor of shape [8, 3, 64, 64]"
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"expected a torch.Tensor of images, got {type(images).__name__}; {example}")
+        if images.dtype not in worker.DTYPES:
+            raise TypeError(f"images of dtype {images.dtype}: pass uint8 images (0..255) or float32 normalised "
+                            f"inputs; {example}")
+        if images.dim() != 4 or images.shape[0] < 1 or images.shape[1] != 3 or min(images.shape[2:]) < 8:
+            raise ValueError(f"images of shape {list(images.shape)}: expected [B, 3, H, W] with B >= 1 and "
+                             f"H, W >= 8; {example}")
+        return images
+
+    def _request(self, op: int, array=None):
+        if self._closed:
+            raise WorkerError("this split model is closed; start a new one with decnn.split(...)")
+        try:
+            self._conn.send((op, array))
+        except OSError:
+            pass  # rank 0 is gone: _receive says why
+        return self._receive()
+
+    def _receive(self):
+        """Rank 0's answer; if the workers fail instead, close and raise WorkerError naming the cause."""
+        try:
+            while not self._conn.poll(0.05):
+                if not self._thread.is_alive():
+                    raise EOFError
+            status, payload = self._conn.recv()
+        except (EOFError, OSError):
+            self._thread.join(_STOP_GRACE_S)
+            self.close()
+            cause = self._failure or "the workers exited"
+            raise WorkerError(f"the split model's workers failed: {cause}; the split model is closed") from None
+        if status == "error":
+            self.close()
+            raise WorkerError(f"the split model's workers could not start: {payload}")
+        return payload
+
+    def close(self) -> None:
+        """Stop the workers and wait until they are gone (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        try:
+            self._conn.send((worker.STOP, None))
+        except OSError:
+            pass
+        self._thread.join(_STOP_GRACE_S)
+        if self._thread.is_alive():  # a worker stuck in a step: end this host's workers, the launcher notices
+            for info in getattr(self, "workers", []):
+                if info["host"] == socket.gethostname():
+                    _kill(info["pid"])
+            self._thread.join()
+        self._conn.close()
+
+    def __enter__(self) -> SplitModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
