@@ -47,13 +47,24 @@ class _Head(nn.Module):
         return self.branch.head(x)
 
 
+class _Tail(nn.Module):
+    def __init__(self, branch: Branch):
+        super().__init__()
+        self.branch = branch
+
+    def forward(self, summed: torch.Tensor) -> torch.Tensor:
+        return self.branch.finish(summed)
+
+
 def onnx_files(device: int, num_segments: int) -> list[str]:
-    """A device's graphs in the order they run: its segments, then its head."""
-    return [f"device{device}.seg{i}.onnx" for i in range(num_segments)] + [f"device{device}.head.onnx"]
+    """A device's graphs in the order they run: its segments, its head, and on device 0 the head's tail
+    (applied to the sum of all heads' partial products)."""
+    tail = ["device0.tail.onnx"] if device == 0 else []
+    return [f"device{device}.seg{i}.onnx" for i in range(num_segments)] + [f"device{device}.head.onnx", *tail]
 
 
 def export_onnx(out: str | Path, manifest: dict) -> list[list[str]]:
-    """Write every device's segments and head as ONNX graphs (dynamic batch, height and width)."""
+    """Write every device's segments and head (and device 0's tail) as ONNX graphs (dynamic batch, height, width)."""
     out = Path(out)
     placement = Placement(sum(len(dev) for dev in manifest["placement"]), tuple(map(tuple, manifest["placement"])))
     size = manifest["image_size"]
@@ -62,10 +73,14 @@ def export_onnx(out: str | Path, manifest: dict) -> list[list[str]]:
         branch = load_shard_branch(out, placement, d)
         x = torch.zeros(1, 3, size, size)
         names = onnx_files(d, len(branch.segments))
-        for module, name in zip([*(_Segment(branch, i) for i in range(len(branch.segments))), _Head(branch)], names):
+        modules = [*(_Segment(branch, i) for i in range(len(branch.segments))), _Head(branch)]
+        modules += [_Tail(branch)] if d == 0 else []
+        for module, name in zip(modules, names):
             image = {0: "batch", 2: "height", 3: "width"}
+            vector = {0: "batch"}
             torch.onnx.export(module, (x,), out / name, input_names=["x"], output_names=["y"], dynamo=False,
-                              dynamic_axes={"x": image, "y": {0: "batch"} if isinstance(module, _Head) else image})
+                              dynamic_axes={"x": vector if isinstance(module, _Tail) else image,
+                                            "y": image if isinstance(module, _Segment) else vector})
             with torch.no_grad():  # not inference_mode: the next export traces with this tensor
                 x = module(x)
         files.append(names)

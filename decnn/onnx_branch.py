@@ -1,7 +1,7 @@
 """A device's branch run by ONNX Runtime from the graphs of ``decnn export --onnx``.
 
 :class:`OnnxBranch` has the interface of :class:`decnn.partition.Branch` that drivers use (``segment``,
-``head``, ``plans``), so the reference exchange (``run_branches_locally``) drives it unchanged.
+``head``, ``finish``, ``plans``), so the reference exchange (``run_branches_locally``) drives it unchanged.
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ class OnnxBranch:
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         self.sessions = [ort.InferenceSession(str(Path(directory) / name), options, providers=["CPUExecutionProvider"])
                          for name in manifest["onnx"][device]]
-        self.segments = self.sessions[:-1]
+        names = manifest["onnx"][device]
+        self.segments = [s for s, name in zip(self.sessions, names) if ".seg" in name]
+        self._head = self.sessions[len(self.segments)]
+        self._tail = self.sessions[-1] if names[-1].endswith(".tail.onnx") else None
         self.param_bytes = manifest["devices"][device]["param_bytes"]
 
     @property
@@ -43,4 +46,10 @@ class OnnxBranch:
         return self._run(self.segments[i], x)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run(self.sessions[-1], x)
+        return self._run(self._head, x)
+
+    def finish(self, summed: torch.Tensor) -> torch.Tensor:
+        """The logits from the sum of all branches' head outputs (device 0 only, as for a Branch)."""
+        if self._tail is None:
+            raise RuntimeError("only device 0's branch holds the head's tail: reduce the partial products there")
+        return self._run(self._tail, summed)
