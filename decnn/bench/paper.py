@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 from decnn.bench.compare import comparison_rows, load_runs
 from decnn.bench.report import format_markdown as bench_table
+from decnn.exitcodes import run_main
 
 REPORT = Path("paper/README.md")
 
@@ -56,4 +58,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))
