@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -74,6 +75,7 @@ def inject_fault(rank: int, point: str) -> None:
     fault_rank, fault_point, kind = spec.split(":")
     if (int(fault_rank), fault_point) != (rank, point):
         return
+    print(f"[fault] rank {rank}: {kind} at {point}", file=sys.stderr, flush=True)
     if kind == "exit":
         os._exit(17)
     if kind in ("kill", "stop"):
