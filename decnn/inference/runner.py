@@ -25,6 +25,7 @@ from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
 from decnn.inference.report import write_report
 from decnn.inference.spec import ModelSpec, resolve_model
 from decnn.partition import extract_branch
+from decnn.record import RunRecord
 
 SYNTHETIC_IMAGES = 64
 _PROGRESS_EVERY_S = 5.0
@@ -62,7 +63,7 @@ def preflight(cfg: InferConfig, rank: int = 0) -> tuple[ModelSpec, object]:
     return spec, (open_inputs(cfg, spec) if rank == 0 else None)
 
 
-def run_rank(cfg: InferConfig) -> dict | None:
+def run_rank(cfg: InferConfig) -> RunRecord | None:
     """The whole run on this rank (the function every process runs); returns the report on rank 0."""
     if under_launcher():
         exit_with_launcher()
@@ -97,7 +98,7 @@ def _build_mode(cfg: InferConfig, comm: Communicator, spec: ModelSpec, normalize
     return model, held, None  # pipeline: run_pipeline splits the model itself
 
 
-def _run(cfg: InferConfig, comm: Communicator, spec: ModelSpec, source, cores: list[int]) -> dict | None:
+def _run(cfg: InferConfig, comm: Communicator, spec: ModelSpec, source, cores: list[int]) -> RunRecord | None:
     shared = comm.broadcast_object((len(source), source.image_size) if comm.rank == 0 else None)
     num_images, image_size = shared
     normalize = Normalize(spec.mean, spec.std, comm.device)
