@@ -27,3 +27,7 @@ def main(argv=None) -> None:
         print(__doc__.strip(), file=sys.stderr)
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else USAGE)
     sys.exit(run_main(lambda: importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])))
+
+
+if __name__ == "__main__":
+    main()

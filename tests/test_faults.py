@@ -282,3 +282,33 @@ def test_a_live_run_folder_is_locked(tmp_path):
         holder.kill()
         holder.wait()
     lock_run_dir(tmp_path).close()  # a dead holder's lock is gone, even after SIGKILL
+
+
+@pytest.mark.netns
+def test_a_dead_link_ends_both_hosts_in_time_naming_the_other(tmp_path):
+    """Two hosts (network namespaces, one torchrun each); the veth of host 1 goes down mid-run."""
+    from decnn.bench.links import EmulatedLink, links_available
+
+    ok, reason = links_available()
+    if not ok:
+        pytest.skip(reason)
+    with EmulatedLink(None, num_hosts=2, name_prefix="decnnfault") as link:
+        args = [*SMALL_RUN[:-4], "--log-dir", "", "--num-images", "4000", "--timeout", str(TIMEOUT_S)]
+        logs = [tmp_path / f"host{i}.log" for i in range(2)]
+        procs = [link.popen(i, link.torchrun_argv(i, [str(ROOT / "infer_distributed.py"), *args], port=29561),
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w")) for i, log in enumerate(logs)]
+        deadline = time.monotonic() + 240
+        while "[infer]" not in logs[0].read_text() and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in procs), [log.read_text()[-2000:] for log in logs]
+            time.sleep(0.1)
+        cut = time.monotonic()
+        subprocess.run(["ip", "-n", link.bridge_netns, "link", "set", "h1", "down"], check=True)
+        ends = []
+        for p in procs:
+            p.wait(timeout=TIMEOUT_S + 60)
+            ends.append(time.monotonic() - cut)
+        texts = [log.read_text() for log in logs]
+    print(f"\ndead link: hosts ended {ends[0]:.1f} s and {ends[1]:.1f} s after the cut")
+    assert all(p.returncode != 0 for p in procs), texts
+    assert "rank 1 (host" in texts[0] and "did not respond" in texts[0], texts[0][-2000:]
+    assert max(ends) <= TIMEOUT_S + SLACK_S, (ends, texts)
