@@ -47,15 +47,26 @@ class ModelSpec:
 
     def placement(self, spec: str | None, num_devices: int) -> Placement:
         """The explicit placement ``spec`` (e.g. "0,1,2/3"), else the groups spread evenly."""
+        if num_devices > self.groups:
+            raise ConfigError(f"{self.name} with groups={self.groups} splits over at most {self.groups} devices, "
+                              f"not {num_devices}: each device needs a group of its own")
         try:
             placement = Placement.parse(self.groups, spec) if spec else Placement.even(self.groups, num_devices)
         except ValueError as e:
-            raise ConfigError(f"--placement: {e}") from None
+            reason = str(e).split("; use")[0].split(", e.g.")[0]  # drop the hint in Python syntax: ours follows
+            raise ConfigError(f"{'--placement ' + spec if spec else 'placement'}: {reason}; "
+                              f"e.g. --placement {_example_placement(self.groups, num_devices)}") from None
         if placement.num_devices != num_devices:
-            raise ConfigError(
-                f"--placement {spec} names {placement.num_devices} devices, but the run has {num_devices}"
-            )
+            raise ConfigError(f"--placement {spec} names {placement.num_devices} devices, but the run has "
+                              f"{num_devices}; e.g. --placement {_example_placement(self.groups, num_devices)}")
         return placement
+
+
+def _example_placement(groups: int, num_devices: int) -> str:
+    """A valid ``--placement`` for ``groups`` on ``num_devices``: one group each, the rest on the first device."""
+    first = groups - (num_devices - 1)
+    devices = [list(range(first))] + [[g] for g in range(first, groups)]
+    return "/".join(",".join(map(str, d)) for d in devices)
 
 
 @torch.no_grad()
