@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from decnn.bench.compare import load_runs
-from decnn.bench.report import format_markdown as bench_table
-from decnn.bench.report import read as read_bench
+from decnn.bench.summary import bench_table
+from decnn.bench.summary import read as read_bench
 from decnn.exitcodes import run_main
 from decnn.record import MB, RunRecord
 

@@ -9,16 +9,13 @@ import os
 import re
 from dataclasses import dataclass
 
+from decnn.errors import ConfigError
 from decnn.process import LOCAL_ENDPOINT, under_launcher
 
 MODES = ("branch", "single", "data", "pipeline")
 EXCHANGE_DTYPES = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_DATA_ROOT = "data/tiny-imagenet-200"
 _PLACEMENT = re.compile(r"^\d+(,\d+)*(/\d+(,\d+)*)*$")
-
-
-class ConfigError(ValueError):
-    """Settings that cannot work together; raised before any process group starts."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from decnn.inference.branch_mode import BranchMode
 from decnn.inference.codec import make_codec
 from decnn.inference.config import DEFAULT_DATA_ROOT, ConfigError, InferConfig
 from decnn.inference.inputs import Normalize, SyntheticImages, ValImages, batch_sizes
-from decnn.inference.metrics import agreement, param_bytes, peak_rss_bytes, reset_peak_rss, topk_accuracy
+from decnn.inference.metrics import agreement, param_bytes, peak_rss_bytes, reset_peak_rss, synced_time, topk_accuracy
 from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
 from decnn.inference.report import write_report
 from decnn.inference.spec import ModelSpec, resolve_model
@@ -159,8 +159,7 @@ def _timed_steps(cfg, comm, mode, source, sizes: list[int], image_size: int) -> 
         inputs, labels = _load(source, step, first, image_size, comm.device, comm.rank)
         start = time.perf_counter()
         out = mode.step(inputs)
-        _sync(comm.device)
-        elapsed = time.perf_counter() - start
+        elapsed = synced_time(comm.device) - start
         if comm.rank == 0:
             timing.latency_s += [elapsed] * len(step)
             timing.busy_s += elapsed

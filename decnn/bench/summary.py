@@ -12,14 +12,14 @@ import re
 import statistics
 from pathlib import Path
 
-from decnn.bench.plan import Config
+from decnn.bench.plan import BenchConfig
 from decnn.record import Latency, RunRecord
 from decnn.train.logger import make_logger
 
 BASELINES = {"resnet34": "resnet34 single", "decnn_single": "decnn single"}
 
 
-def summarize(config: Config, reports: list[RunRecord], baselines: list[dict[str, RunRecord]],
+def summarize(config: BenchConfig, reports: list[RunRecord], baselines: list[dict[str, RunRecord]],
               prediction) -> RunRecord:
     """One record: ``reports[r]`` is round r's report of ``config``, ``baselines[r]`` that round's baselines.
 
@@ -58,7 +58,7 @@ def summarize(config: Config, reports: list[RunRecord], baselines: list[dict[str
     )
 
 
-def format_markdown(records: list[RunRecord]) -> str:
+def bench_table(records: list[RunRecord]) -> str:
     lines = [
         "| configuration | batch | link | devices | p50 ms | p95 ms | images/s | latency speedup vs ResNet-34 "
         "| vs DeCNN 1-dev | throughput vs DeCNN 1-dev | KB sent/image | params/device MB | predicted ms |",
@@ -81,7 +81,7 @@ def write(records: list[RunRecord], meta: dict, out: Path, log_dir: str | None) 
     """JSON (``out``), Markdown beside it, and one TensorBoard run per configuration under ``log_dir``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "records": [r.to_dict() for r in records]}, indent=2) + "\n")
-    out.with_suffix(".md").write_text(format_markdown(records) + "\n")
+    out.with_suffix(".md").write_text(bench_table(records) + "\n")
     if not log_dir:
         return
     for r in records:
