@@ -284,6 +284,7 @@ def test_a_live_run_folder_is_locked(tmp_path):
     lock_run_dir(tmp_path).close()  # a dead holder's lock is gone, even after SIGKILL
 
 
+@pytest.mark.slow
 @pytest.mark.netns
 def test_a_dead_link_ends_both_hosts_in_time_naming_the_other(tmp_path):
     """Two hosts (network namespaces, one torchrun each); the veth of host 1 goes down mid-run."""
