@@ -4,18 +4,18 @@
     torchrun --standalone --nproc-per-node 4 train.py --config configs/resnet34.yaml
     python train.py --resume runs/train/<run>/last.pt [section.key=value ...]
     python train.py --eval-only runs/train/<run>/best.pt
+
+Exit codes: 2 usage or input error (config, checkpoint, dataset, run folder), 1 runtime failure, 130 Ctrl-C.
 """
 
 import argparse
 import sys
+from pathlib import Path
 
-from decnn.data import DatasetCorruptError, DatasetNotFoundError
-from decnn.train.checkpoint import CheckpointError, load_checkpoint
-from decnn.train.config import ConfigError, load_config
-from decnn.train.trainer import evaluate_checkpoint, train
+from decnn.exitcodes import USAGE, run_main
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (see configs/); default: the checkpoint's own config")
     source = parser.add_mutually_exclusive_group()
@@ -24,9 +24,21 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. optim.lr=0.1")
     args = parser.parse_args()
     if not (args.config or args.resume or args.eval_only):
-        parser.error("give --config, --resume or --eval-only")
-    try:
-        checkpoint = args.resume or args.eval_only
+        parser.error("give --config, --resume or --eval-only, e.g. --config configs/demo_resnet34.yaml")
+    # Checked before torch loads (seconds): a mistyped path is reported at once.
+    checkpoint = args.resume or args.eval_only
+    for flag, path, example in (("--config", args.config, "configs/resnet34.yaml"),
+                                ("--resume" if args.resume else "--eval-only", checkpoint, "runs/train/<run>/last.pt")):
+        if path and not Path(path).is_file():
+            print(f"error: {flag} {path}: no such file, e.g. {flag} {example}", file=sys.stderr)
+            return USAGE
+
+    from decnn.data import DatasetCorruptError, DatasetNotFoundError
+    from decnn.train.checkpoint import CheckpointError, load_checkpoint
+    from decnn.train.config import ConfigError, load_config
+    from decnn.train.trainer import evaluate_checkpoint, train
+
+    def run() -> None:
         base = load_checkpoint(checkpoint)["config"] if checkpoint and not args.config else None
         overrides = [*args.overrides, *([f"train.resume={args.resume}"] if args.resume else [])]
         cfg = load_config(args.config, overrides, base=base)
@@ -36,11 +48,10 @@ def main() -> None:
                   f"loss {metrics['loss']:.4f}")
         else:
             train(cfg)
-    except (ConfigError, CheckpointError, DatasetNotFoundError, DatasetCorruptError,
-            FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+
+    return run_main(run, usage_errors=(ConfigError, CheckpointError, DatasetNotFoundError, DatasetCorruptError,
+                                       FileNotFoundError, FileExistsError))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from decnn.exitcodes import USAGE, run_main
+
 COMMANDS = {
     "models": "decnn.models.table",
     "convert": "decnn.train.convert",
@@ -27,5 +29,9 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
         print(__doc__.strip(), file=sys.stderr)
-        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
-    sys.exit(importlib.import_module(COMMANDS[argv[0]]).main(argv[1:]))
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else USAGE)
+    sys.exit(run_main(lambda: importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])))
+
+
+if __name__ == "__main__":
+    main()

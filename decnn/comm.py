@@ -2,9 +2,12 @@
 
 One process per device. :func:`launch` starts N local processes through torch's elastic launcher (the
 machinery behind ``torchrun``); under ``torchrun`` the processes already exist and :class:`Communicator`
-joins them from the environment. Every collective runs under the run's timeout, is counted, and a
-failure (a peer that died or hangs) is reported as a :class:`PeerError` naming the ranks that did not
-take part.
+joins them from the environment. Set-up and every collective run under the run's timeout, are counted, and
+a failure (a peer that died, hangs, is stopped or cannot be reached) is reported as a :class:`PeerError`
+naming the ranks (and hosts) that did not take part.
+
+Shutdown pieces for any process that runs workers: :func:`exit_with_launcher` (a worker dies with its
+parent and at once on Ctrl-C) and :func:`launch`'s prompt stop of the remaining workers when one fails.
 """
 
 from __future__ import annotations
@@ -12,33 +15,47 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import socket
+import sys
+import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+from decnn.process import LOCAL_ENDPOINT, die_with_parent, under_launcher
+
 __all__ = [
+    "LOCAL_ENDPOINT",
     "Communicator",
     "LaunchError",
     "PeerError",
     "Pending",
     "backend_for",
     "configure_threads",
+    "exit_with_launcher",
+    "inject_fault",
     "launch",
+    "terminable_when_stopped",
     "under_launcher",
 ]
 
-LOCAL_ENDPOINT = "127.0.0.1:0"  # port 0: the launcher picks a free one
 _FAULT_KEY = "decnn/failed/"
-_SHUTDOWN_TIMEOUT_S = 5  # SIGTERM -> SIGKILL grace for the launcher's workers
+_HOST_KEY = "decnn/host/"
+_SHUTDOWN_TIMEOUT_S = 3  # SIGTERM -> SIGKILL grace for the launcher's workers
+_NAMING_WAIT_S = 1.0  # longest a failing rank waits to learn which peers failed too
+# Test-only fault injection: "RANK:POINT:KIND" makes that rank exit, kill itself, hang or stop at that point.
+FAULT_ENV = "DECNN_INJECT_FAULT"
 
 
 class PeerError(RuntimeError):
@@ -49,9 +66,28 @@ class LaunchError(RuntimeError):
     """A worker process of :func:`launch` failed; the message names the rank and the cause."""
 
 
-def under_launcher() -> bool:
-    """True inside a process started by torchrun or :func:`launch` (RANK and WORLD_SIZE are set)."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+def inject_fault(rank: int, point: str) -> None:
+    """Test hook (``DECNN_INJECT_FAULT=RANK:POINT:exit|kill|hang|stop``): play a peer that exits with code 17,
+    is killed by SIGKILL, hangs (sleeps, still answering signals) or is stopped by SIGSTOP at ``point``."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    fault_rank, fault_point, kind = spec.split(":")
+    if (int(fault_rank), fault_point) != (rank, point):
+        return
+    print(f"[fault] rank {rank}: {kind} at {point}", file=sys.stderr, flush=True)
+    if kind == "exit":
+        os._exit(17)
+    if kind in ("kill", "stop"):
+        os.kill(os.getpid(), signal.SIGKILL if kind == "kill" else signal.SIGSTOP)
+    time.sleep(3600)
+
+
+def exit_with_launcher() -> None:
+    """Call first in a worker process: it is killed when its parent (the launcher) dies, even by SIGKILL,
+    and Ctrl-C ends it at once and quietly (the launcher reports the interrupt once, for all)."""
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def backend_for(device: torch.device) -> str:
@@ -85,8 +121,10 @@ def launch(
 ) -> dict[int, Any]:
     """Run ``fn(*args)`` in ``nproc`` processes on this node (of ``nnodes``) with torch's elastic launcher.
 
-    Returns each rank's return value. If a worker fails the launcher stops the others and this raises
-    :class:`LaunchError` naming the rank. A single-node run binds everything to the loopback interface.
+    Returns each rank's return value. If a worker fails the launcher stops the others (stopped ones too:
+    :func:`terminable_when_stopped`) and this raises :class:`LaunchError` naming the rank; Ctrl-C (SIGINT
+    to this process) stops every worker and raises KeyboardInterrupt. A single-node run binds everything
+    to the loopback interface.
     """
     local = nnodes == 1 and rdzv_endpoint == LOCAL_ENDPOINT
     set_ifname = local and "GLOO_SOCKET_IFNAME" not in os.environ
@@ -114,20 +152,93 @@ def launch(
     # Workers fork from one server process that has imported torch and fn's module once, instead of
     # each importing them anew (seconds per process).
     multiprocessing.get_context("forkserver").set_forkserver_preload([fn.__module__])
+    # c10d's C++ warnings (a store poll that timed out) would repeat, in torch's words, what PeerError says.
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     # The launcher logs every failure with its traceback; LaunchError says it in one line instead.
-    quiet = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.multiprocessing")]
+    quiet = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+             if name.startswith(("torch.distributed.elastic", "torch.multiprocessing"))]
     levels = [log.level for log in quiet]
     for log in quiet:
         log.setLevel(logging.CRITICAL)
     try:
-        return elastic_launch(config, fn)(*args)
+        with terminable_when_stopped():
+            return elastic_launch(config, fn)(*args)
     except ChildFailedError as e:
         raise LaunchError(_describe_failures(e)) from None
+    except SignalException as e:  # the agent stopped the workers first
+        if e.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise SystemExit(128 + e.sigval) from None
+    except EOFError:  # the fork server that starts the workers died (killed by hand, out of memory)
+        raise LaunchError("the process server that starts the workers died before they all started") from None
     finally:
         for log, level in zip(quiet, levels):
             log.setLevel(level)
         if set_ifname:
             del os.environ["GLOO_SOCKET_IFNAME"]
+
+
+@contextmanager
+def terminable_when_stopped(interval_s: float = 0.1) -> Iterator[None]:
+    """While open, a descendant process that is stopped (SIGSTOP, Ctrl-Z) with a SIGTERM or SIGINT pending
+    gets SIGCONT, so that the signal ends it at once.
+
+    When one worker fails, torch's process context sends the others SIGTERM and waits 30 s before SIGKILL;
+    a stopped worker cannot act on SIGTERM, and a stopped peer made the run overrun its timeout by 30 s.
+    """
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(interval_s):
+            for pid in _stopped_descendants(os.getpid()):
+                if _pending_signals(pid) & _ENDING_SIGNALS:
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGCONT)
+
+    watcher = threading.Thread(target=watch, name="decnn-wake-stopped", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
+_ENDING_SIGNALS = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1))
+
+
+def _stopped_descendants(root: int) -> list[int]:
+    parents, stopped = {}, []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(ppid)
+        if state == "T":
+            stopped.append(int(entry.name))
+    found = []
+    for pid in stopped:
+        ancestor = parents.get(pid)
+        while ancestor not in (None, 0, 1, root):
+            ancestor = parents.get(ancestor)
+        if ancestor == root:
+            found.append(pid)
+    return found
+
+
+def _pending_signals(pid: int) -> int:
+    """The process's pending signals (process-wide and main thread) as a bit mask, 0 if it is gone."""
+    mask = 0
+    with suppress(OSError):
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("ShdPnd:", "SigPnd:")):
+                    mask |= int(line.split()[1], 16)
+    return mask
 
 
 def _is_local_address(host: str) -> bool:
@@ -177,24 +288,33 @@ class Communicator:
 
     def __init__(self, timeout_s: float, device: torch.device | None = None):
         self.timeout_s = timeout_s
+        self.counts: Counter[str] = Counter()
+        self.wait_s = 0.0
+        self.store, self.rank, self.world_size = None, int(os.environ.get("RANK", 0)), 1
         timeout = timedelta(seconds=timeout_s)
         if under_launcher():
-            store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+            self.world_size = int(os.environ["WORLD_SIZE"])
+            try:
+                store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+            except Exception as e:  # the launcher's store is gone or unreachable: nobody to ask who failed
+                self._raise("set-up (joining the rendezvous store)", e, [])
             self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
             self.local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         else:
             store, rank, world_size = dist.HashStore(), 0, 1
             self.local_rank, self.local_world_size = 0, 1
+        self.store, self.rank, self.world_size = store, rank, world_size
         device = device or torch.device("cpu")
         self.device = torch.device("cuda", self.local_rank) if device.type == "cuda" else device
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        # The timeout bounds every gloo collective too, not only the set-up.
-        dist.init_process_group(backend_for(self.device), store=store, rank=rank, world_size=world_size,
-                                timeout=timeout)
-        self.store, self.rank, self.world_size = store, rank, world_size
-        self.counts: Counter[str] = Counter()
-        self.wait_s = 0.0
+        try:
+            store.set(f"{_HOST_KEY}{rank}", _host_label())
+            # The timeout bounds every gloo collective too, not only the set-up.
+            dist.init_process_group(backend_for(self.device), store=store, rank=rank, world_size=world_size,
+                                    timeout=timeout)
+        except Exception as e:  # a peer that never joined (dead, hung, stopped, unreachable)
+            self.fail("set-up (connecting the processes)", e)
 
     # -- collectives: each returns a Pending when async_op, else completes before returning --
 
@@ -260,22 +380,50 @@ class Communicator:
         """Raise a PeerError naming the ranks that did not report the same failure in time.
 
         Every rank whose collective fails marks itself in the rendezvous store and waits briefly for the
-        others: a rank that neither completes nor fails the collective is the one that died or hangs.
+        others: a rank that neither completes nor fails the collective is the one that died, hangs or
+        cannot be reached.
         """
         missing: list[int] = []
-        try:
-            self.store.set(f"{_FAULT_KEY}{self.rank}", what)
-            deadline = time.monotonic() + min(2.0, self.timeout_s / 4)
-            missing = [r for r in range(self.world_size) if r != self.rank]
-            while missing and time.monotonic() < deadline:
-                missing = [r for r in missing if not self.store.check([f"{_FAULT_KEY}{r}"])]
-                time.sleep(0.05)
-        except Exception:  # the store went down with its host: name nobody rather than guess
-            missing = []
+        if self.store is not None:
+            try:
+                # A store behind a dead link must not hold this rank for another timeout.
+                self.store.set_timeout(timedelta(seconds=_NAMING_WAIT_S))
+                self.store.set(f"{_FAULT_KEY}{self.rank}", what)
+                deadline = time.monotonic() + min(_NAMING_WAIT_S, self.timeout_s / 4)
+                missing = [r for r in range(self.world_size) if r != self.rank]
+                while missing and time.monotonic() < deadline:
+                    missing = [r for r in missing if not self.store.check([f"{_FAULT_KEY}{r}"])]
+                    time.sleep(0.05)
+                missing = [(r, self._host_of(r)) for r in missing]
+            except Exception:  # the store went down with its host, or cannot be reached: name nobody
+                missing = []
+        self._raise(what, error, missing)
+
+    def _host_of(self, rank: int) -> str | None:
+        key = f"{_HOST_KEY}{rank}"
+        return self.store.get(key).decode() if self.store.check([key]) else None
+
+    def _raise(self, what: str, error: BaseException, missing: list[tuple[int, str | None]]) -> None:
         if missing:
-            who = f"rank{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} did not respond (dead or hung)"
+            names = ", ".join(f"{r}" + (f" (host {host})" if host else "") for r, host in missing)
+            who = f"rank{'s' if len(missing) > 1 else ''} {names} did not respond (dead, hung, stopped or unreachable)"
         else:
-            who = "a peer failed"
-        detail = (str(error).strip().splitlines() or [""])[0]
-        raise PeerError(f"{what} failed: {who}; timeout {self.timeout_s:g} s ({type(error).__name__}: {detail})") \
-            from error
+            who = "a peer or the rendezvous store failed"
+        detail = (str(error).strip().splitlines() or [""])[0][:200]
+        raise PeerError(f"{who} within the {self.timeout_s:g} s timeout, in {what}; "
+                        f"seen by rank {self.rank} ({type(error).__name__}: {detail})") from error
+
+
+def _host_label() -> str:
+    """This host's name, with the address it reaches the rendezvous by when that is not loopback."""
+    name = socket.gethostname()
+    master = os.environ.get("MASTER_ADDR")
+    if not master:
+        return name
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((master, 1))  # no packet is sent: this only picks the route
+            address = s.getsockname()[0]
+    except OSError:
+        return name
+    return name if address.startswith("127.") else f"{name} {address}"

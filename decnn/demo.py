@@ -19,6 +19,7 @@ from pathlib import Path
 
 from decnn.data import DEFAULT_ROOT, STANDIN_ROOT, DatasetCorruptError, DatasetNotFoundError
 from decnn.data.layout import scan
+from decnn.exitcodes import run_main
 
 MODELS = {"resnet34": "configs/demo_resnet34.yaml", "decnn": "configs/demo_decnn_resnet34_g4_x1.5.yaml"}
 
@@ -88,4 +89,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -282,5 +282,5 @@ def test_cli_check_and_prepare(copy, tmp_path, capsys):
         "val_images.npy",
         "val_labels.npy",
     }
-    assert cli.main(["check", "--root", str(tmp_path / "nowhere")]) == 1
+    assert cli.main(["check", "--root", str(tmp_path / "nowhere")]) == 2  # an input error
     assert "python -m decnn.data standin" in capsys.readouterr().err

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -218,68 +217,6 @@ def test_cli_checkpoint_on_val_images_three_processes(tmp_path, checkpoint_and_d
     assert (r["top1"], r["top5"]) == (pytest.approx(expected["top1"]), pytest.approx(expected["top5"]))
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pids: set[int]) -> list[int]:
-    """The pids that still run (zombies and vanished processes do not count)."""
-    alive = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.append(pid)
-    return alive
-
-
-def _run_with_fault(fault: str, timeout: str):
-    """Run 2 processes with ``fault`` injected; return exit code, stderr, seconds taken and every descendant."""
-    cmd = [sys.executable, str(ROOT / "infer_distributed.py"), *SYNTHETIC, "--num-images", "40", "--devices", "2",
-           "--timeout", timeout, "--log-dir", ""]
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "DECNN_INJECT_FAULT": fault})
-    seen = set()
-    while proc.poll() is None and time.monotonic() - start < 120:
-        seen |= _descendants(proc.pid)
-        time.sleep(0.2)
-    _, stderr = proc.communicate(timeout=60)
-    return proc.returncode, stderr, time.monotonic() - start, seen
-
-
-def test_cli_a_rank_that_dies_stops_the_run_naming_it(tmp_path):
-    code, stderr, took, seen = _run_with_fault("1:2:exit", timeout="10")
-    assert code != 0
-    assert "rank 1 exited with code 17" in stderr
-    assert took < 60
-    assert len(seen) >= 2 and not _alive(seen)
-
-
-@pytest.mark.slow  # it waits the timeout out; test_comm checks a hung peer at the collective, in `make test`
-def test_cli_a_rank_that_hangs_stops_the_run_within_the_timeout(tmp_path):
-    code, stderr, took, seen = _run_with_fault("1:2:hang", timeout="4")
-    assert code != 0
-    assert "rank 1 did not respond" in stderr
-    assert took < 60  # start-up + 4 s timeout; the hang itself would last an hour
-    assert len(seen) >= 2 and not _alive(seen)
-
-
 @pytest.mark.slow  # test_links checks torch.distributed across namespaces in `make test`
 @pytest.mark.netns
 def test_cli_two_hosts_through_an_emulated_link(tmp_path):
@@ -318,7 +255,8 @@ def test_single_mode_in_process(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--random-init", "--devices", "3"], "3 devices cannot share 4 groups evenly"),
+        (["--random-init", "--devices", "3"], "3 devices cannot share 4 groups evenly; e.g. --placement 0,1/2/3"),
+        (["--random-init", "--groups", "1", "--devices", "2"], "groups=1 splits over at most 1 devices, not 2"),
         (["--random-init", "--devices", "2", "--placement", "0,1/2"], "must assign each of the groups"),
         (["--random-init", "--mode", "single", "--devices", "2"], "mode single runs the whole model in one process"),
         (["--random-init", "--groups", "5"], "not divisible by groups=5"),
@@ -328,15 +266,15 @@ def test_single_mode_in_process(tmp_path):
     ],
 )
 def test_bad_settings_fail_before_any_process_group(args, message, capsys):
-    assert main(args) == 1
+    assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not dist.is_initialized()
 
 
 def test_checkpoint_of_another_model_and_missing_dataset_fail_early(checkpoint_and_data, capsys):
     ckpt, _, _ = checkpoint_and_data
-    assert main(["--checkpoint", str(ckpt), "--model", "decnn_resnet34", "--devices", "2"]) == 1
+    assert main(["--checkpoint", str(ckpt), "--model", "decnn_resnet34", "--devices", "2"]) == 2
     assert "holds a decnn_resnet18 model, not the requested decnn_resnet34" in capsys.readouterr().err
-    assert main(["--checkpoint", str(ckpt), "--data-root", "/nonexistent/tiny", "--devices", "2"]) == 1
+    assert main(["--checkpoint", str(ckpt), "--data-root", "/nonexistent/tiny", "--devices", "2"]) == 2
     assert "/nonexistent/tiny" in capsys.readouterr().err
     assert not dist.is_initialized()

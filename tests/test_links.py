@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from decnn.bench import links
 from decnn.bench.links import EmulatedLink, cleanup_stale, links_available, parse_rate
 
 PREFIX = "decnntest"  # keeps these tests' namespaces apart from real runs
@@ -24,6 +23,14 @@ def need_links():
 def netns_names() -> set[str]:
     out = subprocess.run(["ip", "netns", "list"], check=True, capture_output=True, text=True).stdout
     return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def process_state(pid: int | str) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
 
 
 @pytest.mark.parametrize(
@@ -93,14 +100,11 @@ def test_cleanup_stale_removes_namespaces_of_dead_runs_only(need_links):
 
 @pytest.mark.netns
 def test_sigterm_tears_down(need_links):
-    # Load links.py on its own: importing the decnn package would pull in torch (seconds).
+    # `import decnn` does not load torch, so this child starts in a fraction of a second.
     code = textwrap.dedent(f"""
-        import importlib.util, sys, time
-        spec = importlib.util.spec_from_file_location("links", {links.__file__!r})
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["links"] = mod
-        spec.loader.exec_module(mod)
-        with mod.EmulatedLink(None, name_prefix={PREFIX!r}) as link:
+        import time
+        from decnn.bench.links import EmulatedLink
+        with EmulatedLink(None, name_prefix={PREFIX!r}) as link:
             print(link.bridge_netns, *(h.netns for h in link.hosts), flush=True)
             time.sleep(60)
     """)
@@ -110,6 +114,31 @@ def test_sigterm_tears_down(need_links):
     proc.terminate()
     assert proc.wait(timeout=10) == 128 + 15
     assert not names & netns_names()
+
+
+@pytest.mark.netns
+def test_a_creator_killed_by_sigkill_leaves_nothing_after_the_next_link(need_links):
+    code = textwrap.dedent(f"""
+        import time
+        from decnn.bench.links import EmulatedLink
+        with EmulatedLink(None, name_prefix={PREFIX!r}) as link:
+            child = link.popen(1, ["sleep", "120"])
+            print(child.pid, link.bridge_netns, *(h.netns for h in link.hosts), flush=True)
+            time.sleep(120)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child, *names = proc.stdout.readline().split()
+    assert set(names) <= netns_names()
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while process_state(child) not in ("gone", "Z") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_state(child) in ("gone", "Z")  # the process it started died with it
+    assert set(names) <= netns_names()  # namespaces outlive a SIGKILL ...
+    with EmulatedLink(None, name_prefix=PREFIX):
+        pass
+    assert not set(names) & netns_names()  # ... until the next link removes those of dead creators
 
 
 @pytest.mark.netns

@@ -26,6 +26,7 @@ from decnn.bench.links import EmulatedLink, links_available, parse_rate
 from decnn.bench.plan import DECNN, BenchConfig, plan
 from decnn.bench.run import RunFailed, run_local, run_over_link
 from decnn.bench.summary import BASELINES, bench_table, summarize, write
+from decnn.exitcodes import run_main
 from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
 from decnn.partition import Placement, extract_branches
 from decnn.record import RunRecord
@@ -140,4 +141,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

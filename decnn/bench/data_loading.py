@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from decnn.data import STANDIN_ROOT, TinyImageNet, cache, make_standin
 from decnn.data.images import read_image
 from decnn.data.layout import scan
+from decnn.exitcodes import run_main
 
 BATCH = 256
 
@@ -108,4 +109,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from decnn.bench.links import EmulatedLink, links_available, parse_rate
+from decnn.exitcodes import run_main
 
 UNSHAPED_BYTES = 200_000_000
 GLOO_WORKER = """
@@ -78,4 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -27,6 +27,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from decnn.process import die_with_parent
+
 __all__ = [
     "EmulatedLink",
     "Host",
@@ -191,7 +193,9 @@ class EmulatedLink:
 
     Use as a context manager; leaving it (also on an exception, KeyboardInterrupt, or SIGTERM, which
     it turns into SystemExit while open if nothing else handles it) stops processes still running
-    from :meth:`popen` and deletes every namespace it created.
+    from :meth:`popen` and deletes every namespace it created. Nothing outlives a creator killed by SIGKILL
+    either: processes from :meth:`popen` die with it, and entering a link first deletes the namespaces of
+    creators that are gone (:func:`cleanup_stale`).
     """
 
     def __init__(
@@ -217,6 +221,7 @@ class EmulatedLink:
         else:
             self.burst_bytes = burst or max(_MIN_BURST, int(self.rate_bps / 8 * _BURST_SECONDS))
         self.prefixlen = net.prefixlen
+        self.name_prefix = name_prefix
         base = f"{name_prefix}-{os.getpid()}-{next(_ids)}"
         self.bridge_netns = f"{base}-br"
         addrs = itertools.islice(net.hosts(), num_hosts)
@@ -234,6 +239,7 @@ class EmulatedLink:
         ):
             self._prev_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
+            cleanup_stale(self.name_prefix)
             self._setup()
         except BaseException:
             self.close()
@@ -279,8 +285,10 @@ class EmulatedLink:
 
     def popen(self, i: int, argv: list[str], env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
         """Start ``argv`` inside host ``i``'s namespace, in a session of its own by default, so that
-        closing the link stops it together with its children (a torchrun agent's workers)."""
+        closing the link stops it together with its children (a torchrun agent's workers); it is killed if
+        this process dies."""
         kw.setdefault("start_new_session", True)
+        kw.setdefault("preexec_fn", die_with_parent)
         proc = subprocess.Popen(self._argv(i, argv), env=self._env(i, env), **kw)
         self._procs.append((proc, kw["start_new_session"]))
         return proc

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 from decnn.bench.compare import load_runs
 from decnn.bench.summary import bench_table
 from decnn.bench.summary import read as read_bench
+from decnn.exitcodes import run_main
 from decnn.record import MB, RunRecord
 
 REPORT = Path("paper/README.md")
@@ -56,4 +58,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

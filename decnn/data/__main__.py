@@ -8,15 +8,19 @@ from decnn.data import cache
 from decnn.data.download import KaggleUnavailableError, download, unpack_zip
 from decnn.data.layout import DEFAULT_ROOT, STANDIN_ROOT, DatasetCorruptError, scan
 from decnn.data.standin import make_standin
+from decnn.exitcodes import RUNTIME, USAGE, run_main
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         print(args.run(args))
-    except (FileNotFoundError, FileExistsError, DatasetCorruptError, KaggleUnavailableError) as e:
+    except (FileNotFoundError, FileExistsError, DatasetCorruptError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return USAGE
+    except KaggleUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return RUNTIME
     return 0
 
 
@@ -79,4 +83,4 @@ def _parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

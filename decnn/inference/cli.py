@@ -1,4 +1,9 @@
-"""Command line of ``infer_distributed.py``: parse, check, then run here, under torchrun, or launch N processes."""
+"""Command line of ``infer_distributed.py``: parse, check, then run here, under torchrun, or launch N processes.
+
+The settings are checked before torch is imported, so a usage error is reported at once. Exit codes: 2 for
+usage and input errors (settings, checkpoint, dataset), 1 for runtime failures (a peer that died or hung),
+130 for Ctrl-C (see decnn.exitcodes).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,9 @@ import argparse
 import dataclasses
 import sys
 
-from decnn.comm import LOCAL_ENDPOINT, LaunchError, PeerError, launch, under_launcher
-from decnn.inference.codec import EXCHANGE_DTYPES
-from decnn.inference.config import BACKENDS, MODES, ConfigError, InferConfig
-from decnn.inference.runner import preflight, run_rank
-from decnn.models import STEMS
+from decnn.exitcodes import run_main
+from decnn.inference.config import BACKENDS, DEFAULT_DATA_ROOT, EXCHANGE_DTYPES, MODES, ConfigError, InferConfig
+from decnn.process import LOCAL_ENDPOINT, under_launcher
 
 EXAMPLES = """examples:
   # DeCNN ResNet-34 (G4, x1.5) split over 2 local processes, checked against the whole model
@@ -46,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--model", help="timm name (default decnn_resnet34; with --checkpoint: must match it)")
     g.add_argument("--groups", type=int, help="branches (with --random-init; default 4)")
     g.add_argument("--width", type=float, help="channel multiplier (with --random-init; default 1.5)")
-    g.add_argument("--stem", choices=STEMS, help="stem (with --random-init; default tiny)")
+    g.add_argument("--stem", choices=("tiny", "imagenet"), help="stem (with --random-init; default tiny)")
     g = p.add_argument_group("processes")
     g.add_argument("--devices", type=int, help="start this many local processes (one per device) through "
                    "torch's elastic launcher; leave out under torchrun")
@@ -59,7 +62,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--timeout", type=float, default=d.timeout,
                    help="seconds before a dead or hung peer stops the run (default %(default)s)")
     g = p.add_argument_group("inputs")
-    g.add_argument("--data-root", default=d.data_root, help="Tiny-ImageNet layout folder (or the stand-in)")
+    g.add_argument("--data-root", help=f"Tiny-ImageNet layout folder (or the stand-in) whose val images a "
+                   f"--checkpoint run reads (default {DEFAULT_DATA_ROOT})")
     g.add_argument("--num-images", type=int, help="images to run (default: the val split, or 64 synthetic)")
     g.add_argument("--batch", type=int, default=d.batch, help="images per batch (default %(default)s)")
     g.add_argument("--image-size", type=int, help="synthetic image size (default: the model's, 64)")
@@ -84,16 +88,26 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0, 1 runtime failure, 2 usage or input error, 130 Ctrl-C)."""
     cfg = InferConfig(**vars(parser().parse_args(argv)))
     try:
-        if under_launcher() or cfg.world_size == 1:
-            run_rank(cfg)  # a process of torchrun's, or a group of one
-        else:
-            preflight(cfg)  # bad settings, checkpoint or dataset: fail before any process starts
-            # The processes learn their number from the launcher, as under torchrun.
-            worker_cfg = dataclasses.replace(cfg, devices=None)
-            launch(run_rank, (worker_cfg,), cfg.devices, nnodes=cfg.nnodes, rdzv_endpoint=cfg.rdzv_endpoint)
-    except (ConfigError, PeerError, LaunchError) as e:
+        cfg.check()  # before torch is imported: a usage error needs no heavy imports
+    except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return 2
+    from decnn.comm import LaunchError, PeerError
+
+    return run_main(lambda: _run(cfg), usage_errors=(ConfigError,), runtime_errors=(PeerError, LaunchError))
+
+
+def _run(cfg: InferConfig) -> None:
+    from decnn.comm import launch
+    from decnn.inference.runner import preflight, run_rank
+
+    if under_launcher() or cfg.world_size == 1:
+        run_rank(cfg)  # a process of torchrun's, or a group of one
+        return
+    preflight(cfg)  # bad settings, checkpoint or dataset: fail before any process starts
+    # The processes learn their number from the launcher, as under torchrun.
+    worker_cfg = dataclasses.replace(cfg, devices=None)
+    launch(run_rank, (worker_cfg,), cfg.devices, nnodes=cfg.nnodes, rdzv_endpoint=cfg.rdzv_endpoint)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-EXCHANGE_DTYPES = ("fp32", "fp16", "bf16", "int8")
+from decnn.inference.config import EXCHANGE_DTYPES
 
 
 class Codec:

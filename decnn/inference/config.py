@@ -1,16 +1,22 @@
-"""The settings of one split-inference run, checked once before any process starts."""
+"""The settings of one split-inference run, checked once before any process starts.
+
+Imports nothing heavy: the command line checks its settings here before torch is loaded.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
-from decnn.comm import LOCAL_ENDPOINT, under_launcher
 from decnn.errors import ConfigError
-from decnn.inference.codec import EXCHANGE_DTYPES
+from decnn.process import LOCAL_ENDPOINT, under_launcher
 
 MODES = ("branch", "single", "data", "pipeline")
 BACKENDS = ("torch", "onnxruntime")  # what computes a branch; torch.distributed exchanges either way
+EXCHANGE_DTYPES = ("fp32", "fp16", "bf16", "int8")
+DEFAULT_DATA_ROOT = "data/tiny-imagenet-200"
+_PLACEMENT = re.compile(r"^\d+(,\d+)*(/\d+(,\d+)*)*$")
 
 
 @dataclass(frozen=True)
@@ -26,7 +32,7 @@ class InferConfig:
     width: float | None = None
     stem: str | None = None
     image_size: int | None = None  # synthetic images only; default: the model's input size
-    data_root: str = "data/tiny-imagenet-200"
+    data_root: str | None = None  # the val images of --checkpoint runs; None: DEFAULT_DATA_ROOT
     num_images: int | None = None  # default: the whole val split, or 64 synthetic images
     batch: int = 1
     placement: str | None = None
@@ -55,36 +61,43 @@ class InferConfig:
             if not ok:
                 raise ConfigError(message)
 
-        need(self.mode in MODES, f"unknown mode {self.mode!r}; choose one of {MODES}")
+        need(self.mode in MODES, f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}, e.g. --mode branch")
         need(self.random_init != (self.checkpoint is not None),
-             "give either --checkpoint PATH (val images) or --random-init (synthetic images)")
+             "give either --checkpoint PATH (val images) or --random-init (synthetic images), "
+             "e.g. --random-init --devices 2")
         need(self.image_size is None or self.random_init,
-             "--image-size applies to synthetic images (--random-init); val images keep their size")
-        need(self.backend in BACKENDS, f"unknown backend {self.backend!r}; choose one of {BACKENDS}")
+             "--image-size applies to synthetic images (--random-init); val images keep their training size")
+        need(self.data_root is None or not self.random_init,
+             "--data-root applies to --checkpoint runs (val images); --random-init runs on synthetic images")
+        need(self.backend in BACKENDS, f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         need(self.backend == "torch" or (self.mode == "branch" and self.checkpoint is not None),
              "--backend onnxruntime runs the ONNX graphs of shards: mode branch with --checkpoint SHARD_DIR "
              "(from `decnn export CHECKPOINT --out SHARD_DIR --onnx`)")
         need(self.exchange_dtype in EXCHANGE_DTYPES,
-             f"unknown exchange dtype {self.exchange_dtype!r}; choose one of {EXCHANGE_DTYPES}")
-        for name in ("batch", "nnodes", "overlap"):
-            need(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1")
-        need(self.devices is None or self.devices >= 1, "--devices must be >= 1")
-        need(self.num_images is None or self.num_images >= 1, "--num-images must be >= 1")
-        need(self.image_size is None or self.image_size >= 8, "--image-size must be >= 8")
-        need(self.warmup >= 0, "--warmup must be >= 0")
-        need(self.timeout > 0, "--timeout must be > 0 seconds")
-        need(self.threads is None or self.threads >= 1, "--threads must be >= 1")
+             f"unknown exchange dtype {self.exchange_dtype!r}; choose one of {', '.join(EXCHANGE_DTYPES)}")
+        examples = {"batch": 8, "nnodes": 2, "overlap": 2, "devices": 2, "num_images": 64, "threads": 1}
+        for name, example in examples.items():
+            value = getattr(self, name)
+            flag = f"--{name.replace('_', '-')}"
+            need(value is None or value >= 1, f"{flag} must be >= 1, e.g. {flag} {example}; got {value}")
+        need(self.image_size is None or self.image_size >= 8, f"--image-size must be >= 8, e.g. --image-size 64; "
+             f"got {self.image_size}")
+        need(self.warmup >= 0, f"--warmup must be >= 0, e.g. --warmup 3; got {self.warmup}")
+        need(self.timeout > 0, f"--timeout must be > 0 seconds, e.g. --timeout 60; got {self.timeout:g}")
         need(not (under_launcher() and self.devices is not None),
              "under torchrun the launcher starts the processes: drop --devices (use torchrun's --nproc-per-node)")
         need(self.mode != "single" or self.world_size == 1,
-             f"mode single runs the whole model in one process, not {self.world_size}")
+             f"mode single runs the whole model in one process, not {self.world_size}: drop --devices")
         need(self.mode == "branch" or self.placement is None, "--placement applies to mode branch")
+        need(self.placement is None or bool(_PLACEMENT.match(self.placement)),
+             f"cannot read --placement {self.placement!r}: give each device's groups, devices separated by '/', "
+             "groups by ',', e.g. --placement 0,1,2/3 (4 groups: 3 on the first device, 1 on the second)")
         need(self.mode == "branch" or self.exchange_dtype == "fp32", "--exchange-dtype applies to mode branch")
         need(self.mode in ("branch", "pipeline") or self.overlap == 1,
              "--overlap applies to modes branch (batches in flight) and pipeline (micro-batches)")
         need(self.mode != "pipeline" or self.batch % self.overlap == 0,
              f"mode pipeline splits each batch into --overlap={self.overlap} micro-batches: "
-             f"--batch {self.batch} is not divisible by it")
+             f"--batch {self.batch} is not divisible by it, e.g. --batch {self.batch * self.overlap}")
         need(self.device in ("cpu", "cuda"), f"unknown device {self.device!r}; choose cpu or cuda")
         if self.device == "cuda":
             import torch

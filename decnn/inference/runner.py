@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from decnn.comm import Communicator, configure_threads
+from decnn.comm import Communicator, configure_threads, exit_with_launcher, inject_fault, under_launcher
 from decnn.inference.build import build_mode
-from decnn.inference.config import ConfigError, InferConfig
+from decnn.inference.config import DEFAULT_DATA_ROOT, ConfigError, InferConfig
 from decnn.inference.inputs import Normalize, SyntheticImages, ValImages, batch_sizes
 from decnn.inference.metrics import agreement, peak_rss_bytes, reset_peak_rss, synced_time, topk_accuracy
 from decnn.inference.optimize import keep_freed_memory
@@ -25,8 +25,6 @@ from decnn.inference.spec import ModelSpec, resolve_model
 from decnn.record import RunRecord
 
 SYNTHETIC_IMAGES = 64
-# Test-only fault injection: "RANK:STEP:exit" makes that rank exit at that timed step, ":hang" makes it hang.
-FAULT_ENV = "DECNN_INJECT_FAULT"
 _PROGRESS_EVERY_S = 5.0
 
 
@@ -48,7 +46,7 @@ def open_inputs(cfg: InferConfig, spec: ModelSpec):
     from decnn.data import DatasetNotFoundError
 
     try:
-        return ValImages(cfg.data_root, cfg.num_images, spec.input_size)
+        return ValImages(cfg.data_root or DEFAULT_DATA_ROOT, cfg.num_images, spec.input_size)
     except DatasetNotFoundError as e:
         raise ConfigError(f"{e} (prepare it with `python -m decnn.data`, or pass --data-root)") from None
 
@@ -64,11 +62,14 @@ def preflight(cfg: InferConfig, rank: int = 0) -> tuple[ModelSpec, object]:
 
 def run_rank(cfg: InferConfig) -> RunRecord | None:
     """The whole run on this rank (the function every process runs); returns the report on rank 0."""
+    if under_launcher():
+        exit_with_launcher()
     rank = int(os.environ.get("RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     cores = configure_threads(int(os.environ.get("LOCAL_RANK", 0)), local_world, cfg.threads, cfg.pin_cores)
     keep_freed_memory()  # every mode alike, so that their timings compare fairly
     spec, source = preflight(cfg, rank)
+    inject_fault(rank, "setup")
     comm = Communicator(cfg.timeout, torch.device(cfg.device))
     try:
         return _run(cfg, comm, spec, source, cores)
@@ -134,7 +135,7 @@ def _timed_steps(cfg, comm, mode, source, sizes: list[int], image_size: int) -> 
     comm.wait_s, counts_before = 0.0, comm.counts.copy()
     timing, progress = Timing(), _Progress(sum(sizes), enabled=comm.rank == 0)
     for s, (step, first) in enumerate(zip(steps, firsts)):
-        _inject_fault(comm.rank, s)
+        inject_fault(comm.rank, str(s))
         inputs, labels = _load(source, step, first, image_size, comm.device, comm.rank)
         start = time.perf_counter()
         out = mode.step(inputs)
@@ -203,16 +204,9 @@ def _quality(cfg, spec: ModelSpec, normalize, source, sizes, timing: Timing) -> 
     return quality
 
 
-def _inject_fault(rank: int, step: int) -> None:
-    """Test hook (``DECNN_INJECT_FAULT=RANK:STEP:exit|hang``): simulate a peer that dies or hangs."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    fault_rank, fault_step, kind = spec.split(":")
-    if (int(fault_rank), int(fault_step)) == (rank, step):
-        if kind == "exit":
-            os._exit(17)
-        time.sleep(3600)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class _Progress:

@@ -68,6 +68,9 @@ class ModelSpec:
 
     def placement(self, spec: str | None, num_devices: int) -> Placement:
         """The explicit placement ``spec`` (e.g. "0,1,2/3"), else the shards' or the groups spread evenly."""
+        if num_devices > self.groups:
+            raise ConfigError(f"{self.name} with groups={self.groups} splits over at most {self.groups} devices, "
+                              f"not {num_devices}: each device needs a group of its own")
         try:
             if spec:
                 placement = Placement.parse(self.groups, spec)
@@ -76,18 +79,26 @@ class ModelSpec:
             else:
                 placement = Placement.even(self.groups, num_devices)
         except ValueError as e:
-            raise ConfigError(f"--placement: {e}") from None
+            reason = str(e).split("; use")[0].split(", e.g.")[0]  # drop the hint in Python syntax: ours follows
+            raise ConfigError(f"{'--placement ' + spec if spec else 'placement'}: {reason}; "
+                              f"e.g. --placement {_example_placement(self.groups, num_devices)}") from None
         if placement.num_devices != num_devices:
-            raise ConfigError(
-                f"placement {spec or placement.as_lists()} names {placement.num_devices} devices, "
-                f"but the run has {num_devices}"
-            )
+            raise ConfigError(f"--placement {spec or placement.as_lists()} names {placement.num_devices} devices, "
+                              f"but the run has {num_devices}; "
+                              f"e.g. --placement {_example_placement(self.groups, num_devices)}")
         if self.exported_placement is not None:
             try:
                 shards.check_shards(self.checkpoint, placement)
             except shards.ShardError as e:
                 raise ConfigError(str(e)) from None
         return placement
+
+
+def _example_placement(groups: int, num_devices: int) -> str:
+    """A valid ``--placement`` for ``groups`` on ``num_devices``: one group each, the rest on the first device."""
+    first = groups - (num_devices - 1)
+    devices = [list(range(first))] + [[g] for g in range(first, groups)]
+    return "/".join(",".join(map(str, d)) for d in devices)
 
 
 @torch.no_grad()

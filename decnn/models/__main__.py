@@ -1,5 +1,8 @@
 """``python -m decnn.models``: the model table (see decnn.models.table)."""
 
+import sys
+
+from decnn.exitcodes import run_main
 from decnn.models.table import main
 
-main()
+sys.exit(run_main(main))

@@ -15,6 +15,7 @@ A checkpoint is a dict of plain types and tensors::
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -59,9 +60,13 @@ def load_checkpoint(path: str | Path) -> dict:
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = str(e).splitlines()[0][:200]
-        raise CheckpointError(f"{path} is not a checkpoint that loads with weights_only=True: {reason}") from e
+    except pickle.UnpicklingError:
+        # torch's own message goes on to suggest weights_only=False, which would run any code the file holds.
+        raise CheckpointError(f"{path} holds objects other than tensors and plain types (possibly code), "
+                              "which decnn refuses to load; decnn's checkpoints come from train.py") from None
+    except Exception:
+        raise CheckpointError(f"{path} is truncated or corrupt: not a readable torch checkpoint "
+                              "(e.g. runs/train/<run>/last.pt written by train.py)") from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} is not a decnn checkpoint (missing {', '.join(missing)})")

@@ -7,6 +7,7 @@ Resuming from ``last.pt`` continues exactly: weights, optimizer, schedule, epoch
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import random
@@ -151,6 +152,24 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dty
     return {"loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count}
 
 
+def lock_run_dir(run_dir: Path):
+    """An open file holding an exclusive lock on ``run_dir`` (released when it is closed or the process ends,
+    even by SIGKILL); FileExistsError if a live training holds it."""
+    lock = open(run_dir / ".lock", "a+")  # kept open: the lock lives as long as the file
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        owner = lock.read().strip() or "unknown"
+        lock.close()
+        raise FileExistsError(f"run folder {run_dir} is in use by a live training (pid {owner}); wait for it to "
+                              "end, or choose another run.name") from None
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
 class Trainer:
     """Everything one training process holds. ``fit()`` runs the remaining epochs; ``step_epoch()`` runs one."""
 
@@ -197,6 +216,7 @@ class Trainer:
         if self.world_size > 1:
             self.ddp_model = DistributedDataParallel(self.model, device_ids=[self.device] if cuda else None)
 
+        self._run_lock = None  # rank 0's lock on the run folder, held while this process lives
         self.run_dir = self._make_run_dir() if self.is_main else None
         self.log = make_logger(self.run_dir, enabled=self.is_main)
         self.log.text("config", f"```yaml\n{cfg.to_yaml()}```")
@@ -224,20 +244,24 @@ class Trainer:
         return train, val
 
     def _make_run_dir(self) -> Path:
+        """Create (or, resuming, reuse) the run folder and hold its lock for as long as this process lives."""
         cfg, m = self.cfg, self.cfg.model
         stamp = time.strftime("%Y%m%d-%H%M%S")
         if cfg.train.resume:
             run_dir = Path(cfg.train.resume).parent
+            self._run_lock = lock_run_dir(run_dir)
             (run_dir / f"config.resumed-{stamp}.yaml").write_text(cfg.to_yaml())
             return run_dir
         run_dir = Path(cfg.run.out_dir) / (cfg.run.name or f"{m.name}_g{m.groups}_x{m.width:g}_{m.stem}_{stamp}")
         try:
             run_dir.mkdir(parents=True)
         except FileExistsError:
+            lock_run_dir(run_dir).close()  # says so if a live training holds it
             raise FileExistsError(
                 f"run folder {run_dir} already exists: choose another run.name, "
                 f"or continue it with train.resume={run_dir / 'last.pt'}"
             ) from None
+        self._run_lock = lock_run_dir(run_dir)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
         return run_dir
 
