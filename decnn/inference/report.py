@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 from decnn.inference.config import InferConfig
+from decnn.inference.inputs import batch_sizes
 from decnn.inference.metrics import percentiles_ms
+from decnn.inference.mode import breakdowns
 from decnn.inference.spec import ModelSpec
 from decnn.train.logger import make_logger
 
@@ -19,6 +22,8 @@ def build_report(cfg: InferConfig, spec: ModelSpec, placement, image_size: int, 
     """Everything measured, keyed for JSON; ``stats`` holds one dict per rank."""
     world = len(stats)
     images = max(timing.images, 1)
+    batches = len(batch_sizes(timing.images, cfg.batch))
+    breakdown = breakdowns(stats, batches)
     image_bytes = 3 * image_size * image_size
     logit_bytes = spec.num_classes * 4
     if cfg.mode == "branch":
@@ -55,9 +60,10 @@ def build_report(cfg: InferConfig, spec: ModelSpec, placement, image_size: int, 
         "result_bytes_per_image": result_bytes,
         "params_per_rank": [s["param_bytes"] for s in stats],
         "peak_rss_per_rank": [s["peak_rss_bytes"] for s in stats],
-        "compute_s_per_rank": [s["compute_s"] for s in stats],
-        "comm_wait_s_per_rank": [s["comm_wait_s"] for s in stats],
-        "pack_s_per_rank": [s.get("pack_s", 0.0) for s in stats],
+        "compute_s_per_rank": [(sum(b.segments_ms) + b.head_ms) * batches / 1e3 for b in breakdown],
+        "comm_wait_s_per_rank": [(b.peer_wait_ms + b.wire_ms) * batches / 1e3 for b in breakdown],
+        "pack_s_per_rank": [(b.pack_ms + b.codec_ms) * batches / 1e3 for b in breakdown],
+        "breakdown_per_rank": [dataclasses.asdict(b) for b in breakdown],
         "threads_per_rank": [s["threads"] for s in stats],
         "cores_per_rank": [s["cores"] for s in stats],
         "hosts": sorted({s["host"] for s in stats}),
@@ -65,7 +71,7 @@ def build_report(cfg: InferConfig, spec: ModelSpec, placement, image_size: int, 
         **quality,
     }
     if cfg.mode == "pipeline":
-        report["pipeline_stages"] = stats[0]["pipeline_cuts"]
+        report["pipeline_stages"] = stats[0]["pipeline_stages"]
     return report
 
 
@@ -107,6 +113,10 @@ def _log_tensorboard(report: dict, latency_s: list[float]) -> None:
         if key in report:
             metrics[f"infer/{key}"] = report[key]
     log.scalars(metrics, step)
+    for r, b in enumerate(report["breakdown_per_rank"]):  # where each rank's time went, ms per batch
+        parts = {f"breakdown/rank{r}/segment{i}_ms": t for i, t in enumerate(b["segments_ms"])}
+        parts.update({f"breakdown/rank{r}/{k}": v for k, v in b.items() if k != "segments_ms"})
+        log.scalars(parts, step)
     hparams = {k: report[k] for k in ("model", "groups", "width", "mode", "devices", "batch", "exchange_dtype",
                                       "overlap")}
     log.hparams(hparams, metrics)
@@ -142,12 +152,15 @@ def format_table(report: dict) -> str:
         rows.append(("tensorboard", report["run_dir"]))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
-    lines.append(f"{'rank':>4} {'params MB':>10} {'peak RSS MB':>12} {'compute s':>10} {'comm wait s':>12} "
-                 f"{'pack s':>8} {'threads':>8}")
-    for r in range(report["devices"]):
+    lines.append(f"{'rank':>4} {'params MB':>10} {'peak RSS MB':>12} {'threads':>8} {'cores':>8}   "
+                 "ms per batch: step = segments + head + normalize + pack + codec + peer wait + wire + other")
+    for r, b in enumerate(report["breakdown_per_rank"]):
+        cores = ",".join(map(str, report["cores_per_rank"][r]))
+        segments = "+".join(f"{t:.1f}" for t in b["segments_ms"])
         lines.append(
             f"{r:>4} {report['params_per_rank'][r] / _MB:>10.2f} {report['peak_rss_per_rank'][r] / _MB:>12.1f} "
-            f"{report['compute_s_per_rank'][r]:>10.3f} {report['comm_wait_s_per_rank'][r]:>12.3f} "
-            f"{report['pack_s_per_rank'][r]:>8.3f} {report['threads_per_rank'][r]:>8}"
+            f"{report['threads_per_rank'][r]:>8} {cores:>8}   {b['step_ms']:.1f} = ({segments}) + {b['head_ms']:.2f} "
+            f"+ {b['normalize_ms']:.2f} + {b['pack_ms']:.2f} + {b['codec_ms']:.2f} + {b['peer_wait_ms']:.2f} "
+            f"+ {b['wire_ms']:.2f} + {b['other_ms']:.2f}"
         )
     return "\n".join(lines)
