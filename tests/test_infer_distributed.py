@@ -26,6 +26,7 @@ from decnn.inference.codec import make_codec
 from decnn.inference.inputs import Normalize
 from decnn.inference.optimize import prepare_for_inference
 from decnn.partition import Placement, extract_branch
+from decnn.record import RunRecord
 from decnn.train.config import load_config
 from decnn.train.trainer import evaluate_checkpoint, train
 
@@ -139,7 +140,9 @@ def _report(tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "report.json"
     res = _cli(*args, "--out", str(out), "--log-dir", str(tmp_path / "tb"))
     assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads(out.read_text())
+    report = json.loads(out.read_text())
+    assert RunRecord.from_dict(report).to_dict() == report  # every key is a record field, and nothing is lost
+    return report
 
 
 def test_cli_branch_uneven_overlapped_verified(tmp_path):

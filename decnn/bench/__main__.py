@@ -28,6 +28,7 @@ from decnn.bench.report import BASELINES, crossovers, format_crossovers, format_
 from decnn.bench.run import RunFailed, run_local, run_over_link
 from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
 from decnn.partition import Placement, extract_branches
+from decnn.record import RunRecord
 
 ELEMENT_SIZE = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
     print(f"cost model: timing each branch's segments ({len(args.batch)} batch sizes) ...", flush=True)
     predicted = predictions(configs, args.per_message_ms / 1e3)
 
-    reports: dict[str, list[dict]] = {c.label(): [] for c in configs}
+    reports: dict[str, list[RunRecord]] = {c.label(): [] for c in configs}
     with ExitStack() as stack:
         emulated = {(link, n): stack.enter_context(EmulatedLink(link, num_hosts=n))
                     for link in links if link for n in {c.devices for c in configs if c.link == link}}
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
                 bar.update()
         bar.close()
 
-    def baselines(batch: int) -> list[dict[str, dict]]:
+    def baselines(batch: int) -> list[dict[str, RunRecord]]:
         """Round r's 1-device baseline reports at ``batch``, by name."""
         return [{name: reports[Config(name, "single", 1, batch).label()][r] for name in BASELINES.values()}
                 for r in range(args.rounds)]

@@ -6,6 +6,7 @@ same machine noise) and then the median over rounds is reported.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -15,54 +16,51 @@ from pathlib import Path
 
 from decnn.bench.links import parse_rate
 from decnn.bench.plan import Config
+from decnn.record import Latency, RunRecord
 from decnn.train.logger import make_logger
 
-_MB = 2**20
 BASELINES = {"resnet34": "resnet34 single", "decnn_single": "decnn single"}
 
 
-def summarize(config: Config, reports: list[dict], baselines: list[dict[str, dict]], prediction) -> dict:
-    """One record: ``reports[r]`` is round r's report of ``config``, ``baselines[r]`` that round's baselines."""
-    first = reports[0]
-    p50 = [r["latency_ms"]["p50"] for r in reports]
-    record = {
-        "name": config.name,
-        "model": first["model"],
-        "groups": first["groups"],
-        "width": first["width"],
-        "mode": config.mode,
-        "devices": config.devices,
-        "oversubscribed": config.oversubscribed,
-        "batch": config.batch,
-        "exchange_dtype": config.exchange_dtype,
-        "overlap": config.overlap,
-        "link": config.link or "loopback",
-        "rounds": len(reports),
-        "latency_ms": {q: statistics.median(r["latency_ms"][q] for r in reports) for q in ("p50", "p95", "p99")},
-        "latency_p50_ms_per_round": p50,
-        "throughput_ips": statistics.median(r["throughput_ips"] for r in reports),
-        "bytes_per_image": first["bytes_per_image"],
-        "bytes_per_image_per_point": first["bytes_per_image_per_point"],
-        "params_per_rank": first["params_per_rank"],
-        "peak_rss_per_rank": first["peak_rss_per_rank"],
-        # The round with the median latency: where its time went, rank by rank.
-        "breakdown_per_rank": sorted(reports, key=lambda r: r["latency_ms"]["p50"])[len(reports) // 2].get(
-            "breakdown_per_rank"),
-    }
+def summarize(config: Config, reports: list[RunRecord], baselines: list[dict[str, RunRecord]],
+              prediction) -> RunRecord:
+    """One record: ``reports[r]`` is round r's report of ``config``, ``baselines[r]`` that round's baselines.
+
+    Timings are medians over rounds; sizes, traffic and the per-rank figures are the first round's, but for
+    the breakdown of each rank's time, which is the median round's (by p50 latency).
+    """
+    ratios = {}
     for key, base_name in BASELINES.items():
         bases = [b[base_name] for b in baselines]
-        record[f"latency_ratio_vs_{key}"] = statistics.median(
-            b["latency_ms"]["p50"] / r["latency_ms"]["p50"] for b, r in zip(bases, reports))
-        record[f"throughput_ratio_vs_{key}"] = statistics.median(
-            r["throughput_ips"] / b["throughput_ips"] for b, r in zip(bases, reports))
-    if prediction is not None:
-        record["predicted_latency_ms"] = 1e3 * (prediction.overlapped_s if config.overlap > 1 else prediction.latency_s)
-        record["predicted_compute_ms"] = 1e3 * prediction.compute_s
-        record["predicted_transfer_ms"] = 1e3 * prediction.transfer_s
-        # With batches in flight the per-batch cost is the steady-state time, 1 / throughput.
-        record["measured_for_prediction_ms"] = (
-            1e3 * config.batch / record["throughput_ips"] if config.overlap > 1 else record["latency_ms"]["p50"])
-    return record
+        ratios[f"latency_ratio_vs_{key}"] = statistics.median(
+            b.latency_ms.p50 / r.latency_ms.p50 for b, r in zip(bases, reports))
+        ratios[f"throughput_ratio_vs_{key}"] = statistics.median(
+            r.throughput_ips / b.throughput_ips for b, r in zip(bases, reports))
+    latency = Latency(*(statistics.median(getattr(r.latency_ms, q) for r in reports) for q in ("p50", "p95", "p99")))
+    record = dataclasses.replace(
+        reports[0],
+        name=config.name,
+        oversubscribed=config.oversubscribed,
+        link=config.link or "loopback",
+        rounds=len(reports),
+        run_dir=None,
+        latency_ms=latency,
+        latency_p50_ms_per_round=[r.latency_ms.p50 for r in reports],
+        throughput_ips=statistics.median(r.throughput_ips for r in reports),
+        breakdown_per_rank=sorted(reports, key=lambda r: r.latency_ms.p50)[len(reports) // 2].breakdown_per_rank,
+        **ratios,
+    )
+    if prediction is None:
+        return record
+    # With batches in flight the per-batch cost is the steady-state time, 1 / throughput.
+    measured = 1e3 * config.batch / record.throughput_ips if config.overlap > 1 else latency.p50
+    return dataclasses.replace(
+        record,
+        predicted_latency_ms=1e3 * (prediction.overlapped_s if config.overlap > 1 else prediction.latency_s),
+        predicted_compute_ms=1e3 * prediction.compute_s,
+        predicted_transfer_ms=1e3 * prediction.transfer_s,
+        measured_for_prediction_ms=measured,
+    )
 
 
 def link_rate(link: str) -> float:
@@ -70,34 +68,33 @@ def link_rate(link: str) -> float:
     return float("inf") if link == "loopback" else parse_rate(link)
 
 
-def crossovers(records: list[dict], baseline: str = "decnn_single") -> list[dict]:
+def crossovers(records: list[RunRecord], baseline: str = "decnn_single") -> list[dict]:
     """Per split configuration (name, devices, batch) measured on several links: the link rate below which
     its median latency stops beating the 1-device ``baseline``.
 
     Between two measured rates the latency ratio is interpolated linearly in log(rate); outside them the
-    answer is a bound ("below 20mbit": it still wins at the slowest link measured; "above 1gbit": it
-    already loses at the fastest emulated one, or never wins).
+    answer is a bound ("below 20mbit": it still wins at the slowest link measured; "above 1gbit": it wins
+    on loopback but already loses on the fastest emulated link; "never wins").
     """
     series: dict[tuple, list[tuple[float, float, str]]] = {}
     for r in records:
-        if r["devices"] > 1:
-            key = (r["name"], r["devices"], r["batch"])
-            series.setdefault(key, []).append((link_rate(r["link"]), r[f"latency_ratio_vs_{baseline}"], r["link"]))
+        if r.devices > 1:
+            ratio = getattr(r, f"latency_ratio_vs_{baseline}")
+            series.setdefault((r.name, r.devices, r.batch), []).append((link_rate(r.link), ratio, r.link))
     out = []
     for (name, devices, batch), points in series.items():
-        points.sort(reverse=True)  # fastest link first
         if len(points) < 2:
             continue
-        finite = [p for p in points if math.isfinite(p[0])]
+        points.sort(reverse=True)  # fastest link first
         crossover, bound = None, None
         if all(ratio > 1 for _, ratio, _ in points):
-            bound = f"below {finite[-1][2]}" if finite else None
+            bound = f"below {points[-1][2]}"
         elif points[0][1] <= 1:
             bound = "never wins"
         else:
             for (hi_rate, hi_ratio, _), (lo_rate, lo_ratio, lo_link) in itertools.pairwise(points):
                 if hi_ratio > 1 >= lo_ratio:
-                    if math.isinf(hi_rate):  # wins on loopback, loses on the fastest emulated link
+                    if math.isinf(hi_rate):
                         bound = f"above {lo_link}"
                     else:
                         t = (hi_ratio - 1) / (hi_ratio - lo_ratio)
@@ -110,7 +107,7 @@ def crossovers(records: list[dict], baseline: str = "decnn_single") -> list[dict
 
 
 def format_crossovers(rows: list[dict]) -> str:
-    lines = ["| configuration | batch | devices | latency ratio vs DeCNN 1-dev, per link | crossover link rate |",
+    lines = ["| configuration | batch | devices | latency speedup vs DeCNN 1-dev, per link | stops winning below |",
              "|---|---:|---:|---|---|"]
     for c in rows:
         ratios = ", ".join(f"{link} {ratio:.2f}x" for link, ratio in c["ratio_per_link"].items())
@@ -119,101 +116,93 @@ def format_crossovers(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def format_breakdown(records: list[dict]) -> str:
-    """Where each split run's batch went, rank by rank (ms per batch, the median round)."""
+def format_breakdown(records: list[RunRecord]) -> str:
+    """Where each run's batch went, rank by rank (ms per batch, the median round)."""
     lines = ["| configuration | batch | link | rank | step | segments | head | normalize | pack | codec "
              "| peer wait | wire | other |", "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
-        for rank, b in enumerate(r.get("breakdown_per_rank") or []):
+        for rank, b in enumerate(r.breakdown_per_rank or []):
             segments = " + ".join(f"{t:.1f}" for t in b["segments_ms"])
-            lines.append(f"| {r['name']} | {r['batch']} | {r['link']} | {rank} | {b['step_ms']:.1f} | {segments} "
+            lines.append(f"| {r.name} | {r.batch} | {r.link} | {rank} | {b['step_ms']:.1f} | {segments} "
                          f"| {b['head_ms']:.2f} | {b['normalize_ms']:.2f} | {b['pack_ms']:.2f} | {b['codec_ms']:.2f} "
                          f"| {b['peer_wait_ms']:.2f} | {b['wire_ms']:.2f} | {b['other_ms']:.2f} |")
     return "\n".join(lines)
 
 
-def plot_links(records: list[dict], path: Path) -> None:
+def plot_links(records: list[RunRecord], path: Path) -> None:
     """Median latency vs link rate, one line per configuration and batch; 1-device baselines as flat lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    batches = sorted({r["batch"] for r in records if r["link"] != "loopback"})
+    batches = sorted({r.batch for r in records if r.link != "loopback"})
     if not batches:
         return
     fig, axes = plt.subplots(1, len(batches), figsize=(6.5 * len(batches), 4.5), squeeze=False)
     for ax, batch in zip(axes[0], batches):
-        rows = [r for r in records if r["batch"] == batch]
-        rates = sorted({link_rate(r["link"]) for r in rows if r["link"] != "loopback"})
+        rows = [r for r in records if r.batch == batch]
+        rates = sorted({link_rate(r.link) for r in rows if r.link != "loopback"})
         loopback_x = rates[-1] * 4  # loopback drawn to the right of the fastest emulated link
-        for name in dict.fromkeys(r["name"] for r in rows if r["devices"] > 1):
-            pts = sorted((loopback_x if r["link"] == "loopback" else link_rate(r["link"]), r["latency_ms"]["p50"])
-                         for r in rows if r["name"] == name)
-            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=f"{name} x{rows[0]['devices']}")
+        for name in dict.fromkeys(r.name for r in rows if r.devices > 1):
+            pts = sorted((loopback_x if r.link == "loopback" else link_rate(r.link), r.latency_ms.p50)
+                         for r in rows if r.name == name)
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
         for r in rows:
-            if r["devices"] == 1:
-                ax.axhline(r["latency_ms"]["p50"], linestyle="--", color="grey" if "resnet" in r["name"] else "black")
-                ax.annotate(r["name"].replace("resnet34", "ResNet-34").replace("decnn", "DeCNN") + " (1 device)",
-                            (rates[0], r["latency_ms"]["p50"]), fontsize=8, va="bottom")
+            if r.devices == 1:
+                ax.axhline(r.latency_ms.p50, linestyle="--", color="grey" if "resnet" in r.name else "black")
+                ax.annotate(r.name.replace("resnet34", "ResNet-34").replace("decnn", "DeCNN") + " (1 device)",
+                            (rates[0], r.latency_ms.p50), fontsize=8, va="bottom")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ticks = [*rates, loopback_x]
-        ax.set_xticks(ticks, [*(f"{t / 1e6:g} Mbit/s" for t in rates), "loopback"])
+        ax.set_xticks([*rates, loopback_x], [*(f"{t / 1e6:g} Mbit/s" for t in rates), "loopback"])
         ax.set_xlabel("link rate (tc tbf, per host)")
         ax.set_ylabel("median latency per batch (ms, log scale)")
-        ax.set_title(f"batch {batch}")
+        ax.set_title(f"batch {batch}, 2 devices")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def format_markdown(records: list[dict]) -> str:
+def format_markdown(records: list[RunRecord]) -> str:
     lines = [
         "| configuration | batch | link | devices | p50 ms | p95 ms | images/s | latency speedup vs ResNet-34 "
         "| vs DeCNN 1-dev | throughput vs DeCNN 1-dev | KB sent/image | params/device MB | predicted ms |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
-        devices = f"{r['devices']}" + (" (oversubscribed)" if r["oversubscribed"] else "")
-        predicted = (f"{r['predicted_latency_ms']:.1f} (vs {r['measured_for_prediction_ms']:.1f})"
-                     if "predicted_latency_ms" in r else "–")
+        devices = f"{r.devices}" + (" (oversubscribed)" if r.oversubscribed else "")
+        predicted = (f"{r.predicted_latency_ms:.1f} (vs {r.measured_for_prediction_ms:.1f})"
+                     if r.predicted_latency_ms is not None else "–")
         lines.append(
-            f"| {r['name']} | {r['batch']} | {r['link']} | {devices} | {r['latency_ms']['p50']:.1f} "
-            f"| {r['latency_ms']['p95']:.1f} | {r['throughput_ips']:.1f} | {r['latency_ratio_vs_resnet34']:.2f}x "
-            f"| {r['latency_ratio_vs_decnn_single']:.2f}x | {r['throughput_ratio_vs_decnn_single']:.2f}x "
-            f"| {r['bytes_per_image'] / 1024:.0f} "
-            f"| {max(r['params_per_rank']) / _MB:.1f} | {predicted} |"
+            f"| {r.name} | {r.batch} | {r.link} | {devices} | {r.latency_ms.p50:.1f} "
+            f"| {r.latency_ms.p95:.1f} | {r.throughput_ips:.1f} | {r.latency_ratio_vs_resnet34:.2f}x "
+            f"| {r.latency_ratio_vs_decnn_single:.2f}x | {r.throughput_ratio_vs_decnn_single:.2f}x "
+            f"| {r.bytes_per_image / 1024:.0f} | {r.params_per_device_mb:.1f} | {predicted} |"
         )
     return "\n".join(lines)
 
 
-def write(records: list[dict], meta: dict, out: Path, log_dir: str | None) -> None:
-    """JSON (``out``), Markdown beside it (results, crossovers, breakdowns), the link plot (``.png``) and one
-    TensorBoard run per configuration under ``log_dir``."""
+def write(records: list[RunRecord], meta: dict, out: Path, log_dir: str | None) -> None:
+    """JSON (``out``), Markdown beside it (results, crossovers, breakdowns), the link plot (``.png``, with
+    emulated links) and one TensorBoard run per configuration under ``log_dir``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     cross = crossovers(records)
-    out.write_text(json.dumps({"meta": meta, "records": records, "crossovers": cross}, indent=2) + "\n")
+    out.write_text(json.dumps({"meta": meta, "records": [r.to_dict() for r in records], "crossovers": cross},
+                              indent=2) + "\n")
     sections = [format_markdown(records), format_crossovers(cross) if cross else "", format_breakdown(records)]
     out.with_suffix(".md").write_text("\n\n".join(s for s in sections if s) + "\n")
     plot_links(records, out.with_suffix(".png"))
     if not log_dir:
         return
     for r in records:
-        slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{r['name']}-d{r['devices']}-b{r['batch']}-{r['link']}")
+        slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{r.name}-d{r.devices}-b{r.batch}-{r.link}")
         with make_logger(Path(log_dir) / meta["started"] / slug) as log:
-            hparams = {k: r[k] for k in ("model", "groups", "width", "mode", "devices", "batch",
-                                         "exchange_dtype", "overlap", "link")}
-            metrics = {
-                "bench/latency_p50_ms": r["latency_ms"]["p50"],
-                "bench/latency_p95_ms": r["latency_ms"]["p95"],
-                "bench/throughput_ips": r["throughput_ips"],
-                "bench/bytes_per_image": r["bytes_per_image"],
-                "bench/params_per_device_mb": max(r["params_per_rank"]) / _MB,
-                "bench/latency_ratio_vs_resnet34": r["latency_ratio_vs_resnet34"],
-                "bench/latency_ratio_vs_decnn_single": r["latency_ratio_vs_decnn_single"],
-            }
-            if "predicted_latency_ms" in r:
-                metrics["bench/predicted_latency_ms"] = r["predicted_latency_ms"]
-            log.hparams(hparams, metrics)
+            r.log_hparams(log)
+
+
+def read(path: Path) -> tuple[dict, list[RunRecord]]:
+    """The meta and records of a benchmark JSON written by :func:`write`."""
+    data = json.loads(Path(path).read_text())
+    return data["meta"], [RunRecord.from_dict(r) for r in data["records"]]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from decnn.bench.links import EmulatedLink
 from decnn.bench.plan import Config
+from decnn.record import RunRecord
 
 INFER = [sys.executable, "-m", "decnn.inference"]
 
@@ -34,7 +35,7 @@ def _check(proc: subprocess.CompletedProcess | subprocess.Popen, output: str, co
         raise RunFailed(f"{config.label()} exited with code {proc.returncode}:\n{tail}")
 
 
-def run_local(config: Config, images: int, warmup: int, timeout: float) -> dict:
+def run_local(config: Config, images: int, warmup: int, timeout: float) -> RunRecord:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.json"
         argv = [*INFER, *_common(config, images, warmup, timeout, out)]
@@ -42,10 +43,11 @@ def run_local(config: Config, images: int, warmup: int, timeout: float) -> dict:
             argv += ["--devices", str(config.devices)]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout * 4 + 120)
         _check(proc, proc.stdout + proc.stderr, config)
-        return json.loads(out.read_text())
+        return RunRecord.from_dict(json.loads(out.read_text()))
 
 
-def run_over_link(config: Config, link: EmulatedLink, port: int, images: int, warmup: int, timeout: float) -> dict:
+def run_over_link(config: Config, link: EmulatedLink, port: int, images: int, warmup: int,
+                  timeout: float) -> RunRecord:
     """One torchrun per host of ``link``; rank 0 (host 0) writes the report.
 
     Each host's processes get cores of their own (host i: core i), as the local runs' pinning gives them.
@@ -63,4 +65,4 @@ def run_over_link(config: Config, link: EmulatedLink, port: int, images: int, wa
         outputs = [p.communicate(timeout=timeout * 4 + 120)[0] for p in procs]
         for p, output in zip(procs, outputs):
             _check(p, output, config)
-        return json.loads(out.read_text())
+        return RunRecord.from_dict(json.loads(out.read_text()))

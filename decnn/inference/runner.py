@@ -30,6 +30,7 @@ from decnn.inference.pipeline_mode import PipelineMode
 from decnn.inference.report import write_report
 from decnn.inference.spec import ModelSpec, resolve_model
 from decnn.partition import extract_branch
+from decnn.record import RunRecord
 
 SYNTHETIC_IMAGES = 64
 # Test-only fault injection: "RANK:STEP:exit" makes that rank exit at that timed step, ":hang" makes it hang.
@@ -69,7 +70,7 @@ def preflight(cfg: InferConfig, rank: int = 0) -> tuple[ModelSpec, object]:
     return spec, (open_inputs(cfg, spec) if rank == 0 else None)
 
 
-def run_rank(cfg: InferConfig) -> dict | None:
+def run_rank(cfg: InferConfig) -> RunRecord | None:
     """The whole run on this rank (the function every process runs); returns the report on rank 0."""
     rank = int(os.environ.get("RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
@@ -103,7 +104,7 @@ def build_mode(cfg: InferConfig, comm: Communicator, spec: ModelSpec, normalize:
     return PipelineMode(model, comm, normalize, cfg.overlap, (micro, 3, image_size, image_size)), None
 
 
-def _run(cfg: InferConfig, comm: Communicator, spec: ModelSpec, source, cores: list[int]) -> dict | None:
+def _run(cfg: InferConfig, comm: Communicator, spec: ModelSpec, source, cores: list[int]) -> RunRecord | None:
     shared = comm.broadcast_object((len(source), source.image_size) if comm.rank == 0 else None)
     num_images, image_size = shared
     normalize = Normalize(spec.mean, spec.std, comm.device)
