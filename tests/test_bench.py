@@ -5,7 +5,7 @@ import pytest
 from decnn.bench.__main__ import main as bench_main
 from decnn.bench.costmodel import Prediction
 from decnn.bench.plan import plan
-from decnn.bench.report import format_markdown, read, summarize
+from decnn.bench.summary import bench_table, read, summarize
 from decnn.record import Latency, RunRecord
 
 
@@ -51,7 +51,7 @@ def test_ratios_are_taken_within_each_round_then_medianed():
     assert record.latency_ratio_vs_resnet34 == pytest.approx(2.0)
     assert record.latency_ratio_vs_decnn_single == pytest.approx(1.5)
     assert record.predicted_latency_ms == pytest.approx(15.0)
-    assert "| decnn branch fp32 | 1 | loopback | 2 | 30.0 |" in format_markdown([record])
+    assert "| decnn branch fp32 | 1 | loopback | 2 | 30.0 |" in bench_table([record])
     assert record.throughput_ratio_vs_decnn_single == pytest.approx(25 / 17)  # median of 50/33, 25/17, 30/22
 
 
@@ -73,7 +73,7 @@ def _split(name, link, ratio):
 
 
 def test_crossover_is_interpolated_in_log_rate_and_bounded_outside_the_measured_links():
-    from decnn.bench.report import crossovers
+    from decnn.bench.summary import crossovers
 
     records = [_split("a", "loopback", 1.9), _split("a", "1gbit", 1.8), _split("a", "100mbit", 1.5),
                _split("a", "20mbit", 0.5),

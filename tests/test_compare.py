@@ -2,7 +2,7 @@
 
 import pytest
 
-from decnn.bench.compare import comparison_rows, format_markdown, load_runs, plot, read_run
+from decnn.bench.compare import comparison_rows, comparison_table, load_runs, main, plot, read_run
 from decnn.record import Latency, RecordError, RunRecord
 from decnn.train.logger import make_logger
 
@@ -34,11 +34,13 @@ def test_runs_are_read_back_with_their_hparams_and_metrics(runs):
     assert read_run(runs / "train" / "a")[1]["train/loss"] == pytest.approx(1.0)
 
 
-def test_an_unknown_hparam_is_an_error_not_a_silent_none(tmp_path):
+def test_an_unknown_hparam_is_an_error_not_a_silent_none(tmp_path, capsys):
     _log_run(tmp_path / "x", {"model": "decnn_resnet34", "groups": 4, "width": 1.5, "mode": "branch", "devices": 2,
                               "lnk": "20mbit"}, {"infer/latency_p50_ms": 1.0})
     with pytest.raises(RecordError, match=r"unknown hparam\(s\) \['lnk'\]"):
         load_runs(tmp_path)
+    assert main([str(tmp_path)]) == 2  # decnn compare: a usage error naming the run
+    assert f"error: {tmp_path / 'x'}: unknown hparam(s) ['lnk']" in capsys.readouterr().err
 
 
 def test_inference_rows_take_the_best_trained_accuracy_of_their_model(runs):
@@ -46,7 +48,7 @@ def test_inference_rows_take_the_best_trained_accuracy_of_their_model(runs):
     assert rows["bench/c"]["top1"] == pytest.approx(64.0)
     assert rows["train/a"]["mode"] == "train" and rows["train/a"]["top1"] == pytest.approx(61.0)
     assert rows["train/a"]["params_per_device_mb"] == pytest.approx(12139688 * 4 / 2**20)
-    table = format_markdown(list(rows.values()))
+    table = comparison_table(list(rows.values()))
     assert "| bench/c | decnn_resnet34 | 4 | 1.5 | branch | 2 | 20mbit | 1 | 64 | 46.5 | 21 | 23.2 |" in table
 
 

@@ -23,9 +23,9 @@ from tqdm import tqdm
 import decnn  # noqa: F401  (registers the models)
 from decnn.bench.costmodel import predict, sent_bytes, time_segments
 from decnn.bench.links import EmulatedLink, links_available, parse_rate
-from decnn.bench.plan import DECNN, Config, plan
-from decnn.bench.report import BASELINES, crossovers, format_crossovers, format_markdown, summarize, write
+from decnn.bench.plan import DECNN, BenchConfig, plan
 from decnn.bench.run import RunFailed, run_local, run_over_link
+from decnn.bench.summary import BASELINES, bench_table, crossovers, format_crossovers, summarize, write
 from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
 from decnn.partition import Placement, extract_branches
 from decnn.record import RunRecord
@@ -65,7 +65,7 @@ def parse_args(argv):
     return args
 
 
-def predictions(configs: list[Config], per_message_s: float) -> dict[str, object]:
+def predictions(configs: list[BenchConfig], per_message_s: float) -> dict[str, object]:
     """Cost-model predictions for the branch runs, from this process's own 1-thread segment timings of
     branches prepared exactly as infer_distributed.py prepares them (BN folded, channels-last)."""
     torch.set_num_threads(1)
@@ -128,14 +128,14 @@ def main(argv=None) -> int:
 
     def baselines(batch: int) -> list[dict[str, RunRecord]]:
         """Round r's 1-device baseline reports at ``batch``, by name."""
-        return [{name: reports[Config(name, "single", 1, batch).label()][r] for name in BASELINES.values()}
+        return [{name: reports[BenchConfig(name, "single", 1, batch).label()][r] for name in BASELINES.values()}
                 for r in range(args.rounds)]
 
     records = [summarize(c, reports[c.label()], baselines(c.batch), predicted.get(c.label())) for c in configs]
     meta = {"started": time.strftime("%Y%m%d-%H%M%S"), "argv": sys.argv[1:] if argv is None else argv,
             "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__, "threads_per_process": 1}
     write(records, meta, Path(args.out), args.log_dir)
-    print(format_markdown(records))
+    print(bench_table(records))
     if crossovers(records):
         print("\n" + format_crossovers(crossovers(records)))
     print(f"\nwrote {args.out} and {Path(args.out).with_suffix('.md')}"

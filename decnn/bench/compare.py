@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from decnn.record import RunRecord
+from decnn.record import RecordError, RunRecord
 
 COLUMNS = (
     "model", "groups", "width", "mode", "devices", "link", "batch",
@@ -51,7 +52,10 @@ def load_runs(root: str | Path) -> dict[str, RunRecord]:
     for run_dir in sorted({p.parent for p in root.rglob("events.out.tfevents.*")}):
         logged = read_run(run_dir)
         if logged is not None:
-            runs[str(run_dir.relative_to(root))] = RunRecord.from_tensorboard(*logged)
+            try:
+                runs[str(run_dir.relative_to(root))] = RunRecord.from_tensorboard(*logged)
+            except RecordError as e:
+                raise RecordError(f"{run_dir}: {e}") from None
     return runs
 
 
@@ -72,7 +76,7 @@ def comparison_rows(runs: dict[str, RunRecord]) -> list[dict]:
     return rows
 
 
-def format_markdown(rows: list[dict]) -> str:
+def comparison_table(rows: list[dict]) -> str:
     lines = ["| run | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row[c]) for c in ("run", *COLUMNS)) + " |")
@@ -114,17 +118,22 @@ def plot(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="decnn compare", description="Compare training and inference runs.")
     p.add_argument("runs", nargs="?", default="runs", help="folder with the runs (default: runs)")
     p.add_argument("--plot", metavar="FILE.png", help="also draw accuracy vs latency")
     p.add_argument("--json", action="store_true", help="print JSON rows instead of Markdown")
     args = p.parse_args(argv)
-    rows = comparison_rows(load_runs(args.runs))
-    print(json.dumps(rows, indent=2) if args.json else format_markdown(rows))
+    try:
+        rows = comparison_rows(load_runs(args.runs))
+    except (FileNotFoundError, RecordError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(rows, indent=2) if args.json else comparison_table(rows))
     if args.plot:
         print(f"plot: {plot(rows, args.plot)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

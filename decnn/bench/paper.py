@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 
 from decnn.bench.compare import load_runs
-from decnn.bench.report import format_markdown as bench_table
-from decnn.bench.report import read as read_bench
+from decnn.bench.summary import bench_table
+from decnn.bench.summary import read as read_bench
 from decnn.record import MB, RunRecord
 
 REPORT = Path("paper/README.md")

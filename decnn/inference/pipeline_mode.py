@@ -12,7 +12,6 @@ they come out of the prepared model; the last stage sends the logits back to ran
 from __future__ import annotations
 
 import itertools
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from torch import nn
 
 from decnn.comm import Communicator
 from decnn.inference.inputs import Normalize
+from decnn.inference.metrics import synced_time
 from decnn.inference.mode import Clock
 
 __all__ = ["PipelineMode", "UnitProfile", "balanced_cuts", "model_units", "profile_units", "stage_module"]
@@ -79,9 +79,9 @@ def profile_units(model: nn.Module, sample_input: torch.Tensor, repeats: int = 5
     runs = [[] for _ in units]
     for _ in range(repeats):
         for unit, x, times in zip(units.values(), inputs, runs):
-            start = time.perf_counter()
+            start = synced_time(x.device)
             unit(x)
-            times.append(time.perf_counter() - start)
+            times.append(synced_time(x.device) - start)
     batch = sample_input.shape[0]
     return [
         UnitProfile(name, min(times) / batch, tuple(y.shape[1:]), y[0].numel() * y.element_size())

@@ -23,7 +23,7 @@ from decnn.inference.branch_mode import BranchMode
 from decnn.inference.codec import make_codec
 from decnn.inference.config import ConfigError, InferConfig
 from decnn.inference.inputs import Normalize, SyntheticImages, ValImages, batch_sizes
-from decnn.inference.metrics import agreement, param_bytes, peak_rss_bytes, reset_peak_rss, topk_accuracy
+from decnn.inference.metrics import agreement, param_bytes, peak_rss_bytes, reset_peak_rss, synced_time, topk_accuracy
 from decnn.inference.mode import Mode
 from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
 from decnn.inference.pipeline_mode import PipelineMode
@@ -164,8 +164,7 @@ def _timed_steps(cfg, comm, mode: Mode, source, sizes: list[int], image_size: in
             inputs, labels = _load(source, step, first, image_size, comm.device, comm.rank)
             start = time.perf_counter()
             out = mode.step(inputs)
-            _sync(comm.device)
-            elapsed = time.perf_counter() - start
+            elapsed = synced_time(comm.device) - start
             step_s += elapsed
             if comm.rank == 0:
                 timing.latency_s += [elapsed] * len(step)
@@ -212,11 +211,6 @@ def _quality(cfg, spec: ModelSpec, normalize, source, sizes, timing: Timing) -> 
                 start += n
         quality.update(agreement(logits, torch.cat(refs)))
     return quality
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _inject_fault(rank: int, step: int) -> None:

@@ -15,14 +15,14 @@ import statistics
 from pathlib import Path
 
 from decnn.bench.links import parse_rate
-from decnn.bench.plan import Config
+from decnn.bench.plan import BenchConfig
 from decnn.record import Latency, RunRecord
 from decnn.train.logger import make_logger
 
 BASELINES = {"resnet34": "resnet34 single", "decnn_single": "decnn single"}
 
 
-def summarize(config: Config, reports: list[RunRecord], baselines: list[dict[str, RunRecord]],
+def summarize(config: BenchConfig, reports: list[RunRecord], baselines: list[dict[str, RunRecord]],
               prediction) -> RunRecord:
     """One record: ``reports[r]`` is round r's report of ``config``, ``baselines[r]`` that round's baselines.
 
@@ -165,7 +165,7 @@ def plot_links(records: list[RunRecord], path: Path) -> None:
     plt.close(fig)
 
 
-def format_markdown(records: list[RunRecord]) -> str:
+def bench_table(records: list[RunRecord]) -> str:
     lines = [
         "| configuration | batch | link | devices | p50 ms | p95 ms | images/s | latency speedup vs ResNet-34 "
         "| vs DeCNN 1-dev | throughput vs DeCNN 1-dev | KB sent/image | params/device MB | predicted ms |",
@@ -191,7 +191,7 @@ def write(records: list[RunRecord], meta: dict, out: Path, log_dir: str | None) 
     cross = crossovers(records)
     out.write_text(json.dumps({"meta": meta, "records": [r.to_dict() for r in records], "crossovers": cross},
                               indent=2) + "\n")
-    sections = [format_markdown(records), format_crossovers(cross) if cross else "", format_breakdown(records)]
+    sections = [bench_table(records), format_crossovers(cross) if cross else "", format_breakdown(records)]
     out.with_suffix(".md").write_text("\n\n".join(s for s in sections if s) + "\n")
     plot_links(records, out.with_suffix(".png"))
     if not log_dir:
