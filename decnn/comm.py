@@ -97,15 +97,15 @@ def backend_for(device: torch.device) -> str:
 
 def configure_threads(local_rank: int, local_world_size: int, threads: int | None, pin: bool) -> list[int]:
     """Give this process its share of the cores as torch threads (``threads`` overrides the count);
-    ``pin`` binds the process to that many cores of its own.
+    ``pin`` binds the process to that many cores of its own, if there are enough for every local process.
 
     Returns the cores the process may run on.
     """
     cores = sorted(os.sched_getaffinity(0))
     per = threads or max(1, len(cores) // local_world_size)
-    mine = cores[local_rank * per:(local_rank + 1) * per] or cores[-per:]
+    mine = cores[local_rank * per:(local_rank + 1) * per]
     torch.set_num_threads(per)
-    if pin:
+    if pin and len(mine) == per:  # pinning only where every process gets cores of its own
         os.sched_setaffinity(0, mine)
         return mine
     return cores
@@ -273,7 +273,8 @@ class Pending:
     def wait(self) -> None:
         start = time.perf_counter()
         try:
-            self._work.wait()
+            # The explicit timeout bounds point-to-point waits too (gloo applies it to collectives itself).
+            self._work.wait(timedelta(seconds=self._comm.timeout_s))
         except Exception as e:  # gloo raises RuntimeError/DistBackendError on timeouts and dead peers
             self._comm.fail(self._what, e)
         self._comm.wait_s += time.perf_counter() - start
@@ -337,11 +338,23 @@ class Communicator:
         """Sum ``tensor`` over ranks into ``dst``'s copy."""
         return self._run("reduce", dist.reduce(tensor, dst, op=dist.ReduceOp.SUM, async_op=True), async_op)
 
-    def scatter(self, output: torch.Tensor, inputs: list[torch.Tensor] | None, src: int = 0) -> None:
-        self._run("scatter", dist.scatter(output, inputs if self.rank == src else None, src, async_op=True))
+    def send(self, tensor: torch.Tensor, dst: int, async_op: bool = False) -> Pending | None:
+        """Point-to-point to ``dst`` (a contiguous tensor; the pipeline baseline's activations)."""
+        return self._run("send", dist.isend(tensor, dst), async_op)
 
-    def gather(self, tensor: torch.Tensor, outputs: list[torch.Tensor] | None, dst: int = 0) -> None:
-        self._run("gather", dist.gather(tensor, outputs if self.rank == dst else None, dst, async_op=True))
+    def recv(self, tensor: torch.Tensor, src: int, async_op: bool = False) -> Pending | None:
+        """Point-to-point from ``src`` into ``tensor`` (same shape and dtype as the one sent)."""
+        return self._run("recv", dist.irecv(tensor, src), async_op)
+
+    def scatter(self, output: torch.Tensor, inputs: list[torch.Tensor] | None, src: int = 0,
+                async_op: bool = False) -> Pending | None:
+        work = dist.scatter(output, inputs if self.rank == src else None, src, async_op=True)
+        return self._run("scatter", work, async_op)
+
+    def gather(self, tensor: torch.Tensor, outputs: list[torch.Tensor] | None, dst: int = 0,
+               async_op: bool = False) -> Pending | None:
+        work = dist.gather(tensor, outputs if self.rank == dst else None, dst, async_op=True)
+        return self._run("gather", work, async_op)
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         """Send a picklable object from ``src`` to all (set-up and results only, never per image)."""

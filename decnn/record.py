@@ -73,6 +73,8 @@ class RunRecord:
     compute_s_per_rank: list[float] | None = None
     comm_wait_s_per_rank: list[float] | None = None
     pack_s_per_rank: list[float] | None = None
+    # Where each rank's time went, ms per batch: the fields of decnn.inference.mode.RankBreakdown.
+    breakdown_per_rank: list[dict] | None = None
     threads_per_rank: list[int] | None = None
     cores_per_rank: list[list[int]] | None = None
     hosts: list[str] | None = None

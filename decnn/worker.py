@@ -32,34 +32,14 @@ STOP, RUN, STATS = 0, 1, 2
 DTYPES = (torch.uint8, torch.float32)  # the inputs a request may carry, by their code in the header
 
 
-class PipelineSteps:
-    """Pipeline mode as a ``step``: one :func:`run_pipeline` call per request, with as many micro-batches
-    as ``microbatches`` allows for its batch. A thin adapter until pipeline mode is a mode object."""
-
-    def __init__(self, model: torch.nn.Module, normalize: Normalize, microbatches: int, rank: int):
-        self.model, self.normalize, self.microbatches, self.rank = model, normalize, microbatches, rank
-
-    def step(self, inputs: list[torch.Tensor]) -> list[torch.Tensor] | None:
-        from decnn.inference.pipeline_mode import run_pipeline
-
-        batch = sum(len(x) for x in inputs)
-        micro = max(m for m in range(1, self.microbatches + 1) if batch % m == 0)
-        images = [self.normalize(torch.cat(inputs))] if self.rank == 0 else []
-        with torch.inference_mode():
-            logits, _ = run_pipeline(self.model, images, microbatches=micro, balance="flops", warmup=0)
-        return [logits] if self.rank == 0 else None
-
-
 class Worker:
     """This rank's mode, built once, and the loop that serves the caller's requests."""
 
     def __init__(self, cfg: InferConfig, comm: Communicator, spec: ModelSpec):
         self.comm = comm
         normalize = Normalize(spec.mean, spec.std, comm.device)
-        built = build_mode(cfg, comm, spec, normalize)
+        built = build_mode(cfg, comm, spec, normalize, spec.input_size)
         self.mode = built.mode
-        if cfg.mode == "pipeline":
-            self.mode = PipelineSteps(built.mode, normalize, cfg.overlap, comm.rank)
         self.in_flight = cfg.overlap if cfg.mode == "branch" else 1
         self.param_bytes, self.placement = built.param_bytes, built.placement
 

@@ -18,7 +18,8 @@ def test_plan_has_baselines_once_and_each_split_per_link_and_dtype():
         (n, b) for n in ("resnet34 single", "decnn single") for b in (1, 8))
     assert {c.devices for c in configs if c.mode != "single"} == {2, 4}  # 3 does not divide 4 groups
     branch = [c for c in configs if c.mode == "branch"]
-    assert len(branch) == 2 * 2 * 2 * 2 * 2  # batch x devices x link x dtype x overlap on/off
+    # batch x devices x (loopback: dtype x overlap on/off; 20mbit: dtype, plus fp16 with overlap)
+    assert len(branch) == 2 * 2 * (2 * 2 + 2 + 1)
     pipeline = next(c for c in configs if c.mode == "pipeline" and c.batch == 1)
     assert pipeline.overlap == 1  # micro-batches cannot exceed the batch
 
@@ -64,3 +65,22 @@ def test_small_benchmark_runs_every_configuration(tmp_path):
                                         "decnn branch fp16 overlap", "resnet34 pipeline", "resnet34 data"}
     assert all(r.latency_ms.p50 > 0 and r.latency_ratio_vs_resnet34 > 0 for r in records)
     assert out.with_suffix(".md").exists() and any((tmp_path / "runs").rglob("events.out.tfevents.*"))
+
+
+def _split(name, link, ratio):
+    return RunRecord(model="decnn_resnet34", groups=4, width=1.5, mode="branch", devices=2, name=name, batch=1,
+                     link=link, latency_ratio_vs_decnn_single=ratio)
+
+
+def test_crossover_is_interpolated_in_log_rate_and_bounded_outside_the_measured_links():
+    from decnn.bench.summary import crossovers
+
+    records = [_split("a", "loopback", 1.9), _split("a", "1gbit", 1.8), _split("a", "100mbit", 1.5),
+               _split("a", "20mbit", 0.5),
+               _split("b", "loopback", 1.9), _split("b", "1gbit", 1.5), _split("b", "20mbit", 1.1),
+               _split("c", "loopback", 1.2), _split("c", "1gbit", 0.9)]
+    rows = {c["name"]: c for c in crossovers(records)}
+    # a: 1.5 at 100 Mbit/s, 0.5 at 20: ratio 1 halfway in log(rate), at sqrt(100 * 20) Mbit/s
+    assert rows["a"]["crossover_bit_per_s"] == pytest.approx((100e6 * 20e6) ** 0.5)
+    assert rows["b"]["crossover_bit_per_s"] is None and rows["b"]["bound"] == "below 20mbit"
+    assert rows["c"]["bound"] == "above 1gbit"

@@ -93,10 +93,10 @@ class Run:
         return "\n".join(line for _, line in self.lines)
 
 
-def _infer_with_fault(fault: str) -> tuple[int, float, Run]:
+def _infer_with_fault(fault: str, *extra: str) -> tuple[int, float, Run]:
     """infer_distributed.py on 2 processes with ``fault`` injected; exit code, seconds from fault to end, the run."""
-    run = Run([*PYTHON, "infer_distributed.py", *SMALL_RUN, "--num-images", "400", "--timeout", str(TIMEOUT_S)],
-              env={"DECNN_INJECT_FAULT": fault})
+    run = Run([*PYTHON, "infer_distributed.py", *SMALL_RUN, "--num-images", "400", "--timeout", str(TIMEOUT_S),
+               *extra], env={"DECNN_INJECT_FAULT": fault})
     injected = run.wait_for("[fault]")
     code, ended = run.finish()
     return code, ended - injected, run
@@ -121,6 +121,16 @@ def test_a_failed_peer_ends_the_run_in_time_naming_it_and_leaves_nothing(kind, p
     print(f"\n{kind} at {point}: ended {took:.1f} s after the fault")
     assert took <= TIMEOUT_S + SLACK_S, (took, run.stderr)
     assert len(run.seen) >= 2 and not _alive(run.seen)
+
+
+def test_a_hung_pipeline_stage_ends_the_run_in_time_naming_it():
+    """The layer-wise baseline's point-to-point messages go through the same timed Communicator."""
+    code, took, run = _infer_with_fault("1:3:hang", "--mode", "pipeline")
+    assert code == 1, run.stderr
+    error = [line for _, line in run.lines if line.startswith("error:")]
+    assert len(error) == 1 and "rank 1" in error[0] and "did not respond" in error[0], run.stderr
+    assert took <= TIMEOUT_S + SLACK_S, (took, run.stderr)
+    assert not _alive(run.seen)
 
 
 def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing():

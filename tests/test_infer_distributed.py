@@ -121,7 +121,7 @@ def test_codec_round_trip(dtype, rng):
     codec = make_codec(dtype)
     rows = torch.relu(torch.randn(6, 2, 50, generator=rng)) * 3  # (channels, images, pixels), post-ReLU
     wire = torch.empty(6, codec.row_elements(2, 50), dtype=codec.wire_dtype) if codec.needs_buffer else None
-    back = codec.decode(codec.encode(rows, wire).clone(), 2)
+    back = codec.decode(codec.encode(rows, wire).clone(), 2, torch.empty(6, 2, 50))
     # int8: half a step of (max - min) / 255 per (channel, image); 16-bit floats: their relative precision
     top = rows.max().item()
     bound = {"fp32": 0.0, "fp16": top * 2**-11, "bf16": top * 2**-8, "int8": top / 510}[dtype]
@@ -178,12 +178,42 @@ def test_cli_data_mode_equals_single(tmp_path):
     assert r["collectives_per_batch"][0] == {"scatter": 0.5, "gather": 0.5}  # one of each per 2 batches
 
 
-def test_cli_pipeline_mode_runs_a_plain_resnet(tmp_path):
-    pytest.importorskip("decnn.inference.pipeline_mode")
+def test_cli_pipeline_mode_runs_a_plain_resnet_and_keeps_the_ragged_batch(tmp_path):
     r = _report(tmp_path, "--random-init", "--model", "decnn_resnet18", "--groups", "1", "--width", "0.5",
-                "--image-size", "32", "--num-images", "4", "--batch", "2", "--warmup", "1", "--devices", "2",
+                "--image-size", "32", "--num-images", "5", "--batch", "2", "--warmup", "1", "--devices", "2",
                 "--mode", "pipeline", "--overlap", "2", "--verify")
     assert r["groups"] == 1 and r["max_abs_diff"] <= 1e-4 and r["top1_agreement"] == 1.0
+    assert r["images"] == 5 and len(r["pipeline_stages"]) == 2  # batches of 2, 2 and 1: none dropped
+    # Counted by the communicator: 5 micro-batches of activations out, 3 batches of logits back.
+    assert r["collectives_per_batch"][0] == {"send": 5 / 3, "recv": 1.0}
+
+
+def test_every_mode_runs_a_model_prepared_alike_with_the_same_threads_and_cores(tmp_path):
+    reports = {mode: _report(tmp_path / mode, *SYNTHETIC, "--mode", mode, "--threads", "1",
+                             *(("--devices", "2") if mode != "single" else ()))
+               for mode in ("single", "data", "branch", "pipeline")}
+    for r in reports.values():
+        assert r["threads_per_rank"] == [1] * r["devices"]  # 2 cores: one thread per process
+        assert r["cores_per_rank"] == [[rank] for rank in range(r["devices"])]  # pinned, a core each
+        assert len(r["breakdown_per_rank"]) == r["devices"]
+
+
+@pytest.mark.parametrize("mode", ["single", "data", "branch", "pipeline"])
+def test_every_mode_is_built_from_a_prepared_model(mode):
+    """In a group of one: whatever the mode, its module has BN folded and channels-last weights."""
+    from decnn.inference.config import InferConfig
+    from decnn.inference.optimize import is_prepared
+    from decnn.inference.runner import build_mode
+    from decnn.inference.spec import resolve_model
+
+    cfg = InferConfig(mode=mode, random_init=True, model="decnn_resnet18", width=0.5)
+    spec = resolve_model(cfg)
+    comm = Communicator(timeout_s=10)
+    try:
+        built, _ = build_mode(cfg, comm, spec, Normalize(spec.mean, spec.std, comm.device), 32)
+    finally:
+        comm.close()
+    assert not is_prepared(spec.build()) and is_prepared(built.module)
 
 
 @pytest.fixture(scope="module")

@@ -1,26 +1,23 @@
-"""Layer-wise pipeline baseline: stages rebuild the model exactly, cuts are balanced, and a gloo run matches."""
+"""Layer-wise pipeline baseline: stages rebuild the model exactly, cuts are balanced, and a gloo run through
+the communicator matches the whole model, ragged last batch included."""
 
-import datetime
 import itertools
-import os
-import socket
-import time
 
 import pytest
 import timm
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from conftest import randomize_
 
+from decnn.comm import Communicator, launch
+from decnn.inference.inputs import Normalize
+from decnn.inference.optimize import prepare_for_inference
 from decnn.inference.pipeline_mode import (
+    PipelineMode,
     UnitProfile,
     balanced_cuts,
-    build_stage_module,
     model_units,
     profile_units,
-    run_pipeline,
-    split_points,
+    stage_module,
 )
 from decnn.models import BasicBlock, Bottleneck, ChannelShuffle, count_params
 
@@ -37,6 +34,10 @@ def _model(key: str) -> torch.nn.Module:
     return randomize_(timm.create_model(name, num_classes=10, **kwargs))
 
 
+def _cuts(model: torch.nn.Module, num_stages: int) -> list[int]:
+    return balanced_cuts(profile_units(model, SAMPLE), num_stages)
+
+
 def _is_whole_unit(module: torch.nn.Module, name: str) -> bool:
     """A stem, a residual block, a block followed by its shuffle, or the head — never part of a block."""
     if name in ("stem", "head"):
@@ -50,7 +51,8 @@ def _is_whole_unit(module: torch.nn.Module, name: str) -> bool:
 @pytest.mark.parametrize("key", list(MODELS))
 def test_stages_in_sequence_are_the_model(key, num_stages, rng):
     model = _model(key)
-    stages = [build_stage_module(model, num_stages, s, SAMPLE) for s in range(num_stages)]
+    cuts = _cuts(model, num_stages)
+    stages = [stage_module(model, cuts, s) for s in range(num_stages)]
     x = torch.randn(3, 3, 32, 32, generator=rng)
     with torch.no_grad():
         y, expected = x, model(x)
@@ -66,10 +68,11 @@ def test_stages_in_sequence_are_the_model(key, num_stages, rng):
 
 @pytest.mark.parametrize("num_stages", [2, 3, 4])
 @pytest.mark.parametrize("key", list(MODELS))
-def test_split_points_are_balanced(key, num_stages):
+def test_cuts_are_balanced(key, num_stages):
     model = _model(key)
-    cuts = split_points(model, num_stages, SAMPLE)
-    costs = [p.cost for p in profile_units(model, SAMPLE)]
+    profiles = profile_units(model, SAMPLE)
+    cuts = balanced_cuts(profiles, num_stages)
+    costs = [p.seconds for p in profiles]
     assert len(cuts) == num_stages - 1 and cuts == sorted(set(cuts)) and 0 < cuts[0] and cuts[-1] < len(costs)
     bounds = [0, *cuts, len(costs)]
     stage_costs = [sum(costs[a:b]) for a, b in itertools.pairwise(bounds)]
@@ -93,72 +96,49 @@ def test_units_cover_the_model_and_reject_bad_requests():
     names = list(model_units(model))
     assert names[0] == "stem" and names[-1] == "head" and len(names) == 2 + 8
     with pytest.raises(ValueError, match="num_stages"):
-        split_points(model, len(names) + 1, SAMPLE)
-    with pytest.raises(ValueError, match="balance"):
-        split_points(model, 2, SAMPLE, balance="params")
+        _cuts(model, len(names) + 1)
+    with pytest.raises(ValueError, match="stage_index"):
+        stage_module(model, _cuts(model, 2), 2)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_a_prepared_model_is_cut_between_the_same_blocks():
+    model = _model("r18_g4")
+    assert list(model_units(prepare_for_inference(model))) == list(model_units(_model("r18_g4")))
 
 
-def _images() -> list[torch.Tensor]:
-    return [torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+BATCHES = (4, 4, 3)  # the last batch is ragged: 2 + 1 micro-batches
 
 
-TIMEOUT = datetime.timedelta(seconds=30)
-# (model, global ranks of the pipeline, in stage order): 2 stages on ranks 0-1 (the runner's usual case),
-# 2 stages on a group whose rank 0 is global rank 1, and 3 stages on the whole world.
-RUNS = [("r18_g4", (0, 1)), ("r34_plain", (0, 1)), ("r18_g4", (1, 2)), ("r18_g4", (0, 1, 2))]
-
-
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _pipeline_worker(key: str) -> dict:
+    """One rank of a pipeline over the launched world: logits, counted messages and the stage's parameters."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=3, timeout=TIMEOUT)
-    try:
-        groups = {ranks: dist.new_group(list(ranks), timeout=TIMEOUT) for _, ranks in RUNS if len(ranks) < 3}
-        results = {}
-        for key, ranks in RUNS:
-            if rank in ranks:
-                # Only the group's rank 0 reads the images: the others pass none.
-                images = _images() if rank == ranks[0] else []
-                results[key, ranks] = run_pipeline(_model(key), images, microbatches=2, group=groups.get(ranks))
-        try:
-            run_pipeline(_model("r18_g4"), [torch.zeros(5, 3, 32, 32)], microbatches=2)
-        except ValueError as err:
-            results["error"] = str(err)
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    comm = Communicator(timeout_s=60)
+    model = _model(key)
+    normalize = Normalize(model.pretrained_cfg["mean"], model.pretrained_cfg["std"], comm.device)
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8) for n in BATCHES]
+    with torch.inference_mode():
+        reference = torch.cat([model(normalize(x)) for x in batches])
+    mode = PipelineMode(prepare_for_inference(model), comm, normalize, 2, (2, 3, 32, 32))
+    inputs = batches if comm.rank == 0 else [torch.empty_like(b) for b in batches]
+    out = mode.step(inputs)
+    result = {"counts": dict(comm.counts), "params": count_params(mode.module), "sent": mode.sent_bytes,
+              "cut_bytes": mode.cut_bytes_per_image, "reference": reference,
+              "logits": None if out is None else torch.cat(out)}
+    comm.close()
+    return result
 
 
-def test_gloo_pipeline_matches_single_process(tmp_path):
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=3, join=False, start_method="spawn")
-    deadline = time.monotonic() + 120
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("pipeline workers did not finish within 120 s")
-    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(3)]
-
-    for key, ranks in RUNS:
-        model = _model(key)
-        with torch.no_grad():
-            expected = torch.cat([model(x) for x in _images()])
-        (logits, stats), *others = [results[r][key, ranks] for r in ranks]
-        assert logits.shape == expected.shape and (logits - expected).abs().max() <= 1e-5
-        assert all(out is None for out, _ in others)
-        per_stage = [stats] + [s for _, s in others]
-        assert [s["rank"] for s in per_stage] == list(range(len(ranks)))
-        assert all(len(s["latency_s"]) == 2 and min(s["compute_s"]) > 0 for s in per_stage)
-        param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        assert sum(s["param_bytes"] for s in per_stage) == param_bytes
-        cut_bytes = stats["cut_bytes_per_image"]
-        assert len(cut_bytes) == len(ranks) - 1 and all(b > 0 for b in cut_bytes)
-        assert stats["sent_bytes"] == 8 * cut_bytes[0]
-        assert per_stage[-1]["sent_bytes"] == 8 * 10 * 4  # the logits, back to rank 0
-    assert all("not divisible by microbatches=2" in r["error"] for r in results)
+@pytest.mark.parametrize("key, ranks", [("r18_g4", 3), ("r34_plain", 2)])
+def test_pipeline_through_the_communicator_matches_the_whole_model(key, ranks):
+    results = launch(_pipeline_worker, (key,), ranks)
+    first, last = results[0], results[ranks - 1]
+    assert (first["logits"] - first["reference"]).abs().max() <= 1e-4  # BN folded: float rounding only
+    assert torch.equal(first["logits"].argmax(1), first["reference"].argmax(1))
+    assert all(results[r]["logits"] is None for r in range(1, ranks))
+    assert sum(r["params"] for r in results.values()) == count_params(prepare_for_inference(_model(key)))
+    micro = 2 + 2 + 2  # micro-batches of BATCHES
+    assert first["counts"]["send"] == micro and first["counts"]["recv"] == len(BATCHES)  # + the logits back
+    assert last["counts"] == {"broadcast_object": 1, "recv": micro, "send": len(BATCHES)}
+    assert first["sent"] == sum(BATCHES) * first["cut_bytes"][0]
+    assert last["sent"] == sum(BATCHES) * 10 * 4  # the logits, back to rank 0

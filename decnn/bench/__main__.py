@@ -25,7 +25,7 @@ from decnn.bench.costmodel import predict, sent_bytes, time_segments
 from decnn.bench.links import EmulatedLink, links_available, parse_rate
 from decnn.bench.plan import DECNN, BenchConfig, plan
 from decnn.bench.run import RunFailed, run_local, run_over_link
-from decnn.bench.summary import BASELINES, bench_table, summarize, write
+from decnn.bench.summary import BASELINES, bench_table, crossovers, format_crossovers, summarize, write
 from decnn.exitcodes import run_main
 from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
 from decnn.partition import Placement, extract_branches
@@ -41,7 +41,9 @@ def parse_args(argv):
                    help="device counts for the split runs (those dividing 4 groups; default 2)")
     p.add_argument("--link", nargs="+", default=["loopback"],
                    help="loopback and/or emulated links such as 1gbit 100mbit 20mbit (needs root)")
-    p.add_argument("--exchange-dtype", nargs="+", default=["fp32", "fp16"], choices=tuple(ELEMENT_SIZE))
+    p.add_argument("--link-batch", type=int, nargs="+",
+                   help="batch sizes that also run over the emulated links (default: every --batch)")
+    p.add_argument("--exchange-dtype", nargs="+", default=["fp32", "int8"], choices=tuple(ELEMENT_SIZE))
     p.add_argument("--overlap", type=int, default=2, help="batches in flight for the overlap runs (default 2)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--images", type=int, default=16, help="timed batches per run (default 16)")
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
         if not ok:
             print(f"emulated links unavailable ({reason}); running on loopback only", file=sys.stderr)
             links = [None]
-    configs = plan(args.batch, args.devices, links, args.exchange_dtype, args.overlap)
+    configs = plan(args.batch, args.devices, links, args.exchange_dtype, args.overlap, args.link_batch)
     skipped = [n for n in args.devices if DECNN["groups"] % n]
     if skipped:
         print(f"skipping --devices {skipped}: {DECNN['groups']} groups do not split evenly", file=sys.stderr)
@@ -135,6 +137,8 @@ def main(argv=None) -> int:
             "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__, "threads_per_process": 1}
     write(records, meta, Path(args.out), args.log_dir)
     print(bench_table(records))
+    if crossovers(records):
+        print("\n" + format_crossovers(crossovers(records)))
     print(f"\nwrote {args.out} and {Path(args.out).with_suffix('.md')}"
           + (f"; TensorBoard: tensorboard --logdir {args.log_dir}" if args.log_dir else ""))
     return 0

@@ -42,8 +42,13 @@ class BenchConfig:
 
 
 def plan(batches: list[int], devices: list[int], links: list[str | None], dtypes: list[str],
-         overlap: int = 2) -> list[BenchConfig]:
-    """Every configuration: baselines once per batch, the N-device ways once per batch, N and link."""
+         overlap: int = 2, link_batches: list[int] | None = None) -> list[BenchConfig]:
+    """Every configuration: baselines once per batch, the N-device ways once per batch, N and link.
+
+    Emulated links (every entry of ``links`` but None, loopback) are run at ``link_batches`` only (default:
+    every batch), with overlap only for the last (most compact) of ``dtypes``, the combination meant for
+    weak links; data parallelism, which sends only inputs and logits, runs on loopback only.
+    """
     configs = []
     for b in batches:
         configs.append(BenchConfig("resnet34 single", "single", 1, b, dict(BASELINE)))
@@ -52,12 +57,16 @@ def plan(batches: list[int], devices: list[int], links: list[str | None], dtypes
             if DECNN["groups"] % n:
                 continue
             for link in links:
+                if link is not None and link_batches is not None and b not in link_batches:
+                    continue
                 for dtype in dtypes:
                     configs.append(BenchConfig(f"decnn branch {dtype}", "branch", n, b, exchange_dtype=dtype,
                                                link=link))
-                    configs.append(BenchConfig(f"decnn branch {dtype} overlap", "branch", n, b, exchange_dtype=dtype,
-                                               overlap=overlap, link=link))
+                    if link is None or dtype == dtypes[-1]:
+                        configs.append(BenchConfig(f"decnn branch {dtype} overlap", "branch", n, b,
+                                                   exchange_dtype=dtype, overlap=overlap, link=link))
                 configs.append(BenchConfig("resnet34 pipeline", "pipeline", n, b, dict(BASELINE), link=link,
                                            overlap=min(overlap, b)))
-                configs.append(BenchConfig("resnet34 data", "data", n, b, dict(BASELINE), link=link))
+                if link is None:
+                    configs.append(BenchConfig("resnet34 data", "data", n, b, dict(BASELINE)))
     return configs

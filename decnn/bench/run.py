@@ -7,6 +7,7 @@ emulated link start one ``torchrun`` per network namespace, so activations cross
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -47,12 +48,17 @@ def run_local(config: BenchConfig, images: int, warmup: int, timeout: float) -> 
 
 def run_over_link(config: BenchConfig, link: EmulatedLink, port: int, images: int, warmup: int,
                   timeout: float) -> RunRecord:
-    """One torchrun per host of ``link``; rank 0 (host 0) writes the report."""
+    """One torchrun per host of ``link``; rank 0 (host 0) writes the report.
+
+    Each host's processes get cores of their own (host i: core i), as the local runs' pinning gives them.
+    """
+    cores = sorted(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.json"
         args = ["-m", "decnn.inference", *_common(config, images, warmup, timeout, out)]
         procs = [
-            link.popen(i, link.torchrun_argv(i, args, port=port, run_id=f"bench{port}"),
+            link.popen(i, ["taskset", "-c", str(cores[i % len(cores)]),
+                           *link.torchrun_argv(i, args, port=port, run_id=f"bench{port}")],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for i in range(config.devices)
         ]

@@ -7,11 +7,14 @@ same machine noise) and then the median over rounds is reported.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import math
 import re
 import statistics
 from pathlib import Path
 
+from decnn.bench.links import parse_rate
 from decnn.bench.plan import BenchConfig
 from decnn.record import Latency, RunRecord
 from decnn.train.logger import make_logger
@@ -23,7 +26,8 @@ def summarize(config: BenchConfig, reports: list[RunRecord], baselines: list[dic
               prediction) -> RunRecord:
     """One record: ``reports[r]`` is round r's report of ``config``, ``baselines[r]`` that round's baselines.
 
-    Timings are medians over rounds; sizes, traffic and the per-rank figures are the first round's.
+    Timings are medians over rounds; sizes, traffic and the per-rank figures are the first round's, but for
+    the breakdown of each rank's time, which is the median round's (by p50 latency).
     """
     ratios = {}
     for key, base_name in BASELINES.items():
@@ -43,6 +47,7 @@ def summarize(config: BenchConfig, reports: list[RunRecord], baselines: list[dic
         latency_ms=latency,
         latency_p50_ms_per_round=[r.latency_ms.p50 for r in reports],
         throughput_ips=statistics.median(r.throughput_ips for r in reports),
+        breakdown_per_rank=sorted(reports, key=lambda r: r.latency_ms.p50)[len(reports) // 2].breakdown_per_rank,
         **ratios,
     )
     if prediction is None:
@@ -56,6 +61,108 @@ def summarize(config: BenchConfig, reports: list[RunRecord], baselines: list[dic
         predicted_transfer_ms=1e3 * prediction.transfer_s,
         measured_for_prediction_ms=measured,
     )
+
+
+def link_rate(link: str) -> float:
+    """Bits per second of a record's link; loopback counts as infinitely fast."""
+    return float("inf") if link == "loopback" else parse_rate(link)
+
+
+def crossovers(records: list[RunRecord], baseline: str = "decnn_single") -> list[dict]:
+    """Per split configuration (name, devices, batch) measured on several links: the link rate below which
+    its median latency stops beating the 1-device ``baseline``.
+
+    Between two measured rates the latency ratio is interpolated linearly in log(rate); outside them the
+    answer is a bound ("below 20mbit": it still wins at the slowest link measured; "above 1gbit": it wins
+    on loopback but already loses on the fastest emulated link; "never wins").
+    """
+    series: dict[tuple, list[tuple[float, float, str]]] = {}
+    for r in records:
+        if r.devices > 1:
+            ratio = getattr(r, f"latency_ratio_vs_{baseline}")
+            series.setdefault((r.name, r.devices, r.batch), []).append((link_rate(r.link), ratio, r.link))
+    out = []
+    for (name, devices, batch), points in series.items():
+        if len(points) < 2:
+            continue
+        points.sort(reverse=True)  # fastest link first
+        crossover, bound = None, None
+        if all(ratio > 1 for _, ratio, _ in points):
+            bound = f"below {points[-1][2]}"
+        elif points[0][1] <= 1:
+            bound = "never wins"
+        else:
+            for (hi_rate, hi_ratio, _), (lo_rate, lo_ratio, lo_link) in itertools.pairwise(points):
+                if hi_ratio > 1 >= lo_ratio:
+                    if math.isinf(hi_rate):
+                        bound = f"above {lo_link}"
+                    else:
+                        t = (hi_ratio - 1) / (hi_ratio - lo_ratio)
+                        crossover = math.exp(math.log(hi_rate) + t * (math.log(lo_rate) - math.log(hi_rate)))
+                    break
+        out.append({"name": name, "devices": devices, "batch": batch, "baseline": baseline,
+                    "crossover_bit_per_s": crossover, "bound": bound,
+                    "ratio_per_link": {link: ratio for _, ratio, link in points}})
+    return out
+
+
+def format_crossovers(rows: list[dict]) -> str:
+    lines = ["| configuration | batch | devices | latency speedup vs DeCNN 1-dev, per link | stops winning below |",
+             "|---|---:|---:|---|---|"]
+    for c in rows:
+        ratios = ", ".join(f"{link} {ratio:.2f}x" for link, ratio in c["ratio_per_link"].items())
+        where = f"{c['crossover_bit_per_s'] / 1e6:.0f} Mbit/s" if c["crossover_bit_per_s"] else c["bound"]
+        lines.append(f"| {c['name']} | {c['batch']} | {c['devices']} | {ratios} | {where} |")
+    return "\n".join(lines)
+
+
+def format_breakdown(records: list[RunRecord]) -> str:
+    """Where each run's batch went, rank by rank (ms per batch, the median round)."""
+    lines = ["| configuration | batch | link | rank | step | segments | head | normalize | pack | codec "
+             "| peer wait | wire | other |", "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in records:
+        for rank, b in enumerate(r.breakdown_per_rank or []):
+            segments = " + ".join(f"{t:.1f}" for t in b["segments_ms"])
+            lines.append(f"| {r.name} | {r.batch} | {r.link} | {rank} | {b['step_ms']:.1f} | {segments} "
+                         f"| {b['head_ms']:.2f} | {b['normalize_ms']:.2f} | {b['pack_ms']:.2f} | {b['codec_ms']:.2f} "
+                         f"| {b['peer_wait_ms']:.2f} | {b['wire_ms']:.2f} | {b['other_ms']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot_links(records: list[RunRecord], path: Path) -> None:
+    """Median latency vs link rate, one line per configuration and batch; 1-device baselines as flat lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted({r.batch for r in records if r.link != "loopback"})
+    if not batches:
+        return
+    fig, axes = plt.subplots(1, len(batches), figsize=(6.5 * len(batches), 4.5), squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        rows = [r for r in records if r.batch == batch]
+        rates = sorted({link_rate(r.link) for r in rows if r.link != "loopback"})
+        loopback_x = rates[-1] * 4  # loopback drawn to the right of the fastest emulated link
+        for name in dict.fromkeys(r.name for r in rows if r.devices > 1):
+            pts = sorted((loopback_x if r.link == "loopback" else link_rate(r.link), r.latency_ms.p50)
+                         for r in rows if r.name == name)
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
+        for r in rows:
+            if r.devices == 1:
+                ax.axhline(r.latency_ms.p50, linestyle="--", color="grey" if "resnet" in r.name else "black")
+                ax.annotate(r.name.replace("resnet34", "ResNet-34").replace("decnn", "DeCNN") + " (1 device)",
+                            (rates[0], r.latency_ms.p50), fontsize=8, va="bottom")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks([*rates, loopback_x], [*(f"{t / 1e6:g} Mbit/s" for t in rates), "loopback"])
+        ax.set_xlabel("link rate (tc tbf, per host)")
+        ax.set_ylabel("median latency per batch (ms, log scale)")
+        ax.set_title(f"batch {batch}, 2 devices")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def bench_table(records: list[RunRecord]) -> str:
@@ -78,10 +185,15 @@ def bench_table(records: list[RunRecord]) -> str:
 
 
 def write(records: list[RunRecord], meta: dict, out: Path, log_dir: str | None) -> None:
-    """JSON (``out``), Markdown beside it, and one TensorBoard run per configuration under ``log_dir``."""
+    """JSON (``out``), Markdown beside it (results, crossovers, breakdowns), the link plot (``.png``, with
+    emulated links) and one TensorBoard run per configuration under ``log_dir``."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "records": [r.to_dict() for r in records]}, indent=2) + "\n")
-    out.with_suffix(".md").write_text(bench_table(records) + "\n")
+    cross = crossovers(records)
+    out.write_text(json.dumps({"meta": meta, "records": [r.to_dict() for r in records], "crossovers": cross},
+                              indent=2) + "\n")
+    sections = [bench_table(records), format_crossovers(cross) if cross else "", format_breakdown(records)]
+    out.with_suffix(".md").write_text("\n\n".join(s for s in sections if s) + "\n")
+    plot_links(records, out.with_suffix(".png"))
     if not log_dir:
         return
     for r in records:

@@ -1,6 +1,8 @@
 """Split inference: DeCNN branches on several devices, and the baselines they are compared with.
 
-``cli`` parses ``infer_distributed.py``'s arguments; ``runner`` runs one rank; ``branch_mode`` joins a
+``cli`` parses ``infer_distributed.py``'s arguments; ``runner`` runs one rank; ``mode`` is what every mode
+implements (and where a rank's time goes); ``branch_mode`` joins a
 branch with the communicator (one all-to-all per shuffle point); ``baselines`` has the single-process and
-data-parallel modes, ``pipeline_mode`` the layer-wise split; ``report`` writes JSON, TensorBoard and a table.
+data-parallel modes, ``pipeline_mode`` the layer-wise split; ``report`` writes JSON, TensorBoard and a
+table.
 """

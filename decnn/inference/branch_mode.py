@@ -11,13 +11,12 @@ in the same order on every rank, so the results are those of the batches run one
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from decnn.comm import Communicator, Pending
+from decnn.comm import Communicator
 from decnn.inference.codec import Codec
 from decnn.inference.inputs import Normalize
+from decnn.inference.mode import Clock, Timed
 from decnn.partition import Branch, ExchangePlan
 
 
@@ -30,14 +29,13 @@ class ShuffleExchange:
     Those are the only two copies (plus the codec's).
     """
 
-    def __init__(self, plan: ExchangePlan, codec: Codec, comm: Communicator):
-        self.plan, self.codec, self.comm = plan, codec, comm
+    def __init__(self, point: int, plan: ExchangePlan, codec: Codec, comm: Communicator, clock: Clock):
+        self.point, self.plan, self.codec, self.comm, self.clock = point, plan, codec, comm, clock
         self.send_index = plan.send_index.to(comm.device)
         self.recv_index = plan.recv_index.to(comm.device)
         self.shape: torch.Size | None = None
-        self.pending: Pending | None = None
+        self.pending: Timed | None = None
         self.sent_bytes = self.sent_fp32_bytes = 0  # to other ranks; and what fp32 would have taken
-        self.pack_s = 0.0
 
     def _allocate(self, x: torch.Tensor) -> None:
         b, c, h, w = x.shape
@@ -46,6 +44,7 @@ class ShuffleExchange:
         self.send_rows = torch.empty(c, b, h, w, device=x.device)
         self.send_wire = torch.empty(c, row, **wire) if self.codec.needs_buffer else None
         self.recv_wire = torch.empty(sum(self.plan.recv_splits), row, **wire)
+        self.recv_rows = torch.empty(sum(self.plan.recv_splits), b, h * w, device=x.device)
         # The next segment gets the layout this one produced (channels-last after prepare_for_inference).
         self.channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -56,15 +55,17 @@ class ShuffleExchange:
 
     def start(self, x: torch.Tensor) -> None:
         """Pack ``x`` ([B, C_local, H, W]) and start the all-to-all without waiting for it."""
-        start = time.perf_counter()
         if x.shape != self.shape:
             self._allocate(x)
         b, _, h, w = x.shape
-        torch.index_select(x.transpose(0, 1), 0, self.send_index, out=self.send_rows)
-        wire = self.codec.encode(self.send_rows.view(-1, b, h * w), self.send_wire)
-        self.pack_s += time.perf_counter() - start
-        self.pending = self.comm.all_to_all(
-            self.recv_wire, wire, self.plan.recv_splits, self.plan.send_splits, async_op=True
+        with self.clock.part("pack"):
+            torch.index_select(x.transpose(0, 1), 0, self.send_index, out=self.send_rows)
+        with self.clock.part("codec"):
+            wire = self.codec.encode(self.send_rows.view(-1, b, h * w), self.send_wire)
+        self.pending = self.clock.issue(
+            f"all_to_all {self.point}",
+            lambda: self.comm.all_to_all(self.recv_wire, wire, self.plan.recv_splits, self.plan.send_splits,
+                                         async_op=True),
         )
         self.sent_bytes += self.bytes_per_batch
         self.sent_fp32_bytes += self.fp32_bytes_per_batch
@@ -73,27 +74,27 @@ class ShuffleExchange:
         """Wait for the all-to-all; return this rank's new activation [B, C_local, H, W]."""
         self.pending.wait()
         self.pending = None
-        start = time.perf_counter()
         b, c, h, w = self.received.shape
-        rows = self.codec.decode(self.recv_wire, b).view(c, b, h, w)
-        if self.channels_last:  # gather channels into the innermost dim of the NHWC buffer
-            torch.index_select(rows.permute(1, 2, 3, 0), 3, self.recv_index, out=self.received.permute(0, 2, 3, 1))
-        else:
-            torch.index_select(rows.transpose(0, 1), 1, self.recv_index, out=self.received)
-        self.pack_s += time.perf_counter() - start
+        with self.clock.part("codec"):
+            rows = self.codec.decode(self.recv_wire, b, self.recv_rows).view(c, b, h, w)
+        with self.clock.part("pack"):
+            if self.channels_last:  # gather channels into the innermost dim of the NHWC buffer
+                torch.index_select(rows.permute(1, 2, 3, 0), 3, self.recv_index,
+                                   out=self.received.permute(0, 2, 3, 1))
+            else:
+                torch.index_select(rows.transpose(0, 1), 1, self.recv_index, out=self.received)
         return self.received
 
 
 class BranchMode:
     """This rank's branch driven through the run, ``in_flight`` batches at a time."""
 
-    name = "branch"
-
     def __init__(self, branch: Branch, comm: Communicator, codec: Codec, normalize: Normalize, in_flight: int = 1):
-        self.branch, self.comm, self.normalize = branch, comm, normalize
+        self.module, self.comm, self.normalize = branch, comm, normalize
         self.batches_per_step = in_flight
-        self.exchanges = [[ShuffleExchange(plan, codec, comm) for _ in range(in_flight)] for plan in branch.plans]
-        self.compute_s = 0.0
+        self.clock = Clock()
+        self.exchanges = [[ShuffleExchange(i, plan, codec, comm, self.clock) for _ in range(in_flight)]
+                          for i, plan in enumerate(branch.plans)]
 
     @torch.inference_mode()
     def step(self, inputs: list[torch.Tensor]) -> list[torch.Tensor] | None:
@@ -101,41 +102,40 @@ class BranchMode:
 
         Returns the logits on rank 0, None on the other ranks.
         """
-        comm, branch = self.comm, self.branch
-        pending = [comm.broadcast(x, 0, async_op=True) for x in inputs]
+        comm, branch, clock = self.comm, self.module, self.clock
+        pending = [clock.issue("broadcast", lambda x=x: comm.broadcast(x, 0, async_op=True)) for x in inputs]
         logits: list[torch.Tensor] = []
         last = len(branch.segments) - 1
         for i in range(last + 1):
             for m, images in enumerate(inputs):
                 if i == 0:
                     pending[m].wait()
-                    x = self.normalize(images)
+                    with clock.part("normalize"):
+                        x = self.normalize(images)
                 else:
                     x = self.exchanges[i - 1][m].finish()
-                start = time.perf_counter()
-                y = branch.segment(i, x)
-                if i == last:
-                    y = branch.head(y)
-                self.compute_s += time.perf_counter() - start
+                with clock.part(f"segment {i}"):
+                    y = branch.segment(i, x)
                 if i < last:
                     self.exchanges[i][m].start(y)
-                else:
-                    logits.append(y)
-                    pending[m] = comm.reduce(y, 0, async_op=True)
+                    continue
+                with clock.part("head"):
+                    y = branch.head(y)
+                logits.append(y)
+                # Rank 0 needs the sum only after its last batch: the reduce waits at the end of the step.
+                pending[m] = clock.issue("reduce", lambda y=y: comm.reduce(y, 0, async_op=True))
         for p in pending:
             p.wait()
         return [branch.finish(y) for y in logits] if comm.rank == 0 else None
 
     def reset_stats(self) -> None:
         """Start counting afresh (after the warm-up)."""
-        self.compute_s = 0.0
+        self.clock.reset()
         for e in (e for slots in self.exchanges for e in slots):
-            e.sent_bytes, e.sent_fp32_bytes, e.pack_s = 0, 0, 0.0
+            e.sent_bytes, e.sent_fp32_bytes = 0, 0
 
     def rank_stats(self) -> dict:
         return {
-            "compute_s": self.compute_s,
-            "pack_s": sum(e.pack_s for slots in self.exchanges for e in slots),
             "sent_bytes_per_point": [sum(e.sent_bytes for e in slots) for slots in self.exchanges],
             "fp32_bytes_per_point": [sum(e.sent_fp32_bytes for e in slots) for slots in self.exchanges],
         }

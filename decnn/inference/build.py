@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from decnn.comm import Communicator
 from decnn.inference.baselines import DataMode, SingleMode
@@ -19,21 +18,24 @@ from decnn.inference.codec import make_codec
 from decnn.inference.config import InferConfig
 from decnn.inference.inputs import Normalize
 from decnn.inference.metrics import param_bytes
+from decnn.inference.mode import Mode
 from decnn.inference.optimize import prepare_for_inference
+from decnn.inference.pipeline_mode import PipelineMode
 from decnn.inference.spec import ModelSpec
 
 
 @dataclass
 class BuiltMode:
-    """The mode object (pipeline: the whole model, which ``run_pipeline`` splits itself), the bytes of
-    parameters this rank holds, and the placement (branch mode)."""
+    """The mode object, the bytes of parameters this rank holds, and the placement (branch mode)."""
 
-    mode: BranchMode | SingleMode | DataMode | nn.Module
+    mode: Mode
     param_bytes: int
     placement: list[list[int]] | None = None
 
 
-def build_mode(cfg: InferConfig, comm: Communicator, spec: ModelSpec, normalize: Normalize) -> BuiltMode:
+def build_mode(cfg: InferConfig, comm: Communicator, spec: ModelSpec, normalize: Normalize,
+               image_size: int) -> BuiltMode:
+    """This rank's mode, its module prepared for inference exactly as every other mode's is."""
     if cfg.mode == "branch":
         placement = spec.placement(cfg.placement, comm.world_size)
         codec = make_codec(cfg.exchange_dtype)
@@ -43,13 +45,14 @@ def build_mode(cfg: InferConfig, comm: Communicator, spec: ModelSpec, normalize:
             branch = OnnxBranch(spec.checkpoint, comm.rank, threads=torch.get_num_threads())
             return BuiltMode(BranchMode(branch, comm, codec, normalize, cfg.overlap), branch.param_bytes,
                              placement.as_lists())
-        branch = spec.build_branch(placement, comm.rank).to(comm.device)
-        mode = BranchMode(prepare_for_inference(branch), comm, codec, normalize, cfg.overlap)
+        branch = prepare_for_inference(spec.build_branch(placement, comm.rank).to(comm.device))
+        mode = BranchMode(branch, comm, codec, normalize, cfg.overlap)
         return BuiltMode(mode, param_bytes(branch), placement.as_lists())
-    model = spec.build(comm.device)
-    held = param_bytes(model)
+    model = prepare_for_inference(spec.build(comm.device))
     if cfg.mode == "single":
-        return BuiltMode(SingleMode(prepare_for_inference(model), normalize), held)
+        return BuiltMode(SingleMode(model, normalize), param_bytes(model))
     if cfg.mode == "data":
-        return BuiltMode(DataMode(prepare_for_inference(model), comm, normalize), held)
-    return BuiltMode(model, held)
+        return BuiltMode(DataMode(model, comm, normalize), param_bytes(model))
+    micro = max(cfg.batch // cfg.overlap, 1)
+    mode = PipelineMode(model, comm, normalize, cfg.overlap, (micro, 3, image_size, image_size))
+    return BuiltMode(mode, param_bytes(mode.module))  # this rank's stage, not the whole model

@@ -58,7 +58,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"HOST:PORT of the rendezvous (default {LOCAL_ENDPOINT}: this host, a free port)")
     g.add_argument("--device", choices=("cpu", "cuda"), default=d.device, help="gloo on cpu, NCCL on cuda")
     g.add_argument("--threads", type=int, help="torch threads per process (default: cores / local processes)")
-    g.add_argument("--pin-cores", action="store_true", help="bind each process to its own cores")
+    g.add_argument("--pin-cores", action=argparse.BooleanOptionalAction, default=d.pin_cores,
+                   help="bind each process to cores of its own (default: on, where there are enough cores)")
     g.add_argument("--timeout", type=float, default=d.timeout,
                    help="seconds before a dead or hung peer stops the run (default %(default)s)")
     g = p.add_argument_group("inputs")
@@ -82,6 +83,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--verify", action="store_true",
                    help="also run the whole model on rank 0 and report max |dlogit| and top-1 agreement")
     g.add_argument("--out", help="write the report as JSON here")
+    g.add_argument("--trace", metavar="DIR", help="write a torch.profiler Chrome trace of the timed steps per "
+                   "rank, DIR/rank<r>.json (open in chrome://tracing or ui.perfetto.dev)")
     g.add_argument("--log-dir", default=d.log_dir, help="TensorBoard runs go under this folder "
                    "(default %(default)s; '' for none)")
     return p

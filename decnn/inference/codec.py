@@ -27,8 +27,8 @@ class Codec:
         """Rows ``(C, B, P)`` in fp32 -> wire rows ``(C, row_elements)``, filling ``wire`` if needed."""
         return rows.view(rows.shape[0], -1)
 
-    def decode(self, wire: torch.Tensor, batch: int) -> torch.Tensor:
-        """Wire rows -> fp32 rows ``(C, B, P)``."""
+    def decode(self, wire: torch.Tensor, batch: int, out: torch.Tensor) -> torch.Tensor:
+        """Wire rows -> fp32 rows ``(C, B, P)``, in ``out`` where a conversion is needed."""
         return wire.view(wire.shape[0], batch, -1)
 
 
@@ -43,8 +43,8 @@ class CastCodec(Codec):
     def encode(self, rows: torch.Tensor, wire: torch.Tensor) -> torch.Tensor:
         return wire.copy_(rows.view(rows.shape[0], -1))
 
-    def decode(self, wire: torch.Tensor, batch: int) -> torch.Tensor:
-        return wire.view(wire.shape[0], batch, -1).float()
+    def decode(self, wire: torch.Tensor, batch: int, out: torch.Tensor) -> torch.Tensor:
+        return out.copy_(wire.view(out.shape))
 
 
 class Int8Codec(Codec):
@@ -65,19 +65,20 @@ class Int8Codec(Codec):
     def encode(self, rows: torch.Tensor, wire: torch.Tensor) -> torch.Tensor:
         c, b, p = rows.shape
         wire = wire.view(c, b, p + self._HEADER)
-        lo, hi = torch.aminmax(rows, dim=-1, keepdim=True)
+        # amin and amax separately: one fused aminmax over the last dim runs ~15x slower on CPU (torch 2.x).
+        lo, hi = rows.amin(-1, keepdim=True), rows.amax(-1, keepdim=True)
         step = (hi - lo).clamp_min_(1e-12).div_(255)
-        codes = (rows - lo).div_(step).round_()
-        wire[..., :p].copy_(codes)
+        # (x - lo) / step lies in [0, 255]: adding 0.5 and truncating (the uint8 copy) rounds it.
+        wire[..., :p].copy_((rows - lo).mul_(step.reciprocal()).add_(0.5))
         wire[..., p:].copy_(torch.cat([lo, step], dim=-1).view(torch.uint8))
         return wire.view(c, -1)
 
-    def decode(self, wire: torch.Tensor, batch: int) -> torch.Tensor:
+    def decode(self, wire: torch.Tensor, batch: int, out: torch.Tensor) -> torch.Tensor:
         c = wire.shape[0]
         wire = wire.view(c, batch, -1)
         p = wire.shape[-1] - self._HEADER
         header = wire[..., p:].contiguous().view(torch.float32)  # (C, B, 2): minimum, step
-        return torch.addcmul(header[..., :1], wire[..., :p].float(), header[..., 1:])
+        return out.view(c, batch, p).copy_(wire[..., :p]).mul_(header[..., 1:]).add_(header[..., :1])
 
 
 def make_codec(name: str) -> Codec:

@@ -43,7 +43,8 @@ class InferConfig:
     warmup: int = 3
     timeout: float = 60.0
     threads: int | None = None
-    pin_cores: bool = False
+    pin_cores: bool = True  # where every local process can have cores of its own
+    trace: str | None = None
     device: str = "cpu"
     out: str | None = None
     log_dir: str | None = "runs/infer"
@@ -95,9 +96,6 @@ class InferConfig:
         need(self.mode == "branch" or self.exchange_dtype == "fp32", "--exchange-dtype applies to mode branch")
         need(self.mode in ("branch", "pipeline") or self.overlap == 1,
              "--overlap applies to modes branch (batches in flight) and pipeline (micro-batches)")
-        need(self.mode != "pipeline" or self.batch % self.overlap == 0,
-             f"mode pipeline splits each batch into --overlap={self.overlap} micro-batches: "
-             f"--batch {self.batch} is not divisible by it, e.g. --batch {self.batch * self.overlap}")
         need(self.device in ("cpu", "cuda"), f"unknown device {self.device!r}; choose cpu or cuda")
         if self.device == "cuda":
             import torch

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 from decnn.inference.config import InferConfig
+from decnn.inference.inputs import batch_sizes
 from decnn.inference.metrics import percentiles_ms
+from decnn.inference.mode import breakdowns
 from decnn.inference.spec import ModelSpec
 from decnn.record import MB, Latency, RunRecord
 from decnn.train.logger import make_logger
@@ -20,6 +22,8 @@ def build_report(cfg: InferConfig, spec: ModelSpec, placement, image_size: int, 
     """Everything measured; ``stats`` holds one dict per rank."""
     world = len(stats)
     images = max(timing.images, 1)
+    batches = len(batch_sizes(timing.images, cfg.batch))
+    breakdown = breakdowns(stats, batches)
     image_bytes = 3 * image_size * image_size
     logit_bytes = spec.num_classes * 4
     if cfg.mode == "branch":
@@ -59,14 +63,15 @@ def build_report(cfg: InferConfig, spec: ModelSpec, placement, image_size: int, 
         peak_rss_mb=max(s["peak_rss_bytes"] for s in stats) / MB,
         params_per_rank=[s["param_bytes"] for s in stats],
         peak_rss_per_rank=[s["peak_rss_bytes"] for s in stats],
-        compute_s_per_rank=[s["compute_s"] for s in stats],
-        comm_wait_s_per_rank=[s["comm_wait_s"] for s in stats],
-        pack_s_per_rank=[s.get("pack_s", 0.0) for s in stats],
+        compute_s_per_rank=[(sum(b.segments_ms) + b.head_ms) * batches / 1e3 for b in breakdown],
+        comm_wait_s_per_rank=[(b.peer_wait_ms + b.wire_ms) * batches / 1e3 for b in breakdown],
+        pack_s_per_rank=[(b.pack_ms + b.codec_ms) * batches / 1e3 for b in breakdown],
+        breakdown_per_rank=[dataclasses.asdict(b) for b in breakdown],
         threads_per_rank=[s["threads"] for s in stats],
         cores_per_rank=[s["cores"] for s in stats],
         hosts=sorted({s["host"] for s in stats}),
         collectives_per_batch=[s["collectives_per_batch"] for s in stats],
-        pipeline_stages=stats[0]["pipeline_cuts"] if cfg.mode == "pipeline" else None,
+        pipeline_stages=stats[0]["pipeline_stages"] if cfg.mode == "pipeline" else None,
         **quality,
     )
 
@@ -97,6 +102,10 @@ def _log_tensorboard(report: RunRecord, latency_s: list[float]) -> None:
         log.scalar("infer/batch_latency_ms", t * 1e3, i)
     hparams, metrics = report.tensorboard()
     log.scalars(metrics, report.batch)
+    for rank, b in enumerate(report.breakdown_per_rank or []):  # where each rank's time went, ms per batch
+        parts = {f"breakdown/rank{rank}/segment{i}_ms": t for i, t in enumerate(b["segments_ms"])}
+        parts.update({f"breakdown/rank{rank}/{k}": v for k, v in b.items() if k != "segments_ms"})
+        log.scalars(parts, report.batch)
     log.hparams(hparams, metrics)
     log.text("infer/report", "```\n" + json.dumps(report.to_dict(), indent=2) + "\n```")
     log.close()
@@ -126,12 +135,15 @@ def format_table(r: RunRecord) -> str:
         rows.append(("tensorboard", r.run_dir))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
-    lines.append(f"{'rank':>4} {'params MB':>10} {'peak RSS MB':>12} {'compute s':>10} {'comm wait s':>12} "
-                 f"{'pack s':>8} {'threads':>8}")
-    for i in range(r.devices):
+    lines.append(f"{'rank':>4} {'params MB':>10} {'peak RSS MB':>12} {'threads':>8} {'cores':>8}   "
+                 "ms per batch: step = segments + head + normalize + pack + codec + peer wait + wire + other")
+    for i, b in enumerate(r.breakdown_per_rank):
+        cores = ",".join(map(str, r.cores_per_rank[i]))
+        segments = "+".join(f"{t:.1f}" for t in b["segments_ms"])
         lines.append(
             f"{i:>4} {r.params_per_rank[i] / MB:>10.2f} {r.peak_rss_per_rank[i] / MB:>12.1f} "
-            f"{r.compute_s_per_rank[i]:>10.3f} {r.comm_wait_s_per_rank[i]:>12.3f} "
-            f"{r.pack_s_per_rank[i]:>8.3f} {r.threads_per_rank[i]:>8}"
+            f"{r.threads_per_rank[i]:>8} {cores:>8}   {b['step_ms']:.1f} = ({segments}) + {b['head_ms']:.2f} "
+            f"+ {b['normalize_ms']:.2f} + {b['pack_ms']:.2f} + {b['codec_ms']:.2f} + {b['peer_wait_ms']:.2f} "
+            f"+ {b['wire_ms']:.2f} + {b['other_ms']:.2f}"
         )
     return "\n".join(lines)

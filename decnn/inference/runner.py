@@ -10,7 +10,10 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -19,6 +22,7 @@ from decnn.inference.build import build_mode
 from decnn.inference.config import DEFAULT_DATA_ROOT, ConfigError, InferConfig
 from decnn.inference.inputs import Normalize, SyntheticImages, ValImages, batch_sizes
 from decnn.inference.metrics import agreement, peak_rss_bytes, reset_peak_rss, synced_time, topk_accuracy
+from decnn.inference.mode import Mode
 from decnn.inference.optimize import keep_freed_memory
 from decnn.inference.report import write_report
 from decnn.inference.spec import ModelSpec, resolve_model
@@ -81,16 +85,11 @@ def _run(cfg: InferConfig, comm: Communicator, spec: ModelSpec, source, cores: l
     shared = comm.broadcast_object((len(source), source.image_size) if comm.rank == 0 else None)
     num_images, image_size = shared
     normalize = Normalize(spec.mean, spec.std, comm.device)
-    built = build_mode(cfg, comm, spec, normalize)
+    built = build_mode(cfg, comm, spec, normalize, image_size)
     mode, held, placement = built.mode, built.param_bytes, built.placement
     sizes = batch_sizes(num_images, cfg.batch)
     reset_peak_rss()
-    if cfg.mode == "pipeline":
-        timing, mode_stats = _run_pipeline(cfg, comm, mode, normalize, source, sizes)
-        counts = {}
-    else:
-        timing, counts = _timed_steps(cfg, comm, mode, source, sizes, image_size)
-        mode_stats = mode.rank_stats()
+    timing, counts, step_s = _timed_steps(cfg, comm, mode, source, sizes, image_size)
     stats = {
         "rank": comm.rank,
         "host": socket.gethostname(),
@@ -98,9 +97,10 @@ def _run(cfg: InferConfig, comm: Communicator, spec: ModelSpec, source, cores: l
         "cores": cores,
         "param_bytes": held,
         "peak_rss_bytes": peak_rss_bytes(),
-        "comm_wait_s": comm.wait_s,
         "collectives_per_batch": counts,
-        **mode_stats,
+        "step_s": step_s,
+        **mode.clock.stats(),
+        **mode.rank_stats(),
     }
     all_stats = comm.gather_object(stats)
     if comm.rank != 0:
@@ -123,8 +123,9 @@ def _load(source, sizes: list[int], first: int, image_size: int, device: torch.d
     return images, labels
 
 
-def _timed_steps(cfg, comm, mode, source, sizes: list[int], image_size: int) -> tuple[Timing, dict]:
-    """Warm up, then time every step; returns rank 0's timing and this rank's collectives per batch."""
+def _timed_steps(cfg, comm, mode: Mode, source, sizes: list[int], image_size: int) -> tuple[Timing, dict, float]:
+    """Warm up, then time every step (every batch, the ragged last one too); returns rank 0's timing, this
+    rank's collectives per batch and its summed step time."""
     k = mode.batches_per_step
     steps = [sizes[i:i + k] for i in range(0, len(sizes), k)]
     firsts = [sum(sizes[:i]) for i in range(0, len(sizes), k)]
@@ -132,54 +133,40 @@ def _timed_steps(cfg, comm, mode, source, sizes: list[int], image_size: int) -> 
     for _ in range(cfg.warmup):
         mode.step(inputs)
     mode.reset_stats()
-    comm.wait_s, counts_before = 0.0, comm.counts.copy()
+    counts_before = comm.counts.copy()
     timing, progress = Timing(), _Progress(sum(sizes), enabled=comm.rank == 0)
-    for s, (step, first) in enumerate(zip(steps, firsts)):
-        inject_fault(comm.rank, str(s))
-        inputs, labels = _load(source, step, first, image_size, comm.device, comm.rank)
-        start = time.perf_counter()
-        out = mode.step(inputs)
-        elapsed = synced_time(comm.device) - start
-        if comm.rank == 0:
-            timing.latency_s += [elapsed] * len(step)
-            timing.busy_s += elapsed
-            timing.images += sum(step)
-            timing.logits += [o.cpu() for o in out]
-            timing.labels += labels
-            progress.update(timing.images, timing.busy_s)
+    step_s = 0.0
+    with _tracing(cfg.trace, comm.rank):
+        for s, (step, first) in enumerate(zip(steps, firsts)):
+            inject_fault(comm.rank, str(s))
+            inputs, labels = _load(source, step, first, image_size, comm.device, comm.rank)
+            start = time.perf_counter()
+            out = mode.step(inputs)
+            elapsed = synced_time(comm.device) - start
+            step_s += elapsed
+            if comm.rank == 0:
+                timing.latency_s += [elapsed] * len(step)
+                timing.busy_s += elapsed
+                timing.images += sum(step)
+                timing.logits += [o.cpu() for o in out]
+                timing.labels += labels
+                progress.update(timing.images, timing.busy_s)
     counts = {k: (n - counts_before[k]) / len(sizes) for k, n in comm.counts.items() if n > counts_before[k]}
-    return timing, counts
+    return timing, counts, step_s
 
 
-def _run_pipeline(cfg, comm, model, normalize, source, sizes: list[int]) -> tuple[Timing, dict]:
-    """Mode pipeline: the layer-wise baseline of decnn.inference.pipeline_mode, on full batches only."""
-    from decnn.inference.pipeline_mode import run_pipeline
+@contextmanager
+def _tracing(trace_dir: str | None, rank: int) -> Iterator[None]:
+    """With ``--trace DIR``: a torch.profiler Chrome trace of the timed steps, ``DIR/rank<r>.json``."""
+    if not trace_dir:
+        yield
+        return
+    from torch.profiler import ProfilerActivity, profile
 
-    full = [n for n in sizes if n == cfg.batch]
-    images, labels = [], []
-    if comm.rank == 0:
-        for i, n in enumerate(full):
-            x, y = source.batch(i * n, n)
-            images.append(normalize(x.to(comm.device)))
-            if y is not None:
-                labels.append(y)
-    with torch.inference_mode():
-        logits, stats = run_pipeline(model, images, microbatches=cfg.overlap, warmup=cfg.warmup)
-    timing = Timing(labels=labels)
-    if comm.rank == 0:
-        timing.latency_s = list(stats["latency_s"])
-        timing.busy_s = sum(stats["latency_s"])
-        timing.images = stats["images"]
-        timing.logits = list(logits.cpu().split(cfg.batch))
-    mode_stats = {
-        "compute_s": sum(stats["compute_s"]),
-        "comm_wait_s": sum(stats["wait_s"]),  # communication and pipeline bubbles
-        "sent_bytes": stats["sent_bytes"],
-        "cut_bytes_per_image": stats["cut_bytes_per_image"],
-        "pipeline_cuts": stats["stage_units"],
-        "param_bytes": stats["param_bytes"],  # this rank's stage, not the whole model
-    }
-    return timing, mode_stats
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        yield
+    Path(trace_dir).mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(Path(trace_dir) / f"rank{rank}.json"))
 
 
 def _quality(cfg, spec: ModelSpec, normalize, source, sizes, timing: Timing) -> dict:
