@@ -50,7 +50,7 @@ def summarize(config: Config, reports: list[dict], baselines: list[dict[str, dic
         record[f"throughput_ratio_vs_{key}"] = statistics.median(
             r["throughput_ips"] / b["throughput_ips"] for b, r in zip(bases, reports))
     if prediction is not None:
-        record["predicted_latency_ms"] = 1e3 * (prediction.overlapped_s if config.overlap > 1 else prediction.latency_s)
+        record["predicted_latency_ms"] = 1e3 * (prediction.per_batch_s if config.overlap > 1 else prediction.step_s)
         record["predicted_compute_ms"] = 1e3 * prediction.compute_s
         record["predicted_transfer_ms"] = 1e3 * prediction.transfer_s
         # With batches in flight the per-batch cost is the steady-state time, 1 / throughput.

@@ -70,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--overlap", type=int, nargs="?", const=2, default=d.overlap, metavar="K",
                    help="keep K batches in flight so exchanges overlap compute (K=2 if no value); "
                    "mode pipeline: K micro-batches per batch")
+    g.add_argument("--plan", metavar="auto|PROFILE.json", help="profile these devices (auto) or read a profile, "
+                   "then run the plan the cost model ranks best (decnn.plan)")
+    g.add_argument("--objective", choices=("latency", "throughput"), default="latency", help="what --plan minimises")
     g = p.add_argument_group("measuring")
     g.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps first (default %(default)s)")
     g.add_argument("--verify", action="store_true",
@@ -81,9 +84,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = InferConfig(**vars(parser().parse_args(argv)))
+    args = vars(parser().parse_args(argv))
+    planned, objective = args.pop("plan"), args.pop("objective")
+    cfg = InferConfig(**args)
     try:
-        if under_launcher() or cfg.world_size == 1:
+        if planned:
+            from decnn.plan.auto import run_planned
+
+            run_planned(cfg, planned, objective)
+        elif under_launcher() or cfg.world_size == 1:
             run_rank(cfg)  # a process of torchrun's, or a group of one
         else:
             preflight(cfg)  # bad settings, checkpoint or dataset: fail before any process starts
