@@ -1,13 +1,12 @@
 """The benchmark's plan and its summary arithmetic (fast), and one tiny real run (slow)."""
 
-import json
-
 import pytest
 
 from decnn.bench.__main__ import main as bench_main
 from decnn.bench.costmodel import Prediction
 from decnn.bench.plan import plan
-from decnn.bench.report import format_markdown, summarize
+from decnn.bench.summary import bench_table, read, summarize
+from decnn.record import Latency, RunRecord
 
 
 def test_plan_has_baselines_once_and_each_split_per_link_and_dtype():
@@ -33,9 +32,10 @@ def test_branch_args_reach_infer_distributed():
 
 
 def _report(p50, ips):
-    return {"model": "decnn_resnet34", "groups": 4, "width": 1.5, "latency_ms": {"p50": p50, "p95": p50, "p99": p50},
-            "throughput_ips": ips, "bytes_per_image": 10.0, "bytes_per_image_per_point": [10.0],
-            "params_per_rank": [1, 1], "peak_rss_per_rank": [1, 1]}
+    return RunRecord(model="decnn_resnet34", groups=4, width=1.5, mode="branch", devices=2, batch=1,
+                     latency_ms=Latency(p50, p50, p50), throughput_ips=ips, bytes_per_image=10.0,
+                     bytes_per_image_per_point=[10.0], params_per_device_mb=1.0, params_per_rank=[1, 1],
+                     peak_rss_per_rank=[1, 1])
 
 
 def test_ratios_are_taken_within_each_round_then_medianed():
@@ -46,12 +46,12 @@ def test_ratios_are_taken_within_each_round_then_medianed():
                  {"resnet34 single": _report(80, 12.5), "decnn single": _report(60, 17)},
                  {"resnet34 single": _report(60, 15), "decnn single": _report(45, 22)}]
     record = summarize(config, reports, baselines, Prediction(0.01, 0.005, 0.015, 0.01))
-    assert record["latency_ms"]["p50"] == 30
-    assert record["latency_ratio_vs_resnet34"] == pytest.approx(2.0)
-    assert record["latency_ratio_vs_decnn_single"] == pytest.approx(1.5)
-    assert record["predicted_latency_ms"] == pytest.approx(15.0)
-    assert "| decnn branch fp32 | 1 | loopback | 2 | 30.0 |" in format_markdown([record])
-    assert record["throughput_ratio_vs_decnn_single"] == pytest.approx(25 / 17)  # median of 50/33, 25/17, 30/22
+    assert record.latency_ms.p50 == 30
+    assert record.latency_ratio_vs_resnet34 == pytest.approx(2.0)
+    assert record.latency_ratio_vs_decnn_single == pytest.approx(1.5)
+    assert record.predicted_latency_ms == pytest.approx(15.0)
+    assert "| decnn branch fp32 | 1 | loopback | 2 | 30.0 |" in bench_table([record])
+    assert record.throughput_ratio_vs_decnn_single == pytest.approx(25 / 17)  # median of 50/33, 25/17, 30/22
 
 
 @pytest.mark.slow
@@ -59,8 +59,8 @@ def test_small_benchmark_runs_every_configuration(tmp_path):
     out = tmp_path / "bench.json"
     assert bench_main(["--batch", "1", "--rounds", "1", "--images", "2", "--warmup", "1",
                        "--exchange-dtype", "fp16", "--out", str(out), "--log-dir", str(tmp_path / "runs")]) == 0
-    records = json.loads(out.read_text())["records"]
-    assert {r["name"] for r in records} == {"resnet34 single", "decnn single", "decnn branch fp16",
-                                           "decnn branch fp16 overlap", "resnet34 pipeline", "resnet34 data"}
-    assert all(r["latency_ms"]["p50"] > 0 and r["latency_ratio_vs_resnet34"] > 0 for r in records)
+    _, records = read(out)  # every key of the JSON is a record field
+    assert {r.name for r in records} == {"resnet34 single", "decnn single", "decnn branch fp16",
+                                        "decnn branch fp16 overlap", "resnet34 pipeline", "resnet34 data"}
+    assert all(r.latency_ms.p50 > 0 and r.latency_ratio_vs_resnet34 > 0 for r in records)
     assert out.with_suffix(".md").exists() and any((tmp_path / "runs").rglob("events.out.tfevents.*"))

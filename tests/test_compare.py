@@ -2,7 +2,8 @@
 
 import pytest
 
-from decnn.bench.compare import comparison_rows, format_markdown, load_runs, plot
+from decnn.bench.compare import comparison_rows, comparison_table, load_runs, main, plot, read_run
+from decnn.record import Latency, RecordError, RunRecord
 from decnn.train.logger import make_logger
 
 
@@ -17,23 +18,29 @@ def runs(tmp_path):
     model = {"model": "decnn_resnet34", "groups": 4, "width": 1.5}
     _log_run(tmp_path / "train" / "a", {**model, "params": 12139688}, {"hparam/best_top1": 61.0})
     _log_run(tmp_path / "train" / "b", {**model, "params": 12139688}, {"hparam/best_top1": 64.0})
-    _log_run(
-        tmp_path / "bench" / "c",
-        {**model, "mode": "branch", "devices": 2, "batch": 1, "link": "20mbit"},
-        {"bench/latency_p50_ms": 46.5, "bench/throughput_ips": 21.0, "bench/bytes_per_image": 1.2e6,
-         "bench/params_per_device_mb": 23.2},
-    )
+    bench = RunRecord(**model, mode="branch", devices=2, batch=1, link="20mbit", latency_ms=Latency(46.5, 50.0, 51.0),
+                      throughput_ips=21.0, bytes_per_image=1.2e6, params_per_device_mb=23.2)
+    _log_run(tmp_path / "bench" / "c", *bench.tensorboard())
     make_logger(tmp_path / "empty").close()  # a run that never logged hparams is skipped
     return tmp_path
 
 
 def test_runs_are_read_back_with_their_hparams_and_metrics(runs):
-    records = {r["run"]: r for r in load_runs(runs)}
+    records = load_runs(runs)
     assert set(records) == {"train/a", "train/b", "bench/c"}
     c = records["bench/c"]
-    assert (c["model"], c["groups"], c["mode"], c["link"]) == ("decnn_resnet34", 4, "branch", "20mbit")
-    assert c["bench/latency_p50_ms"] == pytest.approx(46.5)
-    assert records["train/a"]["train/loss"] == pytest.approx(1.0)
+    assert (c.model, c.groups, c.mode, c.link) == ("decnn_resnet34", 4, "branch", "20mbit")
+    assert c.latency_ms.p50 == pytest.approx(46.5)
+    assert read_run(runs / "train" / "a")[1]["train/loss"] == pytest.approx(1.0)
+
+
+def test_an_unknown_hparam_is_an_error_not_a_silent_none(tmp_path, capsys):
+    _log_run(tmp_path / "x", {"model": "decnn_resnet34", "groups": 4, "width": 1.5, "mode": "branch", "devices": 2,
+                              "lnk": "20mbit"}, {"infer/latency_p50_ms": 1.0})
+    with pytest.raises(RecordError, match=r"unknown hparam\(s\) \['lnk'\]"):
+        load_runs(tmp_path)
+    assert main([str(tmp_path)]) == 2  # decnn compare: a usage error naming the run
+    assert f"error: {tmp_path / 'x'}: unknown hparam(s) ['lnk']" in capsys.readouterr().err
 
 
 def test_inference_rows_take_the_best_trained_accuracy_of_their_model(runs):
@@ -41,7 +48,7 @@ def test_inference_rows_take_the_best_trained_accuracy_of_their_model(runs):
     assert rows["bench/c"]["top1"] == pytest.approx(64.0)
     assert rows["train/a"]["mode"] == "train" and rows["train/a"]["top1"] == pytest.approx(61.0)
     assert rows["train/a"]["params_per_device_mb"] == pytest.approx(12139688 * 4 / 2**20)
-    table = format_markdown(list(rows.values()))
+    table = comparison_table(list(rows.values()))
     assert "| bench/c | decnn_resnet34 | 4 | 1.5 | branch | 2 | 20mbit | 1 | 64 | 46.5 | 21 | 23.2 |" in table
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from decnn.train.config import Config, ConfigError, load_config
+from decnn.train.config import ConfigError, TrainingConfig, load_config
 
 CONFIGS = sorted(Path(__file__).parents[1].glob("configs/*.yaml"))
 
@@ -18,7 +18,7 @@ def write(tmp_path, text: str) -> Path:
 
 
 def test_defaults_are_valid():
-    assert load_config() == Config()
+    assert load_config() == TrainingConfig()
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

@@ -28,11 +28,6 @@ from decnn.data.layout import scan
 from decnn.data.standin import wnid
 
 
-@pytest.fixture(scope="session")
-def standin(tmp_path_factory) -> Path:
-    return make_standin(tmp_path_factory.mktemp("data") / "standin-digits")
-
-
 @pytest.fixture
 def copy(standin, tmp_path):
     """A copy of the stand-in (without its cache) that a test may damage.

@@ -1,7 +1,8 @@
 """Split inference against the single-process reference, on CPU/gloo with 2-3 processes.
 
 Direct tests drive BranchMode in two launched processes (placements, overlap, exchange dtypes, counted
-collectives); CLI tests run ``infer_distributed.py --devices N`` as users do and read its JSON.
+collectives); CLI tests run the command line with ``--devices N`` and read its JSON (one through
+``infer_distributed.py`` as users do, the others through its ``main`` in this process, which saves a start-up).
 """
 
 import json
@@ -19,13 +20,13 @@ from conftest import randomize_
 
 from decnn.bench.links import EmulatedLink, links_available
 from decnn.comm import Communicator, launch
-from decnn.data import make_standin
 from decnn.inference.branch_mode import BranchMode
 from decnn.inference.cli import main
 from decnn.inference.codec import make_codec
 from decnn.inference.inputs import Normalize
 from decnn.inference.optimize import prepare_for_inference
 from decnn.partition import Placement, extract_branch
+from decnn.record import RunRecord
 from decnn.train.config import load_config
 from decnn.train.trainer import evaluate_checkpoint, train
 
@@ -135,15 +136,24 @@ def _cli(*args: str, timeout: float = 240, env: dict | None = None) -> subproces
                           capture_output=True, text=True, env={**os.environ, **(env or {})})
 
 
-def _report(tmp_path: Path, *args: str) -> dict:
+def _report(tmp_path: Path, *args: str, entry_script: bool = False) -> dict:
+    """Run with ``args`` and read the JSON report: through ``infer_distributed.py`` as users do, or (faster,
+    the same code below the script's two lines) through its ``main`` in this process."""
     out = tmp_path / "report.json"
-    res = _cli(*args, "--out", str(out), "--log-dir", str(tmp_path / "tb"))
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads(out.read_text())
+    args = (*args, "--out", str(out), "--log-dir", str(tmp_path / "tb"))
+    if entry_script:
+        res = _cli(*args)
+        assert res.returncode == 0, res.stderr[-3000:]
+    else:
+        assert main(list(args)) == 0
+    report = json.loads(out.read_text())
+    assert RunRecord.from_dict(report).to_dict() == report  # every key is a record field, and nothing is lost
+    return report
 
 
 def test_cli_branch_uneven_overlapped_verified(tmp_path):
-    r = _report(tmp_path, *SYNTHETIC, "--devices", "2", "--placement", "0,1,2/3", "--overlap", "--verify")
+    r = _report(tmp_path, *SYNTHETIC, "--devices", "2", "--placement", "0,1,2/3", "--overlap", "--verify",
+                entry_script=True)
     for key in ("model", "groups", "width", "mode", "devices", "batch", "exchange_dtype", "throughput_ips",
                 "bytes_per_image", "params_per_rank"):
         assert key in r
@@ -177,10 +187,10 @@ def test_cli_pipeline_mode_runs_a_plain_resnet(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def checkpoint_and_data(tmp_path_factory):
+def checkpoint_and_data(standin, tmp_path_factory):
     """A checkpoint from the trainer (one short epoch at 32x32) and the stand-in dataset."""
     folder = tmp_path_factory.mktemp("ckpt")
-    root = make_standin(folder / "standin")
+    root = standin
     cfg = load_config(overrides=[
         "model.name=decnn_resnet18", "model.groups=4", "model.width=0.25", f"data.root={root}",
         "data.image_size=32", "data.batch_size=16", "data.workers=0", "data.max_train_images=64",
@@ -255,6 +265,7 @@ def test_cli_a_rank_that_dies_stops_the_run_naming_it(tmp_path):
     assert len(seen) >= 2 and not _alive(seen)
 
 
+@pytest.mark.slow  # it waits the timeout out; test_comm checks a hung peer at the collective, in `make test`
 def test_cli_a_rank_that_hangs_stops_the_run_within_the_timeout(tmp_path):
     code, stderr, took, seen = _run_with_fault("1:2:hang", timeout="4")
     assert code != 0
@@ -263,6 +274,7 @@ def test_cli_a_rank_that_hangs_stops_the_run_within_the_timeout(tmp_path):
     assert len(seen) >= 2 and not _alive(seen)
 
 
+@pytest.mark.slow  # test_links checks torch.distributed across namespaces in `make test`
 @pytest.mark.netns
 def test_cli_two_hosts_through_an_emulated_link(tmp_path):
     """Two network namespaces joined by a shaped link, one process each: the multi-host path."""

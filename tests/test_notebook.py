@@ -5,6 +5,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from decnn.record import Latency, RunRecord
 from decnn.train.logger import make_logger
 
 NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "compare.ipynb"
@@ -15,7 +16,8 @@ def test_compare_notebook_executes(tmp_path, monkeypatch):
     with make_logger(tmp_path / "train" / "a") as log:
         log.hparams(model, {"hparam/best_top1": 60.0})
     with make_logger(tmp_path / "infer" / "b") as log:
-        log.hparams({**model, "mode": "branch", "devices": 2, "link": "loopback"}, {"bench/latency_p50_ms": 40.0})
+        infer = RunRecord(**model, mode="branch", devices=2, link="loopback", latency_ms=Latency(40.0, 41.0, 42.0))
+        infer.log_hparams(log)
     monkeypatch.setenv("DECNN_RUNS", str(tmp_path))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     resources = {"metadata": {"path": str(tmp_path)}}

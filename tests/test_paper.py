@@ -3,6 +3,7 @@
 import pytest
 
 from decnn.bench.paper import accuracy_table, replace_block
+from decnn.record import RunRecord
 
 
 def test_only_the_named_block_is_replaced():
@@ -18,11 +19,11 @@ def test_missing_block_is_a_clear_error():
 
 
 def test_accuracy_table_lists_training_runs_only():
-    rows = [
-        {"run": "train/a", "mode": "train", "model": "decnn_resnet34", "groups": 4.0, "width": 1.5, "top1": 96.29,
-         "params_per_device_mb": 756322 * 4 / 2**20},
-        {"run": "bench/b", "mode": "branch", "model": "decnn_resnet34", "groups": 4.0, "width": 1.5, "top1": None,
-         "params_per_device_mb": 23.2},
-    ]
-    table = accuracy_table(rows)
+    runs = {
+        "train/a": RunRecord(mode="train", model="decnn_resnet34", groups=4, width=1.5, devices=1, top1=96.29,
+                             params_per_device_mb=756322 * 4 / 2**20),
+        "bench/b": RunRecord(mode="branch", model="decnn_resnet34", groups=4, width=1.5, devices=2,
+                             params_per_device_mb=23.2),
+    }
+    table = accuracy_table(runs)
     assert "| train/a | decnn_resnet34 | 4 | 1.5 | 96.29 | 0.76 |" in table and "bench/b" not in table

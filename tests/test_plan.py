@@ -8,7 +8,7 @@ import torch
 from decnn.bench.costmodel import transfer_seconds
 from decnn.models.decoupled_resnet import ChannelShuffle
 from decnn.partition import Placement, extract_branches, run_branches_locally
-from decnn.plan.planner import candidates, eligible_dtypes, plan, placements, predict_branch
+from decnn.plan.planner import candidates, eligible_dtypes, placements, plan, predict_branch
 from decnn.plan.profile import DeviceProfile, LinkProfile, Profile
 
 DTYPES = ("fp32", "fp16", "bf16", "int8")
@@ -108,7 +108,7 @@ def test_profile_of_another_version_is_refused(tmp_path):
     path.write_text(synthetic().to_json().replace('"version": 1', '"version": 0'))
     with pytest.raises(ValueError, match="measure it again"):
         Profile.load(path)
-    with pytest.raises(ValueError, match="python -m decnn.plan profile"):
+    with pytest.raises(ValueError, match=r"python -m decnn\.plan profile"):
         Profile.load(tmp_path / "missing.json")
 
 

@@ -16,7 +16,6 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from decnn.data import make_standin
 from decnn.train.checkpoint import CheckpointError, load_checkpoint
 from decnn.train.config import ConfigError, load_config
 from decnn.train.logger import NullLogger, make_logger
@@ -38,11 +37,6 @@ def tiny_overrides(root, out_dir, name="run") -> list[str]:
         "train.amp=none", "train.channels_last=false", "train.deterministic=true",
         f"run.out_dir={out_dir}", f"run.name={name}", "run.log_every=2",
     ]
-
-
-@pytest.fixture(scope="session")
-def standin(tmp_path_factory):
-    return make_standin(tmp_path_factory.mktemp("data") / "standin")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Measuring split inference against its alternatives, and reading the results.
 
 ``__main__`` runs the side-by-side benchmark (``python -m decnn.bench``): ``plan`` lists the
-configurations, ``run`` runs one, ``report`` summarises them; ``links`` emulates edge links with network
+configurations, ``run`` runs one, ``summary`` summarises them; ``links`` emulates edge links with network
 namespaces and tbf; ``costmodel`` predicts a split's latency; ``compare`` and ``paper`` read runs back as a
 table, a plot and the report's tables; ``data_loading`` and ``link_check`` are stand-alone measurements.
 """

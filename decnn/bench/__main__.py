@@ -21,10 +21,11 @@ from tqdm import tqdm
 
 import decnn  # noqa: F401  (registers the models)
 from decnn.bench.links import EmulatedLink, links_available, parse_rate
-from decnn.bench.plan import DECNN, Config, plan
+from decnn.bench.plan import DECNN, BenchConfig, plan
 from decnn.bench.predict import format_errors, measure_profiles, predictions
-from decnn.bench.report import BASELINES, format_markdown, summarize, write
 from decnn.bench.run import RunFailed, run_local, run_over_link
+from decnn.bench.summary import BASELINES, bench_table, summarize, write
+from decnn.record import RunRecord
 
 ELEMENT_SIZE = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     skipped = [n for n in args.devices if DECNN["groups"] % n]
     if skipped:
         print(f"skipping --devices {skipped}: {DECNN['groups']} groups do not split evenly", file=sys.stderr)
-    reports: dict[str, list[dict]] = {c.label(): [] for c in configs}
+    reports: dict[str, list[RunRecord]] = {c.label(): [] for c in configs}
     with ExitStack() as stack:
         emulated = {(link, n): stack.enter_context(EmulatedLink(link, num_hosts=n))
                     for link in links if link for n in {c.devices for c in configs if c.link == link}}
@@ -95,16 +96,16 @@ def main(argv=None) -> int:
                 bar.update()
         bar.close()
 
-    def baselines(batch: int) -> list[dict[str, dict]]:
+    def baselines(batch: int) -> list[dict[str, RunRecord]]:
         """Round r's 1-device baseline reports at ``batch``, by name."""
-        return [{name: reports[Config(name, "single", 1, batch).label()][r] for name in BASELINES.values()}
+        return [{name: reports[BenchConfig(name, "single", 1, batch).label()][r] for name in BASELINES.values()}
                 for r in range(args.rounds)]
 
     records = [summarize(c, reports[c.label()], baselines(c.batch), predicted.get(c.label())) for c in configs]
     meta = {"started": time.strftime("%Y%m%d-%H%M%S"), "argv": sys.argv[1:] if argv is None else argv,
             "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__, "threads_per_process": 1}
     write(records, meta, Path(args.out), args.log_dir)
-    print(format_markdown(records))
+    print(bench_table(records))
     print(format_errors(records))
     print(f"\nwrote {args.out} and {Path(args.out).with_suffix('.md')}"
           + (f"; TensorBoard: tensorboard --logdir {args.log_dir}" if args.log_dir else ""))

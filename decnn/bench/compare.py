@@ -1,7 +1,8 @@
 """Compare training and inference runs: one table and an accuracy-vs-latency plot, read from TensorBoard.
 
 Every run logs one HPARAMS row (its settings and headline metrics) into its TensorBoard folder; this module
-reads those rows back, so the table here and TensorBoard's HPARAMS tab always show the same numbers.
+reads those rows back as :class:`~decnn.record.RunRecord`s, so the table here and TensorBoard's HPARAMS tab
+always show the same numbers.
 
     decnn compare runs/ --plot results/compare.png
 """
@@ -10,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
+
+from decnn.record import RecordError, RunRecord
 
 COLUMNS = (
     "model", "groups", "width", "mode", "devices", "link", "batch",
@@ -21,8 +25,8 @@ COLUMNS = (
 )
 
 
-def read_run(run_dir: Path) -> dict | None:
-    """The hparams and final metric values that a run logged, or None if it logged no HPARAMS row."""
+def read_run(run_dir: Path) -> tuple[dict, dict[str, float]] | None:
+    """The hparams and the last value of every scalar a run logged, or None if it logged no HPARAMS row."""
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
     try:
@@ -30,10 +34,8 @@ def read_run(run_dir: Path) -> dict | None:
     except KeyError:
         return None
     start = plugin_data_pb2.HParamsPluginData.FromString(start_info).session_start_info
-    record = {name: _value(v) for name, v in start.hparams.items()}
-    for tag in events.Tags()["scalars"]:
-        record[tag] = events.Scalars(tag)[-1].value
-    return record
+    hparams = {name: _value(v) for name, v in start.hparams.items()}
+    return hparams, {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"]}
 
 
 def _value(v):
@@ -41,53 +43,40 @@ def _value(v):
     return {"number_value": v.number_value, "string_value": v.string_value, "bool_value": v.bool_value}[kind]
 
 
-def load_runs(root: str | Path) -> list[dict]:
-    """Every run under ``root`` with an HPARAMS row; ``run`` is its folder relative to ``root``."""
+def load_runs(root: str | Path) -> dict[str, RunRecord]:
+    """The record of every run under ``root`` with an HPARAMS row, by its folder relative to ``root``."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no runs folder at {root}; train.py and infer_distributed.py write to runs/")
-    records = []
+    runs = {}
     for run_dir in sorted({p.parent for p in root.rglob("events.out.tfevents.*")}):
-        record = read_run(run_dir)
-        if record is not None:
-            records.append({"run": str(run_dir.relative_to(root)), **record})
-    return records
+        logged = read_run(run_dir)
+        if logged is not None:
+            try:
+                runs[str(run_dir.relative_to(root))] = RunRecord.from_tensorboard(*logged)
+            except RecordError as e:
+                raise RecordError(f"{run_dir}: {e}") from None
+    return runs
 
 
-# Where each column's number comes from: the metric tags that train.py, infer_distributed.py and the
-# benchmark log with their HPARAMS rows (first one present wins).
-METRICS = {
-    "top1": ("hparam/best_top1", "infer/top1"),
-    "latency_p50_ms": ("infer/latency_p50_ms", "bench/latency_p50_ms"),
-    "throughput_ips": ("infer/throughput_ips", "bench/throughput_ips"),
-    "params_per_device_mb": ("infer/params_per_device_mb", "bench/params_per_device_mb"),
-    "bytes_per_image": ("infer/bytes_per_image", "bench/bytes_per_image"),
-}
-
-
-def comparison_rows(records: list[dict]) -> list[dict]:
+def comparison_rows(runs: dict[str, RunRecord]) -> list[dict]:
     """Table rows (top-1 in %); a run without its own top-1 takes the best top-1 trained for its model."""
-    rows = []
-    for r in records:
-        row = {c: r.get(c) for c in COLUMNS}
-        for column, tags in METRICS.items():
-            row[column] = next((r[t] for t in tags if t in r), None)
-        if "hparam/best_top1" in r:  # a training run: the whole model on one device
-            row.update(mode="train", devices=1, batch=r.get("batch_size"))
-            row["params_per_device_mb"] = r["params"] * 4 / 2**20 if "params" in r else None
-        rows.append({"run": r["run"], **row})
     trained = {}
-    for row in rows:
-        if row["mode"] == "train" and row["top1"] is not None:
-            key = (row["model"], row["groups"], row["width"])
-            trained[key] = max(trained.get(key, -1.0), row["top1"])
-    for row in rows:
+    for r in runs.values():
+        if r.mode == "train":
+            key = (r.model, r.groups, r.width)
+            trained[key] = max(trained.get(key, -1.0), r.top1)
+    rows = []
+    for run, r in runs.items():
+        row = {c: getattr(r, c) for c in COLUMNS if c != "latency_p50_ms"}
+        row["latency_p50_ms"] = r.latency_ms.p50 if r.latency_ms else None
         if row["top1"] is None:
-            row["top1"] = trained.get((row["model"], row["groups"], row["width"]))
+            row["top1"] = trained.get((r.model, r.groups, r.width))
+        rows.append({"run": run, **{c: row[c] for c in COLUMNS}})
     return rows
 
 
-def format_markdown(rows: list[dict]) -> str:
+def comparison_table(rows: list[dict]) -> str:
     lines = ["| run | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row[c]) for c in ("run", *COLUMNS)) + " |")
@@ -129,17 +118,22 @@ def plot(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="decnn compare", description="Compare training and inference runs.")
     p.add_argument("runs", nargs="?", default="runs", help="folder with the runs (default: runs)")
     p.add_argument("--plot", metavar="FILE.png", help="also draw accuracy vs latency")
     p.add_argument("--json", action="store_true", help="print JSON rows instead of Markdown")
     args = p.parse_args(argv)
-    rows = comparison_rows(load_runs(args.runs))
-    print(json.dumps(rows, indent=2) if args.json else format_markdown(rows))
+    try:
+        rows = comparison_rows(load_runs(args.runs))
+    except (FileNotFoundError, RecordError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(rows, indent=2) if args.json else comparison_table(rows))
     if args.plot:
         print(f"plot: {plot(rows, args.plot)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,23 +9,24 @@ The report's prose stays as written; only the blocks between ``<!-- decnn:begin 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 
-from decnn.bench.compare import comparison_rows, load_runs
-from decnn.bench.report import format_markdown as bench_table
+from decnn.bench.compare import load_runs
+from decnn.bench.summary import bench_table
+from decnn.bench.summary import read as read_bench
+from decnn.record import MB, RunRecord
 
 REPORT = Path("paper/README.md")
 
 
-def accuracy_table(rows: list[dict]) -> str:
+def accuracy_table(runs: dict[str, RunRecord]) -> str:
+    """One row per training run: its best val top-1 and its parameters (fp32)."""
     lines = ["| run | model | groups | width | val top-1 (%) | params (M) |", "|---|---|---:|---:|---:|---:|"]
-    for r in rows:
-        if r["mode"] == "train":
-            params = r["params_per_device_mb"] * 2**20 / 4 / 1e6 if r["params_per_device_mb"] else float("nan")
-            lines.append(f"| {r['run']} | {r['model']} | {r['groups']:g} | {r['width']:g} | {r['top1']:.2f} "
-                         f"| {params:.2f} |")
+    for run, r in runs.items():
+        if r.mode == "train":
+            params = r.params_per_device_mb * MB / 4 / 1e6 if r.params_per_device_mb else float("nan")
+            lines.append(f"| {run} | {r.model} | {r.groups:g} | {r.width:g} | {r.top1:.2f} | {params:.2f} |")
     return "\n".join(lines)
 
 
@@ -44,13 +45,12 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     text = args.report.read_text()
     if args.bench:
-        data = json.loads(Path(args.bench).read_text())
-        meta = data["meta"]
+        meta, records = read_bench(args.bench)
         note = (f"_Measured {meta['started']} with `python -m decnn.bench {' '.join(meta['argv'])}` "
                 f"({meta['cores']} cores, torch {meta['torch']}, 1 thread per process)._\n\n")
-        text = replace_block(text, "bench", note + bench_table(data["records"]))
+        text = replace_block(text, "bench", note + bench_table(records))
     if args.runs:
-        text = replace_block(text, "accuracy", accuracy_table(comparison_rows(load_runs(args.runs))))
+        text = replace_block(text, "accuracy", accuracy_table(load_runs(args.runs)))
     args.report.write_text(text)
     print(f"updated {args.report}")
 

@@ -10,7 +10,7 @@ DECNN = {"model": "decnn_resnet34", "groups": 4, "width": 1.5}  # the paper's mo
 
 
 @dataclass(frozen=True)
-class Config:
+class BenchConfig:
     """One run of ``infer_distributed.py``; ``link`` is None for a single process or plain loopback."""
 
     name: str
@@ -42,21 +42,22 @@ class Config:
 
 
 def plan(batches: list[int], devices: list[int], links: list[str | None], dtypes: list[str],
-         overlap: int = 2) -> list[Config]:
+         overlap: int = 2) -> list[BenchConfig]:
     """Every configuration: baselines once per batch, the N-device ways once per batch, N and link."""
     configs = []
     for b in batches:
-        configs.append(Config("resnet34 single", "single", 1, b, dict(BASELINE)))
-        configs.append(Config("decnn single", "single", 1, b))
+        configs.append(BenchConfig("resnet34 single", "single", 1, b, dict(BASELINE)))
+        configs.append(BenchConfig("decnn single", "single", 1, b))
         for n in devices:
             if DECNN["groups"] % n:
                 continue
             for link in links:
                 for dtype in dtypes:
-                    configs.append(Config(f"decnn branch {dtype}", "branch", n, b, exchange_dtype=dtype, link=link))
-                    configs.append(Config(f"decnn branch {dtype} overlap", "branch", n, b, exchange_dtype=dtype,
-                                          overlap=overlap, link=link))
-                configs.append(Config("resnet34 pipeline", "pipeline", n, b, dict(BASELINE), link=link,
-                                      overlap=min(overlap, b)))
-                configs.append(Config("resnet34 data", "data", n, b, dict(BASELINE), link=link))
+                    configs.append(BenchConfig(f"decnn branch {dtype}", "branch", n, b, exchange_dtype=dtype,
+                                               link=link))
+                    configs.append(BenchConfig(f"decnn branch {dtype} overlap", "branch", n, b, exchange_dtype=dtype,
+                                               overlap=overlap, link=link))
+                configs.append(BenchConfig("resnet34 pipeline", "pipeline", n, b, dict(BASELINE), link=link,
+                                           overlap=min(overlap, b)))
+                configs.append(BenchConfig("resnet34 data", "data", n, b, dict(BASELINE), link=link))
     return configs

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from decnn.bench.plan import DECNN, Config
+from decnn.bench.plan import DECNN, BenchConfig
 from decnn.partition import Placement
 from decnn.plan.hetero import run_on_hosts
 from decnn.plan.planner import predict_branch
@@ -22,7 +22,7 @@ def _profile_args(batch: int, out: Path) -> list[str]:
             "--batch", str(batch), "--threads", "1", "--out", str(out)]
 
 
-def measure_profiles(configs: list[Config], emulated: dict, port: int) -> dict[tuple, Profile]:
+def measure_profiles(configs: list[BenchConfig], emulated: dict, port: int) -> dict[tuple, Profile]:
     """A profile for every (link, devices, batch) of the branch configurations."""
     setups = sorted({(c.link, c.devices, c.batch) for c in configs if c.mode == "branch"}, key=str)
     profiles = {}
@@ -39,7 +39,7 @@ def measure_profiles(configs: list[Config], emulated: dict, port: int) -> dict[t
     return profiles
 
 
-def predictions(configs: list[Config], profiles: dict[tuple, Profile]) -> dict[str, object]:
+def predictions(configs: list[BenchConfig], profiles: dict[tuple, Profile]) -> dict[str, object]:
     """Each branch configuration's prediction, by label."""
     out = {}
     for c in configs:
@@ -50,19 +50,19 @@ def predictions(configs: list[Config], profiles: dict[tuple, Profile]) -> dict[s
     return out
 
 
-def format_errors(records: list[dict]) -> str:
+def format_errors(records: list) -> str:
     """Every prediction's error against its measurement, then their median and max |error|."""
-    rows = [r for r in records if "predicted_latency_ms" in r]
+    rows = [r for r in records if r.predicted_latency_ms is not None]
     if not rows:
         return ""
     lines = ["| configuration | batch | link | devices | predicted ms | measured ms | error |",
              "|---|---:|---|---:|---:|---:|---:|"]
     errors = []
     for r in rows:
-        err = (r["predicted_latency_ms"] - r["measured_for_prediction_ms"]) / r["measured_for_prediction_ms"]
+        err = (r.predicted_latency_ms - r.measured_for_prediction_ms) / r.measured_for_prediction_ms
         errors.append(abs(err))
-        lines.append(f"| {r['name']} | {r['batch']} | {r['link']} | {r['devices']} | {r['predicted_latency_ms']:.1f} "
-                     f"| {r['measured_for_prediction_ms']:.1f} | {err:+.1%} |")
+        lines.append(f"| {r.name} | {r.batch} | {r.link} | {r.devices} | {r.predicted_latency_ms:.1f} "
+                     f"| {r.measured_for_prediction_ms:.1f} | {err:+.1%} |")
     lines.append(f"\ncost model |error|: median {statistics.median(errors):.1%}, max {max(errors):.1%} "
                  f"over {len(errors)} configurations")
     return "\n".join(lines)

@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 
 from decnn.bench.links import EmulatedLink
-from decnn.bench.plan import Config
+from decnn.bench.plan import BenchConfig
+from decnn.record import RunRecord
 
 INFER = [sys.executable, "-m", "decnn.inference"]
 
@@ -22,18 +23,18 @@ class RunFailed(RuntimeError):
     """A benchmark run exited with an error; the message holds the tail of its output."""
 
 
-def _common(config: Config, images: int, warmup: int, timeout: float, out: Path) -> list[str]:
+def _common(config: BenchConfig, images: int, warmup: int, timeout: float, out: Path) -> list[str]:
     return [*config.infer_args(), "--num-images", str(images), "--warmup", str(warmup), "--timeout", str(timeout),
             "--out", str(out), "--log-dir", ""]
 
 
-def _check(proc: subprocess.CompletedProcess | subprocess.Popen, output: str, config: Config) -> None:
+def _check(proc: subprocess.CompletedProcess | subprocess.Popen, output: str, config: BenchConfig) -> None:
     if proc.returncode:
         tail = "\n".join(output.strip().splitlines()[-8:])
         raise RunFailed(f"{config.label()} exited with code {proc.returncode}:\n{tail}")
 
 
-def run_local(config: Config, images: int, warmup: int, timeout: float) -> dict:
+def run_local(config: BenchConfig, images: int, warmup: int, timeout: float) -> RunRecord:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.json"
         argv = [*INFER, *_common(config, images, warmup, timeout, out)]
@@ -41,10 +42,11 @@ def run_local(config: Config, images: int, warmup: int, timeout: float) -> dict:
             argv += ["--devices", str(config.devices)]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout * 4 + 120)
         _check(proc, proc.stdout + proc.stderr, config)
-        return json.loads(out.read_text())
+        return RunRecord.from_dict(json.loads(out.read_text()))
 
 
-def run_over_link(config: Config, link: EmulatedLink, port: int, images: int, warmup: int, timeout: float) -> dict:
+def run_over_link(config: BenchConfig, link: EmulatedLink, port: int, images: int, warmup: int,
+                  timeout: float) -> RunRecord:
     """One torchrun per host of ``link``; rank 0 (host 0) writes the report."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.json"
@@ -57,4 +59,4 @@ def run_over_link(config: Config, link: EmulatedLink, port: int, images: int, wa
         outputs = [p.communicate(timeout=timeout * 4 + 120)[0] for p in procs]
         for p, output in zip(procs, outputs):
             _check(p, output, config)
-        return json.loads(out.read_text())
+        return RunRecord.from_dict(json.loads(out.read_text()))

@@ -10,6 +10,7 @@ from decnn.comm import LOCAL_ENDPOINT, LaunchError, PeerError, launch, under_lau
 from decnn.inference.codec import EXCHANGE_DTYPES
 from decnn.inference.config import MODES, ConfigError, InferConfig
 from decnn.inference.runner import preflight, run_rank
+from decnn.models import STEMS
 
 EXAMPLES = """examples:
   # DeCNN ResNet-34 (G4, x1.5) split over 2 local processes, checked against the whole model
@@ -45,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--model", help="timm name (default decnn_resnet34; with --checkpoint: must match it)")
     g.add_argument("--groups", type=int, help="branches (with --random-init; default 4)")
     g.add_argument("--width", type=float, help="channel multiplier (with --random-init; default 1.5)")
-    g.add_argument("--stem", choices=("tiny", "imagenet"), help="stem (with --random-init; default tiny)")
+    g.add_argument("--stem", choices=STEMS, help="stem (with --random-init; default tiny)")
     g = p.add_argument_group("processes")
     g.add_argument("--devices", type=int, help="start this many local processes (one per device) through "
                    "torch's elastic launcher; leave out under torchrun")

@@ -6,13 +6,10 @@ import os
 from dataclasses import dataclass
 
 from decnn.comm import LOCAL_ENDPOINT, under_launcher
+from decnn.errors import ConfigError
 from decnn.inference.codec import EXCHANGE_DTYPES
 
 MODES = ("branch", "single", "data", "pipeline")
-
-
-class ConfigError(ValueError):
-    """Settings that cannot work together; raised before any process group starts."""
 
 
 @dataclass(frozen=True)

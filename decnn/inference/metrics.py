@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import resource
+import time
 
 import torch
 from torch import nn
+
+from decnn.train.meters import topk_correct
 
 
 def percentiles_ms(seconds: list[float]) -> dict[str, float]:
@@ -15,6 +18,13 @@ def percentiles_ms(seconds: list[float]) -> dict[str, float]:
     t = torch.tensor(seconds, dtype=torch.float64) * 1e3
     q = torch.quantile(t, torch.tensor([0.5, 0.95, 0.99], dtype=torch.float64))
     return {"p50": q[0].item(), "p95": q[1].item(), "p99": q[2].item(), "mean": t.mean().item()}
+
+
+def synced_time(device: torch.device) -> float:
+    """A timestamp taken after the device's queued work (CUDA kernels run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def param_bytes(module: nn.Module) -> int:
@@ -36,9 +46,8 @@ def peak_rss_bytes() -> int:
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
     """Top-k accuracy in percent, as ``{"top1": ..., "top5": ...}``."""
-    top = logits.topk(max(ks), dim=1).indices
-    hit = top == labels.view(-1, 1)
-    return {f"top{k}": hit[:, :k].any(1).float().mean().item() * 100 for k in ks}
+    correct = topk_correct(logits, labels, ks)
+    return {f"top{k}": c.item() * 100 / len(labels) for k, c in zip(ks, correct)}
 
 
 def agreement(logits: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:

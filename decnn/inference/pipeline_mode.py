@@ -10,7 +10,6 @@ skip connection stays inside one stage (longer ones have been reported to hang, 
 from __future__ import annotations
 
 import itertools
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -19,6 +18,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 from torch.utils.flop_counter import FlopCounterMode
+
+from decnn.inference.metrics import synced_time
 
 __all__ = [
     "UnitProfile",
@@ -32,13 +33,6 @@ __all__ = [
 
 BALANCE = ("flops", "time")
 _RESULT_TAG = 7  # the logits' trip from the last stage back to rank 0, apart from the pipeline's own P2P
-
-
-def _now(device: torch.device) -> float:
-    """A timestamp after the device's queued work (CUDA kernels run asynchronously)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 class _Head(nn.Module):
@@ -106,9 +100,9 @@ def profile_units(
         runs = [[] for _ in units]
         for _ in range(repeats):
             for unit, x, times in zip(units.values(), inputs, runs):
-                start = _now(x.device)
+                start = synced_time(x.device)
                 unit(x)
-                times.append(_now(x.device) - start)
+                times.append(synced_time(x.device) - start)
         costs = [min(times) for times in runs]
     batch = sample_input.shape[0]
     return [
@@ -254,8 +248,8 @@ def run_pipeline(
     schedule = ScheduleGPipe(stage, n_microbatches=microbatches)
 
     compute = [0.0]
-    module.register_forward_pre_hook(lambda *_: compute.__setitem__(0, compute[0] - _now(device)))
-    module.register_forward_hook(lambda *_: compute.__setitem__(0, compute[0] + _now(device)))
+    module.register_forward_pre_hook(lambda *_: compute.__setitem__(0, compute[0] - synced_time(device)))
+    module.register_forward_hook(lambda *_: compute.__setitem__(0, compute[0] + synced_time(device)))
 
     is_last = rank == num_stages - 1
     logits_shape = (plan["batch_shape"][0], *profiles[-1].out_shape)
@@ -263,7 +257,7 @@ def run_pipeline(
     with torch.inference_mode():
         for i in range(warmup + plan["num_batches"]):
             compute[0] = 0.0
-            start = _now(device)
+            start = synced_time(device)
             out = schedule.step(images[max(i - warmup, 0)]) if rank == 0 else schedule.step()
             if num_stages > 1 and is_last:
                 dist.send(out.contiguous(), group=group, group_dst=0, tag=_RESULT_TAG)
@@ -271,7 +265,7 @@ def run_pipeline(
                 out = torch.empty(logits_shape, dtype=plan["dtype"], device=device)
                 dist.recv(out, group=group, group_src=num_stages - 1, tag=_RESULT_TAG)
             if i >= warmup:
-                latency.append(_now(device) - start)
+                latency.append(synced_time(device) - start)
                 compute_s.append(compute[0])
                 if rank == 0:
                     outputs.append(out)

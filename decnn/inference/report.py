@@ -1,7 +1,9 @@
-"""The run's report: one dict, written as JSON (``--out``), to TensorBoard and as a console table."""
+"""The run's report: one :class:`~decnn.record.RunRecord`, written as JSON (``--out``), to TensorBoard and as a
+console table."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -9,14 +11,13 @@ from pathlib import Path
 from decnn.inference.config import InferConfig
 from decnn.inference.metrics import percentiles_ms
 from decnn.inference.spec import ModelSpec
+from decnn.record import MB, Latency, RunRecord
 from decnn.train.logger import make_logger
-
-_MB = 2**20
 
 
 def build_report(cfg: InferConfig, spec: ModelSpec, placement, image_size: int, timing, stats: list[dict],
-                 quality: dict) -> dict:
-    """Everything measured, keyed for JSON; ``stats`` holds one dict per rank."""
+                 quality: dict) -> RunRecord:
+    """Everything measured; ``stats`` holds one dict per rank."""
     world = len(stats)
     images = max(timing.images, 1)
     image_bytes = 3 * image_size * image_size
@@ -31,123 +32,105 @@ def build_report(cfg: InferConfig, spec: ModelSpec, placement, image_size: int, 
     else:  # single, data: only inputs and logits move (data: all but rank 0's share)
         per_point, fp32 = [], None
         input_bytes, result_bytes = image_bytes * (world - 1) / world, logit_bytes * (world - 1) / world
-    report = {
-        "model": spec.name,
-        "groups": spec.groups,
-        "width": spec.width,
-        "stem": spec.stem,
-        "mode": cfg.mode,
-        "devices": world,
-        "placement": placement,
-        "batch": cfg.batch,
-        "overlap": cfg.overlap,
-        "exchange_dtype": cfg.exchange_dtype,
-        "image_size": image_size,
-        "images": timing.images,
-        "warmup": cfg.warmup,
-        "checkpoint": cfg.checkpoint,
-        "latency_ms": percentiles_ms(timing.latency_s),
-        "throughput_ips": timing.images / timing.busy_s if timing.busy_s else 0.0,
-        "bytes_per_image": sum(per_point),
-        "bytes_per_image_per_point": per_point,
-        "bytes_saved_vs_fp32": (1 - sum(per_point) / fp32) if fp32 else 0.0,
-        "input_bytes_per_image": input_bytes,
-        "result_bytes_per_image": result_bytes,
-        "params_per_rank": [s["param_bytes"] for s in stats],
-        "peak_rss_per_rank": [s["peak_rss_bytes"] for s in stats],
-        "compute_s_per_rank": [s["compute_s"] for s in stats],
-        "comm_wait_s_per_rank": [s["comm_wait_s"] for s in stats],
-        "pack_s_per_rank": [s.get("pack_s", 0.0) for s in stats],
-        "threads_per_rank": [s["threads"] for s in stats],
-        "cores_per_rank": [s["cores"] for s in stats],
-        "hosts": sorted({s["host"] for s in stats}),
-        "collectives_per_batch": [s["collectives_per_batch"] for s in stats],
+    return RunRecord(
+        model=spec.name,
+        groups=spec.groups,
+        width=spec.width,
+        stem=spec.stem,
+        mode=cfg.mode,
+        devices=world,
+        placement=placement,
+        batch=cfg.batch,
+        overlap=cfg.overlap,
+        exchange_dtype=cfg.exchange_dtype,
+        image_size=image_size,
+        images=timing.images,
+        warmup=cfg.warmup,
+        checkpoint=cfg.checkpoint,
+        latency_ms=Latency(**percentiles_ms(timing.latency_s)),
+        throughput_ips=timing.images / timing.busy_s if timing.busy_s else 0.0,
+        bytes_per_image=sum(per_point),
+        bytes_per_image_per_point=per_point,
+        bytes_saved_vs_fp32=(1 - sum(per_point) / fp32) if fp32 else 0.0,
+        input_bytes_per_image=input_bytes,
+        result_bytes_per_image=result_bytes,
+        params_per_device_mb=max(s["param_bytes"] for s in stats) / MB,
+        peak_rss_mb=max(s["peak_rss_bytes"] for s in stats) / MB,
+        params_per_rank=[s["param_bytes"] for s in stats],
+        peak_rss_per_rank=[s["peak_rss_bytes"] for s in stats],
+        compute_s_per_rank=[s["compute_s"] for s in stats],
+        comm_wait_s_per_rank=[s["comm_wait_s"] for s in stats],
+        pack_s_per_rank=[s.get("pack_s", 0.0) for s in stats],
+        threads_per_rank=[s["threads"] for s in stats],
+        cores_per_rank=[s["cores"] for s in stats],
+        hosts=sorted({s["host"] for s in stats}),
+        collectives_per_batch=[s["collectives_per_batch"] for s in stats],
+        pipeline_stages=stats[0]["pipeline_cuts"] if cfg.mode == "pipeline" else None,
         **quality,
-    }
-    if cfg.mode == "pipeline":
-        report["pipeline_stages"] = stats[0]["pipeline_cuts"]
-    return report
+    )
 
 
 def write_report(cfg: InferConfig, spec: ModelSpec, placement, image_size: int, timing, stats: list[dict],
-                 quality: dict) -> dict:
+                 quality: dict) -> RunRecord:
     """Build the report and write it: JSON, TensorBoard (``<log_dir>/<run>``) and the console."""
     report = build_report(cfg, spec, placement, image_size, timing, stats, quality)
     if cfg.log_dir:
-        report["run_dir"] = str(Path(cfg.log_dir) / run_name(report))
+        report = dataclasses.replace(report, run_dir=str(Path(cfg.log_dir) / run_name(report)))
         _log_tensorboard(report, timing.latency_s)
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(json.dumps(report, indent=2) + "\n")
+        Path(cfg.out).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     print(format_table(report), flush=True)
     return report
 
 
-def run_name(report: dict) -> str:
-    overlap = f"-k{report['overlap']}" if report["overlap"] > 1 else ""
-    return (f"{report['model']}-g{report['groups']}-x{report['width']:g}-{report['mode']}-d{report['devices']}"
-            f"-b{report['batch']}-{report['exchange_dtype']}{overlap}-{time.strftime('%Y%m%d-%H%M%S')}")
+def run_name(r: RunRecord) -> str:
+    overlap = f"-k{r.overlap}" if r.overlap > 1 else ""
+    return (f"{r.model}-g{r.groups}-x{r.width:g}-{r.mode}-d{r.devices}-b{r.batch}-{r.exchange_dtype}{overlap}"
+            f"-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def _log_tensorboard(report: dict, latency_s: list[float]) -> None:
-    log = make_logger(report["run_dir"])
-    step = report["batch"]
+def _log_tensorboard(report: RunRecord, latency_s: list[float]) -> None:
+    log = make_logger(report.run_dir)
     for i, t in enumerate(latency_s):
         log.scalar("infer/batch_latency_ms", t * 1e3, i)
-    metrics = {
-        "infer/latency_p50_ms": report["latency_ms"]["p50"],
-        "infer/latency_p95_ms": report["latency_ms"]["p95"],
-        "infer/latency_p99_ms": report["latency_ms"]["p99"],
-        "infer/throughput_ips": report["throughput_ips"],
-        "infer/bytes_per_image": report["bytes_per_image"],
-        "infer/params_per_device_mb": max(report["params_per_rank"]) / _MB,
-        "infer/peak_rss_mb": max(report["peak_rss_per_rank"]) / _MB,
-    }
-    for key in ("top1", "top5", "top1_agreement", "max_abs_diff", "max_rel_diff"):
-        if key in report:
-            metrics[f"infer/{key}"] = report[key]
-    log.scalars(metrics, step)
-    hparams = {k: report[k] for k in ("model", "groups", "width", "mode", "devices", "batch", "exchange_dtype",
-                                      "overlap")}
+    hparams, metrics = report.tensorboard()
+    log.scalars(metrics, report.batch)
     log.hparams(hparams, metrics)
-    log.text("infer/report", "```\n" + json.dumps(report, indent=2) + "\n```")
+    log.text("infer/report", "```\n" + json.dumps(report.to_dict(), indent=2) + "\n```")
     log.close()
 
 
-def format_table(report: dict) -> str:
+def format_table(r: RunRecord) -> str:
     """The console summary: the run, its numbers, and one row per rank."""
-    lat = report["latency_ms"]
+    lat = r.latency_ms
     rows = [
-        ("run", f"{report['model']} G{report['groups']} x{report['width']:g} {report['stem']} stem, "
-                f"mode {report['mode']}, {report['devices']} device(s), batch {report['batch']}, "
-                f"overlap {report['overlap']}, exchange {report['exchange_dtype']}"),
-        ("images", f"{report['images']} of {report['image_size']}x{report['image_size']} "
-                   f"(+{report['warmup']} warm-up steps, not timed)"),
-        ("latency / batch", f"p50 {lat['p50']:.2f} ms  p95 {lat['p95']:.2f} ms  p99 {lat['p99']:.2f} ms"),
-        ("throughput", f"{report['throughput_ips']:.1f} images/s"),
-        ("bytes / image", f"{report['bytes_per_image']:,.0f} activations "
-                          f"({', '.join(f'{b:,.0f}' for b in report['bytes_per_image_per_point']) or '-'}), "
-                          f"{report['input_bytes_per_image']:,.0f} input, {report['result_bytes_per_image']:,.0f}"
-                          f" logits"),
+        ("run", f"{r.model} G{r.groups} x{r.width:g} {r.stem} stem, mode {r.mode}, {r.devices} device(s), "
+                f"batch {r.batch}, overlap {r.overlap}, exchange {r.exchange_dtype}"),
+        ("images", f"{r.images} of {r.image_size}x{r.image_size} (+{r.warmup} warm-up steps, not timed)"),
+        ("latency / batch", f"p50 {lat.p50:.2f} ms  p95 {lat.p95:.2f} ms  p99 {lat.p99:.2f} ms"),
+        ("throughput", f"{r.throughput_ips:.1f} images/s"),
+        ("bytes / image", f"{r.bytes_per_image:,.0f} activations "
+                          f"({', '.join(f'{b:,.0f}' for b in r.bytes_per_image_per_point) or '-'}), "
+                          f"{r.input_bytes_per_image:,.0f} input, {r.result_bytes_per_image:,.0f} logits"),
     ]
-    if report["bytes_saved_vs_fp32"]:
-        rows.append(("saved vs fp32", f"{report['bytes_saved_vs_fp32'] * 100:.1f}% of the activation bytes"))
-    if "top1_agreement" in report:
-        rows.append(("vs monolithic", f"max |dlogit| {report['max_abs_diff']:.2e} "
-                                      f"({report['max_rel_diff']:.1e} of the largest logit), "
-                                      f"top-1 agreement {report['top1_agreement'] * 100:.2f}%"))
-    if "top1" in report:
-        rows.append(("accuracy", f"top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%"))
-    if "run_dir" in report:
-        rows.append(("tensorboard", report["run_dir"]))
+    if r.bytes_saved_vs_fp32:
+        rows.append(("saved vs fp32", f"{r.bytes_saved_vs_fp32 * 100:.1f}% of the activation bytes"))
+    if r.top1_agreement is not None:
+        rows.append(("vs monolithic", f"max |dlogit| {r.max_abs_diff:.2e} ({r.max_rel_diff:.1e} of the largest "
+                                      f"logit), top-1 agreement {r.top1_agreement * 100:.2f}%"))
+    if r.top1 is not None:
+        rows.append(("accuracy", f"top-1 {r.top1:.2f}%  top-5 {r.top5:.2f}%"))
+    if r.run_dir is not None:
+        rows.append(("tensorboard", r.run_dir))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     lines.append(f"{'rank':>4} {'params MB':>10} {'peak RSS MB':>12} {'compute s':>10} {'comm wait s':>12} "
                  f"{'pack s':>8} {'threads':>8}")
-    for r in range(report["devices"]):
+    for i in range(r.devices):
         lines.append(
-            f"{r:>4} {report['params_per_rank'][r] / _MB:>10.2f} {report['peak_rss_per_rank'][r] / _MB:>12.1f} "
-            f"{report['compute_s_per_rank'][r]:>10.3f} {report['comm_wait_s_per_rank'][r]:>12.3f} "
-            f"{report['pack_s_per_rank'][r]:>8.3f} {report['threads_per_rank'][r]:>8}"
+            f"{i:>4} {r.params_per_rank[i] / MB:>10.2f} {r.peak_rss_per_rank[i] / MB:>12.1f} "
+            f"{r.compute_s_per_rank[i]:>10.3f} {r.comm_wait_s_per_rank[i]:>12.3f} "
+            f"{r.pack_s_per_rank[i]:>8.3f} {r.threads_per_rank[i]:>8}"
         )
     return "\n".join(lines)

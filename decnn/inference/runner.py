@@ -20,11 +20,12 @@ from decnn.inference.branch_mode import BranchMode
 from decnn.inference.codec import make_codec
 from decnn.inference.config import ConfigError, InferConfig
 from decnn.inference.inputs import Normalize, SyntheticImages, ValImages, batch_sizes
-from decnn.inference.metrics import agreement, param_bytes, peak_rss_bytes, reset_peak_rss, topk_accuracy
+from decnn.inference.metrics import agreement, param_bytes, peak_rss_bytes, reset_peak_rss, synced_time, topk_accuracy
 from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
 from decnn.inference.report import write_report
 from decnn.inference.spec import ModelSpec, resolve_model
 from decnn.partition import extract_branch
+from decnn.record import RunRecord
 
 SYNTHETIC_IMAGES = 64
 # Test-only fault injection: "RANK:STEP:exit" makes that rank exit at that timed step, ":hang" makes it hang.
@@ -64,7 +65,7 @@ def preflight(cfg: InferConfig, rank: int = 0) -> tuple[ModelSpec, object]:
     return spec, (open_inputs(cfg, spec) if rank == 0 else None)
 
 
-def run_rank(cfg: InferConfig) -> dict | None:
+def run_rank(cfg: InferConfig) -> RunRecord | None:
     """The whole run on this rank (the function every process runs); returns the report on rank 0."""
     rank = int(os.environ.get("RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
@@ -96,7 +97,7 @@ def _build_mode(cfg: InferConfig, comm: Communicator, spec: ModelSpec, normalize
     return model, held, None  # pipeline: run_pipeline splits the model itself
 
 
-def _run(cfg: InferConfig, comm: Communicator, spec: ModelSpec, source, cores: list[int]) -> dict | None:
+def _run(cfg: InferConfig, comm: Communicator, spec: ModelSpec, source, cores: list[int]) -> RunRecord | None:
     shared = comm.broadcast_object((len(source), source.image_size) if comm.rank == 0 else None)
     num_images, image_size = shared
     normalize = Normalize(spec.mean, spec.std, comm.device)
@@ -157,8 +158,7 @@ def _timed_steps(cfg, comm, mode, source, sizes: list[int], image_size: int) -> 
         inputs, labels = _load(source, step, first, image_size, comm.device, comm.rank)
         start = time.perf_counter()
         out = mode.step(inputs)
-        _sync(comm.device)
-        elapsed = time.perf_counter() - start
+        elapsed = synced_time(comm.device) - start
         if comm.rank == 0:
             timing.latency_s += [elapsed] * len(step)
             timing.busy_s += elapsed
@@ -221,11 +221,6 @@ def _quality(cfg, spec: ModelSpec, normalize, source, sizes, timing: Timing) -> 
                 start += n
         quality.update(agreement(logits, torch.cat(refs)))
     return quality
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _inject_fault(rank: int, step: int) -> None:

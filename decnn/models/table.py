@@ -13,6 +13,7 @@ import json
 import timm
 
 import decnn  # noqa: F401  (registers the models)
+from decnn.models.decoupled_resnet import STEMS
 from decnn.models.stats import GOLDEN_PATH, count_flops, count_params, golden_stats, model_names
 from decnn.partition import Placement, extract_branches
 
@@ -46,7 +47,7 @@ def table_rows(names, variants, devices, stem, size) -> list[dict]:
     return rows
 
 
-def format_markdown(rows: list[dict], size: int) -> str:
+def model_table(rows: list[dict], size: int) -> str:
     lines = [
         f"| model | groups | width | params (M) | GFLOPs @{size}px | devices | params/device (M) | GFLOPs/device |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -65,7 +66,7 @@ def main(argv=None) -> None:
     p.add_argument("--groups", type=int, nargs="+", help="with --width (default: 1 and each model's own)")
     p.add_argument("--width", type=float, nargs="+", help="width multipliers, one per --groups value")
     p.add_argument("--devices", type=int, nargs="+", default=[2], help="device counts (those dividing groups)")
-    p.add_argument("--stem", default="tiny", choices=("tiny", "imagenet"))
+    p.add_argument("--stem", default="tiny", choices=STEMS)
     p.add_argument("--size", type=int, default=64, help="input resolution for FLOPs")
     p.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     p.add_argument("--write-golden", action="store_true", help=f"rewrite {GOLDEN_PATH.name} and exit")
@@ -78,7 +79,7 @@ def main(argv=None) -> None:
         p.error("--groups and --width go together, one width per groups value")
     variants = list(zip(args.groups, args.width)) if args.groups else None
     rows = table_rows(args.models or model_names(), variants, args.devices, args.stem, args.size)
-    print(json.dumps(rows, indent=2) if args.json else format_markdown(rows, args.size))
+    print(json.dumps(rows, indent=2) if args.json else model_table(rows, args.size))
 
 
 if __name__ == "__main__":

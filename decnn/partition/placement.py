@@ -57,9 +57,6 @@ class Placement:
     def as_lists(self) -> list[list[int]]:
         return [list(dev) for dev in self.devices]
 
-    def owner(self, group: int) -> int:
-        return next(d for d, dev in enumerate(self.devices) if group in dev)
-
     def local_channels(self, channels: int, device: int) -> torch.Tensor:
         """Global indices of device's channels, in local order, for a tensor of ``channels`` channels."""
         if channels % self.groups:

@@ -5,7 +5,7 @@ A checkpoint is a dict of plain types and tensors::
     model         the model's state_dict
     model_name    timm name, e.g. "decnn_resnet34"
     model_kwargs  timm.create_model kwargs, num_classes included
-    config        the resolved training config (Config.to_dict())
+    config        the resolved training config (TrainingConfig.to_dict())
     optimizer, scheduler, scaler   their state_dicts
     epoch         epochs completed
     best_top1, best_top5           val accuracy (%) of the best epoch so far

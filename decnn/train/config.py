@@ -1,7 +1,7 @@
 """The typed training config: nested frozen dataclasses, read from YAML, overridden as ``section.key=value``.
 
 ``load_config`` is the only way in: it merges a YAML file (or a checkpoint's config) with command-line
-overrides, checks every key and type, validates ranges once, and returns a frozen ``Config``.
+overrides, checks every key and type, validates ranges once, and returns a frozen ``TrainingConfig``.
 """
 
 from __future__ import annotations
@@ -14,16 +14,12 @@ from pathlib import Path
 
 import yaml
 
-from decnn.models import model_names
+from decnn.errors import ConfigError
+from decnn.models import STEMS, model_names
 
-STEMS = ("tiny", "imagenet")
 OPTIMIZERS = ("sgd", "adamw")
 AMP_DTYPES = ("none", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class ConfigError(ValueError):
-    """A config file or override is unknown, wrongly typed or out of range; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +69,9 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class LoopConfig:
+    """The ``train:`` section: how the loop runs."""
+
     seed: int = 0
     deterministic: bool = False  # deterministic kernels (slower on CUDA); CPU runs are reproducible anyway
     device: str = "auto"  # "auto" = CUDA when available
@@ -90,13 +88,13 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
-class Config:
+class TrainingConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict:
@@ -108,7 +106,7 @@ class Config:
 
 def load_config(
     path: str | Path | None = None, overrides: typing.Sequence[str] = (), base: dict | None = None
-) -> Config:
+) -> TrainingConfig:
     """Build the config from ``path`` (YAML) or ``base`` (a saved config dict), then ``key=value`` overrides."""
     if path is not None:
         with open(path) as f:
@@ -123,7 +121,7 @@ def load_config(
         section, _, name = key.partition(".")
         _field(section, name, where=f"override {override!r}")
         values.setdefault(section, {})[name] = text if _types(section)[name] is str else _parse(text, override)
-    cfg = Config(**{s: _section(s, v) for s, v in values.items()})
+    cfg = TrainingConfig(**{s: _section(s, v) for s, v in values.items()})
     validate(cfg)
     return cfg
 
@@ -136,12 +134,12 @@ def _parse(stream, where: str):
 
 
 def _types(section: str) -> dict[str, type]:
-    return typing.get_type_hints(typing.get_type_hints(Config)[section])
+    return typing.get_type_hints(typing.get_type_hints(TrainingConfig)[section])
 
 
 def _field(section: str, name: str | None, where: str) -> None:
     """Raise a ConfigError naming the valid keys unless ``section`` (and ``section.name``) exists."""
-    sections = list(typing.get_type_hints(Config))
+    sections = list(typing.get_type_hints(TrainingConfig))
     if section not in sections:
         raise ConfigError(f"{where}: unknown section {section!r}{_suggest(section, sections)}")
     names = list(_types(section))
@@ -170,7 +168,7 @@ def _nested(base: dict, where: str) -> dict[str, dict]:
 def _section(section: str, values: dict):
     types = _types(section)
     converted = {name: _convert(f"{section}.{name}", value, types[name]) for name, value in values.items()}
-    return typing.get_type_hints(Config)[section](**converted)
+    return typing.get_type_hints(TrainingConfig)[section](**converted)
 
 
 def _convert(key: str, value, kind: type):
@@ -187,7 +185,7 @@ def _convert(key: str, value, kind: type):
     return value
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: TrainingConfig) -> None:
     """Check value ranges and choices once; raise ConfigError naming the first bad value."""
     m, d, a, o, s, t, r = cfg.model, cfg.data, cfg.augment, cfg.optim, cfg.schedule, cfg.train, cfg.run
     checks = [

@@ -37,12 +37,12 @@ from decnn.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from decnn.train.config import Config, ConfigError, DataConfig, ModelConfig, OptimConfig
+from decnn.train.config import ConfigError, DataConfig, ModelConfig, OptimConfig, TrainingConfig
 from decnn.train.logger import make_logger
 from decnn.train.meters import Progress, topk_correct
 from decnn.train.transforms import batch_mixer, eval_transform, train_transform
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+TORCH_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # config.AMP_DTYPES but "none"
 
 
 def pick_device(device: str, local_rank: int = 0) -> torch.device:
@@ -102,7 +102,7 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer
     return torch.optim.AdamW(params, lr=cfg.lr)
 
 
-def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+def build_scheduler(cfg: TrainingConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     """Per-step linear warmup to ``optim.lr``, then cosine decay to ``schedule.min_lr``."""
     warmup = cfg.schedule.warmup_epochs * steps_per_epoch
     total = cfg.schedule.epochs * steps_per_epoch
@@ -144,13 +144,13 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dty
 class Trainer:
     """Everything one training process holds. ``fit()`` runs the remaining epochs; ``step_epoch()`` runs one."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: TrainingConfig):
         self.cfg = cfg
         self.rank, self.world_size, self.device = init_distributed(cfg.train.device)
         self.is_main = self.rank == 0
         seed_everything(cfg.train.seed + self.rank, cfg.train.deterministic)
         cuda = self.device.type == "cuda"
-        self.amp_dtype = AMP_DTYPES.get(cfg.train.amp) if cuda else None
+        self.amp_dtype = TORCH_AMP_DTYPES.get(cfg.train.amp) if cuda else None
         self.memory_format = torch.channels_last if cfg.train.channels_last and cuda else torch.preserve_format
         if not cuda and (cfg.train.amp != "none" or cfg.train.channels_last):
             self._say("note: train.amp and train.channels_last apply on CUDA only; this run is fp32 on the CPU")
@@ -356,7 +356,7 @@ class Trainer:
         }
 
 
-def train(cfg: Config) -> dict:
+def train(cfg: TrainingConfig) -> dict:
     """Train as ``cfg`` says (under torchrun: this process's share); return the best val metrics."""
     try:
         return Trainer(cfg).fit()
@@ -365,7 +365,7 @@ def train(cfg: Config) -> dict:
             dist.destroy_process_group()
 
 
-def evaluate_checkpoint(path: str | Path, cfg: Config) -> dict[str, float]:
+def evaluate_checkpoint(path: str | Path, cfg: TrainingConfig) -> dict[str, float]:
     """Val loss and top-1/top-5 (%) of a checkpoint on ``cfg``'s val set, in one process."""
     device = pick_device(cfg.train.device)
     model, ckpt = load_model(path, expected_name=cfg.model.name)
@@ -374,5 +374,5 @@ def evaluate_checkpoint(path: str | Path, cfg: Config) -> dict[str, float]:
     val_set, num_classes = build_dataset(dataset_root(d), "val", val_tf, d.max_val_images)
     check_architecture(ckpt, cfg.model.name, model_kwargs(cfg.model, num_classes), where=str(path))
     loader = DataLoader(val_set, d.batch_size, num_workers=d.workers)
-    amp_dtype = AMP_DTYPES.get(cfg.train.amp) if device.type == "cuda" else None
+    amp_dtype = TORCH_AMP_DTYPES.get(cfg.train.amp) if device.type == "cuda" else None
     return evaluate(model.to(device), loader, device, amp_dtype)

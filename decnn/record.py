@@ -1,0 +1,200 @@
+"""The run record: what one run measured, in one typed form that every writer and reader shares.
+
+``infer_distributed.py`` writes one per run (JSON with ``--out``, a TensorBoard HPARAMS row, the console
+table); the benchmark reads them back and writes one per configuration (medians over rounds, plus the
+ratios and the cost model's prediction); ``decnn compare`` and the paper tables read them from JSON or
+TensorBoard. A key this record does not know is an error, never a silent ``None``.
+
+Fields left ``None`` were not measured by that run (accuracy without labels, ratios outside the benchmark)
+and are left out of the JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+MB = 2**20
+
+
+class RecordError(ValueError):
+    """A run record (JSON or TensorBoard) with unknown or missing keys."""
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Per-batch latency percentiles in milliseconds."""
+
+    p50: float
+    p95: float
+    p99: float
+    mean: float | None = None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One inference run (or a benchmark configuration's medians over rounds, or a training run's result)."""
+
+    # What ran.
+    model: str
+    groups: int
+    width: float
+    mode: str  # single, data, branch, pipeline; "train" for a training run read back from TensorBoard
+    devices: int
+    name: str | None = None  # the benchmark's configuration name
+    stem: str | None = None
+    placement: list[list[int]] | None = None
+    batch: int | None = None
+    overlap: int | None = None
+    exchange_dtype: str | None = None
+    link: str | None = None  # the benchmark's emulated link, or "loopback"
+    oversubscribed: bool | None = None
+    image_size: int | None = None
+    images: int | None = None
+    warmup: int | None = None
+    rounds: int | None = None
+    checkpoint: str | None = None
+    run_dir: str | None = None
+    # Speed, traffic and memory.
+    latency_ms: Latency | None = None
+    latency_p50_ms_per_round: list[float] | None = None
+    throughput_ips: float | None = None
+    bytes_per_image: float | None = None
+    bytes_per_image_per_point: list[float] | None = None
+    bytes_saved_vs_fp32: float | None = None
+    input_bytes_per_image: float | None = None
+    result_bytes_per_image: float | None = None
+    params_per_device_mb: float | None = None  # the largest rank's parameters
+    peak_rss_mb: float | None = None  # the largest rank's peak RSS
+    params_per_rank: list[int] | None = None
+    peak_rss_per_rank: list[int] | None = None
+    compute_s_per_rank: list[float] | None = None
+    comm_wait_s_per_rank: list[float] | None = None
+    pack_s_per_rank: list[float] | None = None
+    threads_per_rank: list[int] | None = None
+    cores_per_rank: list[list[int]] | None = None
+    hosts: list[str] | None = None
+    collectives_per_batch: list[dict[str, float]] | None = None
+    pipeline_stages: Any = None
+    # Quality: against the labels, and against the whole model on one device (--verify).
+    top1: float | None = None
+    top5: float | None = None
+    top1_agreement: float | None = None
+    max_abs_diff: float | None = None
+    max_rel_diff: float | None = None
+    # The benchmark: ratios against the 1-device baselines (within a round, then the median).
+    latency_ratio_vs_resnet34: float | None = None
+    throughput_ratio_vs_resnet34: float | None = None
+    latency_ratio_vs_decnn_single: float | None = None
+    throughput_ratio_vs_decnn_single: float | None = None
+    # The cost model's prediction and the measurement it predicts.
+    predicted_latency_ms: float | None = None
+    predicted_compute_ms: float | None = None
+    predicted_transfer_ms: float | None = None
+    measured_for_prediction_ms: float | None = None
+
+    # JSON -----------------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        """The JSON form: every measured field, in declaration order (``None`` fields left out)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, Latency):
+                value = {k: v for k, v in dataclasses.asdict(value).items() if v is not None}
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunRecord:
+        """The record of a JSON dict; unknown or missing keys raise :class:`RecordError`."""
+        unknown = sorted(set(data) - set(KEYS))
+        if unknown:
+            raise RecordError(f"unknown run record key(s) {unknown}; valid keys: {', '.join(KEYS)}")
+        missing = [k for k in REQUIRED if k not in data]
+        if missing:
+            raise RecordError(f"run record lacks {missing}, e.g. "
+                              '{"model": "decnn_resnet34", "groups": 4, "width": 1.5, "mode": "branch", "devices": 2}')
+        data = dict(data)
+        if isinstance(data.get("latency_ms"), dict):
+            try:
+                data["latency_ms"] = Latency(**data["latency_ms"])
+            except TypeError as e:
+                raise RecordError(f"latency_ms needs p50, p95, p99 (and optionally mean): {e}") from None
+        return cls(**data)
+
+    # TensorBoard ----------------------------------------------------------------------------------------
+
+    def tensorboard(self) -> tuple[dict, dict[str, float]]:
+        """The HPARAMS row: (hparams, metrics), ``None`` fields left out."""
+        hparams = {k: getattr(self, k) for k in HPARAMS if getattr(self, k) is not None}
+        metrics = {tag: value for tag, value in ((tag, _get(self, path)) for tag, path in METRIC_TAGS.items())
+                   if value is not None}
+        return hparams, metrics
+
+    @classmethod
+    def from_tensorboard(cls, hparams: dict, metrics: dict[str, float]) -> RunRecord:
+        """The record of an HPARAMS row written by :meth:`tensorboard`, or by ``train.py`` (mode "train").
+
+        Scalars other than the record's metric tags (the curves a run also logs) are ignored.
+        """
+        if TRAIN_TOP1 in metrics:
+            return _training_record(hparams, metrics)
+        unknown = sorted(set(hparams) - set(HPARAMS))
+        if unknown:
+            raise RecordError(f"unknown hparam(s) {unknown} in an inference run; valid: {', '.join(HPARAMS)}")
+        values = {k: HPARAMS[k](v) for k, v in hparams.items()}
+        latency = {}
+        for tag, path in METRIC_TAGS.items():
+            if tag in metrics:
+                if path[0] == "latency_ms":
+                    latency[path[1]] = metrics[tag]
+                else:
+                    values[path[0]] = metrics[tag]
+        if latency:
+            values["latency_ms"] = latency
+        return cls.from_dict(values)
+
+    def log_hparams(self, log) -> None:
+        """Write the HPARAMS row through a :mod:`decnn.train.logger` logger."""
+        log.hparams(*self.tensorboard())
+
+
+# The settings that tell runs apart in TensorBoard's HPARAMS tab, with the type each reads back as.
+HPARAMS = {"model": str, "groups": int, "width": float, "stem": str, "mode": str, "devices": int, "batch": int,
+           "exchange_dtype": str, "overlap": int, "link": str, "name": str}
+# The headline numbers, by TensorBoard tag: the field (or field and key) each comes from.
+METRIC_TAGS = {
+    "infer/latency_p50_ms": ("latency_ms", "p50"),
+    "infer/latency_p95_ms": ("latency_ms", "p95"),
+    "infer/latency_p99_ms": ("latency_ms", "p99"),
+    **{f"infer/{k}": (k,) for k in (
+        "throughput_ips", "bytes_per_image", "params_per_device_mb", "peak_rss_mb", "top1", "top5",
+        "top1_agreement", "max_abs_diff", "max_rel_diff", "latency_ratio_vs_resnet34",
+        "latency_ratio_vs_decnn_single", "throughput_ratio_vs_resnet34", "throughput_ratio_vs_decnn_single",
+        "predicted_latency_ms")},
+}
+TRAIN_TOP1, TRAIN_TOP5 = "hparam/best_top1", "hparam/best_top5"  # what train.py logs with its HPARAMS row
+
+KEYS = tuple(f.name for f in dataclasses.fields(RunRecord))
+REQUIRED = tuple(f.name for f in dataclasses.fields(RunRecord) if f.default is dataclasses.MISSING)
+
+
+def _get(record: RunRecord, path: tuple[str, ...]):
+    value = getattr(record, path[0])
+    return getattr(value, path[1]) if value is not None and len(path) > 1 else value
+
+
+def _training_record(hparams: dict, metrics: dict[str, float]) -> RunRecord:
+    """A training run: the whole model on one device; its accuracy is the best val top-1/top-5."""
+    params = hparams.get("params")
+    return RunRecord(
+        model=hparams["model"], groups=int(hparams["groups"]), width=float(hparams["width"]), mode="train",
+        devices=1, stem=hparams.get("stem"), batch=int(hparams["batch_size"]) if "batch_size" in hparams else None,
+        image_size=int(hparams["image_size"]) if "image_size" in hparams else None,
+        params_per_device_mb=params * 4 / MB if params is not None else None,
+        top1=metrics[TRAIN_TOP1], top5=metrics.get(TRAIN_TOP5),
+    )

@@ -1,0 +1,54 @@
+"""The run record: JSON and TensorBoard round-trip through it, and an unknown key is an error."""
+
+import json
+
+import pytest
+
+from decnn.bench.compare import read_run
+from decnn.record import KEYS, Latency, RecordError, RunRecord
+from decnn.train.logger import make_logger
+
+RECORD = RunRecord(
+    model="decnn_resnet34", groups=4, width=1.5, stem="tiny", mode="branch", devices=2, placement=[[0, 1], [2, 3]],
+    batch=8, overlap=2, exchange_dtype="fp16", link="20mbit", name="decnn branch fp16 overlap",
+    latency_ms=Latency(40.0, 45.0, 47.5, 41.0), throughput_ips=66.0, bytes_per_image=672e3,
+    bytes_per_image_per_point=[224e3] * 3, params_per_device_mb=23.2, peak_rss_mb=310.0,
+    collectives_per_batch=[{"broadcast": 1, "all_to_all": 3, "reduce": 1}] * 2, top1_agreement=1.0,
+    max_abs_diff=2e-6, max_rel_diff=1e-7, latency_ratio_vs_resnet34=2.5, predicted_latency_ms=38.0,
+)
+
+
+def test_json_round_trips_and_leaves_out_what_was_not_measured():
+    data = json.loads(json.dumps(RECORD.to_dict()))
+    assert "top1" not in data and data["latency_ms"] == {"p50": 40.0, "p95": 45.0, "p99": 47.5, "mean": 41.0}
+    assert RunRecord.from_dict(data) == RECORD
+
+
+def test_unknown_or_missing_keys_are_errors_not_none():
+    with pytest.raises(RecordError, match=r"unknown run record key\(s\) \['latency_p50'\]; valid keys: model"):
+        RunRecord.from_dict({**RECORD.to_dict(), "latency_p50": 1.0})
+    with pytest.raises(RecordError, match=r"lacks \['devices'\], e.g. \{\"model\""):
+        RunRecord.from_dict({"model": "decnn_resnet34", "groups": 4, "width": 1.5, "mode": "branch"})
+    with pytest.raises(RecordError, match="latency_ms needs p50, p95, p99"):
+        RunRecord.from_dict({**RECORD.to_dict(), "latency_ms": {"p50": 1.0}})
+    with pytest.raises(AttributeError):
+        RECORD.latency_p50  # noqa: B018  (a typo in code fails as loudly)
+    assert len(KEYS) == len(set(KEYS))
+
+
+def test_tensorboard_hparams_round_trip_through_real_event_files(tmp_path):
+    with make_logger(tmp_path) as log:
+        RECORD.log_hparams(log)
+    hparams, metrics = read_run(tmp_path)
+    back = RunRecord.from_tensorboard(hparams, metrics)
+    assert back.tensorboard()[0] == RECORD.tensorboard()[0]  # settings, with their types
+    assert back.tensorboard()[1] == pytest.approx(RECORD.tensorboard()[1])  # headline numbers (TensorBoard: fp32)
+    assert (back.groups, back.devices, back.latency_ms.p95) == (4, 2, pytest.approx(45.0))
+
+
+def test_a_training_runs_hparams_read_as_a_training_record():
+    hparams = {"model": "decnn_resnet34", "groups": 4.0, "width": 1.5, "params": 12139688, "batch_size": 256.0,
+               "lr": 0.1, "optimizer": "sgd"}
+    r = RunRecord.from_tensorboard(hparams, {"hparam/best_top1": 61.0, "hparam/best_top5": 84.0, "train/loss": 1.0})
+    assert (r.mode, r.devices, r.batch, r.groups, r.top1, r.top5) == ("train", 1, 256, 4, 61.0, 84.0)
+    assert r.params_per_device_mb == pytest.approx(12139688 * 4 / 2**20)
