@@ -122,3 +122,24 @@ def test_local_run_hook_sees_every_step_and_keeps_the_result():
     out = run_branches_locally(branches, x, on_step=lambda d, i, run: seen.append((d, i)) or run())
     assert sorted(seen) == [(d, i) for d in range(2) for i in range(len(branches[0].segments) + 1)]
     torch.testing.assert_close(out, run_branches_locally(branches, x))
+
+
+@pytest.mark.slow
+def test_profile_over_two_processes_then_plan_runs_and_reports(tmp_path, capsys):
+    import json
+
+    from decnn.inference.cli import main as infer_main
+    from decnn.plan.__main__ import main as plan_main
+
+    path = tmp_path / "profile.json"
+    small = ["--width", "0.25", "--image-size", "32"]
+    assert plan_main(["profile", "--devices", "2", "--batch", "2", *small, "--out", str(path)]) == 0
+    profile = Profile.load(path)
+    assert profile.num_devices == 2 and len(profile.devices[1].segment_s) == profile.groups
+    assert profile.links.bytes_per_s[0][1] > 0 and profile.links.latency_s[1][0] > 0
+    out = tmp_path / "report.json"
+    assert infer_main(["--random-init", *small, "--devices", "2", "--batch", "2", "--num-images", "8",
+                       "--plan", str(path), "--out", str(out), "--log-dir", ""]) == 0
+    report = json.loads(out.read_text())
+    assert report["plan"]["args"] == plan(profile, "latency")[0].infer_args()
+    assert report["plan"]["measured_ms"] > 0 and "predicted" in capsys.readouterr().out
