@@ -11,13 +11,18 @@ one segment (milliseconds), not a stall of 100 ms now and then.
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from decnn.bench.links import EmulatedLink, LinkError, parse_rate
+from decnn.partition import Placement
+from decnn.plan.planner import Plan, plan, predict_branch, predict_single
+from decnn.plan.profile import Profile
 
 _PERIOD_US = 10_000
 _V2 = Path("/sys/fs/cgroup")
@@ -100,24 +105,13 @@ def run_single(link: EmulatedLink, args: list[str]) -> None:
         raise RuntimeError(f"single run failed:\n{out.stdout[-800:]}{out.stderr[-800:]}")
 
 
-def scratch() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="decnn-plan-")
-
-
 def side_by_side(devices: int, batch: int, slow_host: int, cpu: float, link_rate: str | None,
                  slow_link: str | None, rounds: int, images: int, objective: str) -> dict:
     """Profile the emulated devices, plan, then run the even placement, the plan and one device (host 0)
     in interleaved rounds; returns predictions and per-round measurements."""
-    import json
-    import statistics
-
-    from decnn.partition import Placement
-    from decnn.plan.planner import Plan, plan, predict_branch, predict_single
-    from decnn.plan.profile import Profile
-
     port = 29600
     with EmulatedLink(link_rate, devices, name_prefix="decnnplan") as link, CpuQuota(cpu) as quota, \
-            scratch() as tmp:
+            tempfile.TemporaryDirectory(prefix="decnn-plan-") as tmp:
         if slow_link:
             shape_host(link, slow_host, slow_link)
         slow = (slow_host, quota) if cpu < 1 else None
