@@ -88,12 +88,14 @@ def test_placements_are_all_compositions():
 def test_branch_prediction_matches_the_formula():
     profile = synthetic(rate=1e6)
     pred = predict_branch(profile, Placement.even(4, 2), "fp16", 1)
-    compute = 3 * (0.005 + 0.0001) + 0.0001  # three segments (two with packing) of half the groups, and the head
-    # Each shuffle: a device sends half its channels (fp16, 64 or 16 pixels, batch 1) at 1 MB/s.
-    sends = [32 * 64 * 2, 64 * 16 * 2]
+    compute = 3 * 0.005 + 2 * 0.0001 + 0.0001  # three segments of half the groups, two packings, the head
+    # Each shuffle: a device holds half the channels (32 of 64, 64 of 128) and sends half of those to the other
+    # (fp16, 64 or 16 pixels, batch 1) at 1 MB/s.
+    sends = [16 * 64 * 2, 32 * 16 * 2]
     transfer = sum(transfer_seconds([[0, b], [b, 0]], profile.links.bytes_per_s, 2e-4) for b in sends)
     broadcast, reduce = 1e-4 + 768 / 1e6, 1e-4 + 40 / 1e6
     assert pred.step_s == pytest.approx(compute + transfer + broadcast + reduce)
+    assert pred.step_s == pytest.approx(0.0153 + (2e-4 + 2048e-6) + (2e-4 + 1024e-6) + 868e-6 + 140e-6)
 
 
 def test_profile_round_trips_through_json(tmp_path):
