@@ -46,7 +46,8 @@ def test_ratios_are_taken_within_each_round_then_medianed():
     baselines = [{"resnet34 single": _report(40, 25), "decnn single": _report(30, 33)},
                  {"resnet34 single": _report(80, 12.5), "decnn single": _report(60, 17)},
                  {"resnet34 single": _report(60, 15), "decnn single": _report(45, 22)}]
-    record = summarize(config, reports, baselines, Prediction(0.01, 0.005, 0.015, 0.01))
+    prediction = Prediction(step_s=0.015, per_batch_s=0.015, compute_s=0.01, transfer_s=0.005)
+    record = summarize(config, reports, baselines, prediction)
     assert record.latency_ms.p50 == 30
     assert record.latency_ratio_vs_resnet34 == pytest.approx(2.0)
     assert record.latency_ratio_vs_decnn_single == pytest.approx(1.5)

@@ -1,41 +1,44 @@
-"""The split-inference cost model: its arithmetic and the byte counts it takes from the branches."""
+"""The split-inference cost model: its formulas on cases computed by hand."""
 
 import pytest
-import timm
-import torch
 
-from decnn.bench.costmodel import predict, sent_bytes, time_segments
-from decnn.partition import Placement, extract_branches
+from decnn.bench.costmodel import data_parallel, pipeline, simulate_branch, transfer_seconds
 
 
-def test_prediction_adds_slowest_device_per_segment_and_transfers():
-    seconds = [[0.010, 0.020], [0.015, 0.005]]  # two devices, two segments
-    sent = [[1_000_000], [500_000]]  # bytes at the one shuffle point
-    p = predict(seconds, sent, rate_bps=8e6, per_message_s=0.001)
-    assert p.compute_s == pytest.approx(0.015 + 0.020)
-    assert p.transfer_s == pytest.approx(1.0 + 0.001)  # the busier link sets the pace
-    assert p.latency_s == pytest.approx(p.compute_s + p.transfer_s)
-    assert p.overlapped_s == pytest.approx(max(0.030, 1.001))
+def test_transfer_is_the_busiest_endpoint_plus_one_message():
+    bw = [[0, 1e6], [2e6, 0]]  # bytes/s: 0->1 at 1 MB/s, 1->0 at 2 MB/s
+    sent = [[0, 500_000], [500_000, 0]]
+    # device 0 sends 0.5 s, device 1 sends 0.25 s; device 0 receives 0.25 s, device 1 receives 0.5 s
+    assert transfer_seconds(sent, bw, message_s=0.001) == pytest.approx(0.501)
 
 
-def test_unlimited_link_costs_only_the_per_message_overhead():
-    p = predict([[0.01, 0.01]], [[10**9]], rate_bps=None, per_message_s=0.002)
-    assert p.transfer_s == pytest.approx(0.002)
+def test_transfer_adds_the_links_of_one_sender():
+    bw = [[0, 1e6, 1e6], [1e6, 0, 1e6], [1e6, 1e6, 0]]
+    sent = [[0, 100_000, 300_000], [0, 0, 0], [0, 0, 0]]
+    assert transfer_seconds(sent, bw, 0.0) == pytest.approx(0.4)  # device 0's egress: 0.1 + 0.3 s
 
 
-def test_bytes_follow_the_exchange_plans():
-    model = timm.create_model("decnn_resnet18", width=0.5, num_classes=10).eval()
-    branches = extract_branches(model, Placement.even(4, 2))
-    x = torch.randn(2, 3, 32, 32)
-    sent = sent_bytes(branches, x, element_size=2)
-    # Stage widths 32/64/128 at 32/16/8 px; each device holds half and sends half of that: a quarter.
-    expected = [c // 4 * 2 * s * s * 2 for c, s in ((32, 32), (64, 16), (128, 8))]
-    assert sent == [expected, expected]
+def test_one_batch_is_slowest_device_per_segment_plus_every_transfer():
+    compute = [[0.010, 0.020], [0.015, 0.005]]  # two devices, two segments (the head in the last)
+    p = simulate_branch(compute, transfer=[0.100], in_flight=1, broadcast_s=0.002, reduce_s=0.003)
+    assert p.step_s == pytest.approx(0.002 + 0.015 + 0.100 + 0.020 + 0.003)
+    assert p.per_batch_s == p.step_s
 
 
-def test_segment_timing_has_one_entry_per_device_and_segment():
-    model = timm.create_model("decnn_resnet18", width=0.25, num_classes=10).eval()
-    branches = extract_branches(model, Placement(4, ((0, 1, 2), (3,))))
-    seconds = time_segments(branches, torch.randn(1, 3, 32, 32), repeats=3)
-    assert len(seconds) == 2 and all(len(dev) == 4 for dev in seconds)
-    assert all(t > 0 for dev in seconds for t in dev)
+def test_two_batches_in_flight_hide_a_transfer_behind_the_next_compute():
+    compute = [[0.010, 0.010]]  # one device, for the arithmetic
+    p = simulate_branch(compute, transfer=[0.005], in_flight=2)
+    # b0 s0 ends 10, its transfer 10-15; b1 s0 ends 20, transfer 20-25; b0 s1 20-30; b1 s1 30-40
+    assert p.step_s == pytest.approx(0.040)
+    assert p.per_batch_s == pytest.approx(0.020)
+    slow_link = simulate_branch(compute, transfer=[0.030], in_flight=2)
+    # transfers 10-40 and 40-70 (one link); b0 s1 40-50, b1 s1 70-80
+    assert slow_link.step_s == pytest.approx(0.080)
+
+
+def test_data_parallel_and_pipeline():
+    d = data_parallel([0.030, 0.050], scatter_s=0.002, gather_s=0.001)
+    assert d.step_s == pytest.approx(0.053) and d.per_batch_s == pytest.approx(0.0265)
+    p = pipeline([0.010, 0.020], [0.004], microbatches=2, result_s=0.001)
+    # first micro-batch 10 + 4 + 20, the second 20 behind it, logits back 1
+    assert p.step_s == pytest.approx(0.055)

@@ -16,19 +16,16 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import timm
 import torch
 from tqdm import tqdm
 
 import decnn  # noqa: F401  (registers the models)
-from decnn.bench.costmodel import predict, sent_bytes, time_segments
 from decnn.bench.links import EmulatedLink, links_available, parse_rate
 from decnn.bench.plan import DECNN, BenchConfig, plan
+from decnn.bench.predict import format_errors, measure_profiles, predictions
 from decnn.bench.run import RunFailed, run_local, run_over_link
 from decnn.bench.summary import BASELINES, bench_table, crossovers, format_crossovers, summarize, write
 from decnn.exitcodes import run_main
-from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
-from decnn.partition import Placement, extract_branches
 from decnn.record import RunRecord
 
 ELEMENT_SIZE = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
@@ -49,8 +46,6 @@ def parse_args(argv):
     p.add_argument("--images", type=int, default=16, help="timed batches per run (default 16)")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches per run (default 2)")
     p.add_argument("--timeout", type=float, default=60.0, help="collective timeout of each run (s)")
-    p.add_argument("--per-message-ms", type=float, default=0.2,
-                   help="fixed cost of one exchange in the cost model (default 0.2, gloo on loopback)")
     p.add_argument("--out", default="results/bench.json", help="JSON report; a .md table is written beside it")
     p.add_argument("--log-dir", default="runs/bench", help="TensorBoard runs ('' for none)")
     args = p.parse_args(argv)
@@ -66,28 +61,6 @@ def parse_args(argv):
     return args
 
 
-def predictions(configs: list[BenchConfig], per_message_s: float) -> dict[str, object]:
-    """Cost-model predictions for the branch runs, from this process's own 1-thread segment timings of
-    branches prepared exactly as infer_distributed.py prepares them (BN folded, channels-last)."""
-    torch.set_num_threads(1)
-    keep_freed_memory()
-    model = timm.create_model(DECNN["model"], groups=DECNN["groups"], width=DECNN["width"]).eval()
-    out, timed = {}, {}
-    for c in configs:
-        if c.mode != "branch":
-            continue
-        key = (c.devices, c.batch)
-        if key not in timed:
-            branches = [prepare_for_inference(b)
-                        for b in extract_branches(model, Placement.even(DECNN["groups"], c.devices))]
-            x = torch.randn(c.batch, 3, 64, 64).contiguous(memory_format=torch.channels_last)
-            timed[key] = (time_segments(branches, x), branches, x)
-        seconds, branches, x = timed[key]
-        rate = None if c.link is None else parse_rate(c.link)
-        out[c.label()] = predict(seconds, sent_bytes(branches, x, ELEMENT_SIZE[c.exchange_dtype]), rate, per_message_s)
-    return out
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     links = [None if link == "loopback" else link for link in args.link]
@@ -100,14 +73,13 @@ def main(argv=None) -> int:
     skipped = [n for n in args.devices if DECNN["groups"] % n]
     if skipped:
         print(f"skipping --devices {skipped}: {DECNN['groups']} groups do not split evenly", file=sys.stderr)
-    print(f"cost model: timing each branch's segments ({len(args.batch)} batch sizes) ...", flush=True)
-    predicted = predictions(configs, args.per_message_ms / 1e3)
-
     reports: dict[str, list[RunRecord]] = {c.label(): [] for c in configs}
     with ExitStack() as stack:
         emulated = {(link, n): stack.enter_context(EmulatedLink(link, num_hosts=n))
                     for link in links if link for n in {c.devices for c in configs if c.link == link}}
         port = 29500
+        print("cost model: profiling every (link, devices, batch) over its process group ...", flush=True)
+        predicted = predictions(configs, measure_profiles(configs, emulated, port + 1000))
         bar = tqdm(total=args.rounds * len(configs), desc="bench", unit="run", file=sys.stdout)
         for _ in range(args.rounds):
             for c in configs:
@@ -139,6 +111,7 @@ def main(argv=None) -> int:
     print(bench_table(records))
     if crossovers(records):
         print("\n" + format_crossovers(crossovers(records)))
+    print(format_errors(records))
     print(f"\nwrote {args.out} and {Path(args.out).with_suffix('.md')}"
           + (f"; TensorBoard: tensorboard --logdir {args.log_dir}" if args.log_dir else ""))
     return 0

@@ -1,78 +1,90 @@
-"""A cost model for split inference: measured branch compute plus bytes over a link of known bandwidth.
+"""A cost model for split inference, built from measured parts only: segment times, codec and packing
+times, per-message latency and each link's real (TCP) throughput, all from a profile taken where the run runs.
 
-Latency of one batch without overlap: every segment waits for the slowest device, then every device sends
-its share of the shuffle over its own link (the exchange is an all-to-all, so each device's egress carries
-what it sends to all the others):
+Transfers. An all-to-all in which device s sends ``b[s][d]`` bytes to device d ends when the busiest
+endpoint has moved its bytes: every device's egress (its sends, one link after another) and ingress (its
+receives) each take ``sum b / bandwidth`` over their links, so
 
-    latency = sum_i max_d compute[d][i] + sum_s max_d sent_bytes[d][s] * 8 / rate + messages * overhead
+    transfer = message + max_d max(sum_j b[d][j] / bw[d][j], sum_j b[j][d] / bw[j][d])
 
-With overlap (the paper's Scheme 3) compute of one batch hides the exchange of another, so in the steady
-state a batch costs the larger of the two: ``max(max_d sum_i compute[d][i], sum_s max_d transfer_s)``.
+where ``message`` is the measured time of an all-to-all of a few bytes (the per-message latency).
+
+Branch mode. Per batch and device, segment i costs ``compute[d][i]`` (its convolutions, plus packing and
+the codec at the shuffle point after it); the all-to-all after segment i starts when every device has
+issued it and the link is free. :func:`simulate_branch` plays that schedule for ``in_flight`` batches
+advancing segment by segment (the run's overlap), so with one batch it is the sum over segments of the
+slowest device plus every transfer, and with several a transfer hides behind the next batch's compute.
+The inputs' broadcast starts the step and the partial logits' reduce ends it.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-
-import torch
-
-from decnn.partition import Branch, local_exchange
 
 
 @dataclass(frozen=True)
 class Prediction:
-    compute_s: float
-    transfer_s: float
-    latency_s: float
-    overlapped_s: float
+    """Seconds of one step (what the run reports as each of its batches' latency) and per batch
+    (``step_s / batches_per_step``, the inverse of throughput in batches)."""
+
+    step_s: float
+    per_batch_s: float
+    compute_s: float  # the busiest device's compute per step
+    transfer_s: float  # the link time per step
 
 
-def predict(
-    segment_seconds: list[list[float]],
-    sent_bytes: list[list[int]],
-    rate_bps: float | None,
-    per_message_s: float = 0.0,
-) -> Prediction:
-    """Predict per-batch time from ``segment_seconds[device][segment]`` and ``sent_bytes[device][shuffle]``.
+def transfer_seconds(sent: list[list[float]], bandwidth: list[list[float]], message_s: float) -> float:
+    """One all-to-all: ``sent[s][d]`` bytes from s to d over links of ``bandwidth[s][d]`` bytes/s."""
+    n = len(sent)
+    busiest = 0.0
+    for d in range(n):
+        egress = sum(sent[d][j] / bandwidth[d][j] for j in range(n) if j != d and sent[d][j])
+        ingress = sum(sent[j][d] / bandwidth[j][d] for j in range(n) if j != d and sent[j][d])
+        busiest = max(busiest, egress, ingress)
+    return message_s + busiest
 
-    ``rate_bps`` is the link's bit rate (None: unlimited); ``per_message_s`` a fixed cost per exchange.
+
+def simulate_branch(compute: list[list[float]], transfer: list[float], in_flight: int = 1,
+                    broadcast_s: float = 0.0, reduce_s: float = 0.0) -> Prediction:
+    """One step of branch mode: ``compute[d][i]`` seconds per batch for segment i on device d (the head in
+    the last segment), ``transfer[i]`` seconds for the all-to-all after segment i, ``in_flight`` batches.
+
+    Batches advance segment by segment in the run's order (all batches through segment i, then i + 1); a
+    device computes one batch at a time; a batch's all-to-all starts once every device has computed its
+    segment and the previous all-to-all has finished (they share the links); a segment of a batch starts
+    once its exchange has arrived. Input broadcasts go out one after another at the start.
     """
-    num_segments = len(segment_seconds[0])
-    compute = sum(max(dev[i] for dev in segment_seconds) for i in range(num_segments))
-    num_shuffles = len(sent_bytes[0]) if sent_bytes else 0
-    transfer = sum(
-        (max(dev[s] for dev in sent_bytes) * 8 / rate_bps if rate_bps else 0.0) + per_message_s
-        for s in range(num_shuffles)
-    )
-    busiest = max(sum(dev) for dev in segment_seconds)
-    return Prediction(compute, transfer, compute + transfer, max(busiest, transfer))
+    devices, segments = len(compute), len(compute[0])
+    ready = [broadcast_s * (m + 1) for m in range(in_flight)]  # when batch m's input for segment i is here
+    free = [0.0] * devices
+    link_free = 0.0
+    for i in range(segments):
+        for m in range(in_flight):
+            done = 0.0
+            for d in range(devices):
+                free[d] = max(free[d], ready[m]) + compute[d][i]
+                done = max(done, free[d])
+            if i < segments - 1:
+                link_free = max(done, link_free) + transfer[i]
+                ready[m] = link_free
+    step = max(free) + reduce_s
+    busiest = max(sum(c) for c in compute) * in_flight
+    return Prediction(step, step / in_flight, busiest, sum(transfer) * in_flight)
 
 
-@torch.inference_mode()
-def time_segments(branches: list[Branch], x: torch.Tensor, repeats: int = 5) -> list[list[float]]:
-    """Median seconds of each branch's segments on input ``x``, run here with the reference exchange."""
-    times = [[[] for _ in b.segments] for b in branches]
-    for _ in range(repeats):
-        outs = [x] * len(branches)
-        for i in range(len(branches[0].segments)):
-            if i:
-                outs = local_exchange([b.plans[i - 1] for b in branches], outs)
-            for d, b in enumerate(branches):
-                start = time.perf_counter()
-                outs[d] = b.segment(i, outs[d])
-                times[d][i].append(time.perf_counter() - start)
-    return [[sorted(t)[len(t) // 2] for t in dev] for dev in times]
+def data_parallel(compute: list[float], scatter_s: float, gather_s: float) -> Prediction:
+    """One step of data mode: rank 0 scatters one batch to every device (``scatter_s``), each runs the whole
+    model (``compute[d]``), rank 0 gathers the logits (``gather_s``)."""
+    step = scatter_s + max(compute) + gather_s
+    return Prediction(step, step / len(compute), max(compute), scatter_s + gather_s)
 
 
-def sent_bytes(branches: list[Branch], x: torch.Tensor, element_size: int) -> list[list[int]]:
-    """Bytes each device sends at each shuffle point for input ``x`` (shapes from one reference pass)."""
-    with torch.inference_mode():
-        outs = [b.segment(0, x) for b in branches]
-        sizes = []
-        for i in range(branches[0].num_shuffles):
-            per_channel = outs[0][:, :1].numel()
-            sizes.append([b.plans[i].channels_sent * per_channel * element_size for b in branches])
-            outs = local_exchange([b.plans[i] for b in branches], outs)
-            outs = [b.segment(i + 1, o) for b, o in zip(branches, outs)]
-    return [[sizes[s][d] for s in range(len(sizes))] for d in range(len(branches))]
+def pipeline(stage_s: list[float], cut_s: list[float], microbatches: int, result_s: float) -> Prediction:
+    """One batch through a layer-wise pipeline (GPipe) of ``microbatches`` micro-batches: ``stage_s[s]``
+    seconds per micro-batch for stage s, ``cut_s[s]`` to send one micro-batch's activations after stage s
+    (all but the last stage), ``result_s`` to send the batch's logits from the last stage back to rank 0.
+
+    The first micro-batch crosses every stage and cut; the others follow at the pace of the slowest of them.
+    """
+    step = sum(stage_s) + sum(cut_s) + (microbatches - 1) * max(stage_s + cut_s) + result_s
+    return Prediction(step, step, max(stage_s) * microbatches, (sum(cut_s) + result_s) * microbatches)

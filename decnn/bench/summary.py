@@ -56,7 +56,7 @@ def summarize(config: BenchConfig, reports: list[RunRecord], baselines: list[dic
     measured = 1e3 * config.batch / record.throughput_ips if config.overlap > 1 else latency.p50
     return dataclasses.replace(
         record,
-        predicted_latency_ms=1e3 * (prediction.overlapped_s if config.overlap > 1 else prediction.latency_s),
+        predicted_latency_ms=1e3 * (prediction.per_batch_s if config.overlap > 1 else prediction.step_s),
         predicted_compute_ms=1e3 * prediction.compute_s,
         predicted_transfer_ms=1e3 * prediction.transfer_s,
         measured_for_prediction_ms=measured,

@@ -78,6 +78,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--overlap", type=int, nargs="?", const=2, default=d.overlap, metavar="K",
                    help="keep K batches in flight so exchanges overlap compute (K=2 if no value); "
                    "mode pipeline: K micro-batches per batch")
+    g.add_argument("--plan", metavar="auto|PROFILE.json", help="profile these devices (auto) or read a profile, "
+                   "then run the plan the cost model ranks best (decnn.plan)")
+    g.add_argument("--objective", choices=("latency", "throughput"), default="latency", help="what --plan minimises")
     g = p.add_argument_group("measuring")
     g.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps first (default %(default)s)")
     g.add_argument("--verify", action="store_true",
@@ -92,7 +95,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0, 1 runtime failure, 2 usage or input error, 130 Ctrl-C)."""
-    cfg = InferConfig(**vars(parser().parse_args(argv)))
+    args = vars(parser().parse_args(argv))
+    planned, objective = args.pop("plan"), args.pop("objective")
+    cfg = InferConfig(**args)
     try:
         cfg.check()  # before torch is imported: a usage error needs no heavy imports
     except ConfigError as e:
@@ -100,13 +105,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from decnn.comm import LaunchError, PeerError
 
-    return run_main(lambda: _run(cfg), usage_errors=(ConfigError,), runtime_errors=(PeerError, LaunchError))
+    return run_main(lambda: _run(cfg, planned, objective), usage_errors=(ConfigError,),
+                    runtime_errors=(PeerError, LaunchError))
 
 
-def _run(cfg: InferConfig) -> None:
+def _run(cfg: InferConfig, planned: str | None, objective: str) -> None:
     from decnn.comm import launch
     from decnn.inference.runner import preflight, run_rank
 
+    if planned:
+        from decnn.plan.auto import run_planned
+
+        run_planned(cfg, planned, objective)
+        return
     if under_launcher() or cfg.world_size == 1:
         run_rank(cfg)  # a process of torchrun's, or a group of one
         return

@@ -190,10 +190,26 @@ def extract_branches(model: nn.Module, placement: Placement) -> list[Branch]:
     return [extract_branch(model, placement, d) for d in range(placement.num_devices)]
 
 
-def run_branches_locally(branches: list[Branch], x: torch.Tensor) -> torch.Tensor:
-    """Run all branches in one process with the reference exchange; returns the model's logits."""
-    outs = [b.segment(0, x) for b in branches]
+def run_branches_locally(
+    branches: list[Branch],
+    x: torch.Tensor,
+    exchange: Callable[[list[ExchangePlan], list[torch.Tensor]], list[torch.Tensor]] = local_exchange,
+    on_step: Callable[[int, int, Callable[[], torch.Tensor]], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Run all branches in one process with the reference exchange; returns the model's logits.
+
+    ``exchange`` replaces the reference exchange (e.g. one that round-trips a codec); ``on_step(d, i, run)``
+    wraps each step of device d, segment i (i == number of segments: the head), and must return ``run()``:
+    a cost model times the steps with it.
+    """
+    def step(d: int, i: int, run: Callable[[], torch.Tensor]) -> torch.Tensor:
+        return on_step(d, i, run) if on_step else run()
+
+    last = len(branches[0].segments)
+    outs = [step(d, 0, lambda b=b: b.segment(0, x)) for d, b in enumerate(branches)]
     for i in range(branches[0].num_shuffles):
-        outs = local_exchange([b.plans[i] for b in branches], outs)
-        outs = [b.segment(i + 1, o) for b, o in zip(branches, outs)]
-    return branches[0].finish(torch.stack([b.head(o) for b, o in zip(branches, outs)]).sum(0))
+        outs = exchange([b.plans[i] for b in branches], outs)
+        outs = [step(d, i + 1, lambda b=b, o=o, i=i: b.segment(i + 1, o))
+                for d, (b, o) in enumerate(zip(branches, outs))]
+    return branches[0].finish(torch.stack([step(d, last, lambda b=b, o=o: b.head(o))
+                                           for d, (b, o) in enumerate(zip(branches, outs))]).sum(0))

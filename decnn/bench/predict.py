@@ -1,0 +1,68 @@
+"""The benchmark's cost-model predictions: one profile per (link, devices, batch), measured over that very
+setup with ``python -m decnn.plan profile``, then the planner's formulas for every branch configuration."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from decnn.bench.plan import DECNN, BenchConfig
+from decnn.partition import Placement
+from decnn.plan.hetero import run_on_hosts
+from decnn.plan.planner import predict_branch
+from decnn.plan.profile import Profile
+
+
+def _profile_args(batch: int, out: Path) -> list[str]:
+    m = DECNN
+    return ["decnn.plan", "profile", "--model", m["model"], "--groups", str(m["groups"]), "--width", str(m["width"]),
+            "--batch", str(batch), "--threads", "1", "--out", str(out)]
+
+
+def measure_profiles(configs: list[BenchConfig], emulated: dict, port: int) -> dict[tuple, Profile]:
+    """A profile for every (link, devices, batch) of the branch configurations."""
+    setups = sorted({(c.link, c.devices, c.batch) for c in configs if c.mode == "branch"}, key=str)
+    profiles = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for link, devices, batch in setups:
+            out = Path(tmp) / f"{link}-{devices}-{batch}.json"
+            if link:
+                port += 1
+                run_on_hosts(emulated[(link, devices)], _profile_args(batch, out), port, None)
+            else:
+                subprocess.run([sys.executable, "-m", *_profile_args(batch, out), "--devices", str(devices)],
+                               check=True, capture_output=True, text=True)
+            profiles[(link, devices, batch)] = Profile.load(out)
+    return profiles
+
+
+def predictions(configs: list[BenchConfig], profiles: dict[tuple, Profile]) -> dict[str, object]:
+    """Each branch configuration's prediction, by label."""
+    out = {}
+    for c in configs:
+        if c.mode == "branch":
+            profile = profiles[(c.link, c.devices, c.batch)]
+            placement = Placement.even(profile.groups, c.devices)
+            out[c.label()] = predict_branch(profile, placement, c.exchange_dtype, c.overlap)
+    return out
+
+
+def format_errors(records: list) -> str:
+    """Every prediction's error against its measurement, then their median and max |error|."""
+    rows = [r for r in records if r.predicted_latency_ms is not None]
+    if not rows:
+        return ""
+    lines = ["| configuration | batch | link | devices | predicted ms | measured ms | error |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    errors = []
+    for r in rows:
+        err = (r.predicted_latency_ms - r.measured_for_prediction_ms) / r.measured_for_prediction_ms
+        errors.append(abs(err))
+        lines.append(f"| {r.name} | {r.batch} | {r.link} | {r.devices} | {r.predicted_latency_ms:.1f} "
+                     f"| {r.measured_for_prediction_ms:.1f} | {err:+.1%} |")
+    lines.append(f"\ncost model |error|: median {statistics.median(errors):.1%}, max {max(errors):.1%} "
+                 f"over {len(errors)} configurations")
+    return "\n".join(lines)

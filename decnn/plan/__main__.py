@@ -1,0 +1,91 @@
+"""``python -m decnn.plan profile|plan``: measure a profile over the process group; plan a split from one.
+
+    python -m decnn.plan profile --devices 2 --batch 1 --out results/profile.json
+    torchrun --nnodes 2 ... -m decnn.plan profile --batch 1 --out profile.json     # one process per host
+    python -m decnn.plan plan results/profile.json --objective throughput
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from decnn.bench.links import LinkError
+from decnn.comm import LaunchError, PeerError, launch, under_launcher
+from decnn.inference.config import ConfigError, InferConfig
+from decnn.plan.hetero import format_side_by_side, side_by_side
+from decnn.plan.planner import OBJECTIVES, format_plans, plan
+from decnn.plan.profile import Profile, ProfileArgs, profile_rank
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m decnn.plan", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("profile", help="measure every device's segment times and every link over the group")
+    m.add_argument("--devices", type=int, help="local processes to start (leave out under torchrun)")
+    m.add_argument("--model", help="timm name (default decnn_resnet34)")
+    m.add_argument("--groups", type=int, help="branches (default 4)")
+    m.add_argument("--width", type=float, help="channel multiplier (default 1.5)")
+    m.add_argument("--stem", choices=("tiny", "imagenet"))
+    m.add_argument("--batch", type=int, default=1, help="images per batch (default 1)")
+    m.add_argument("--image-size", type=int, help="input size (default: the model's)")
+    m.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    m.add_argument("--pin-cores", action="store_true")
+    m.add_argument("--timeout", type=float, default=60.0)
+    m.add_argument("--out", default="results/profile.json", help="JSON file (default %(default)s)")
+    q = sub.add_parser("plan", help="rank every way to run from a profile")
+    q.add_argument("profile", help="a profile JSON written by `profile`")
+    q.add_argument("--objective", choices=OBJECTIVES, default="latency")
+    q.add_argument("--top", type=int, default=10, help="plans to print (default 10)")
+    h = sub.add_parser("hetero", help="emulated uneven devices: the even placement, the plan and one device, "
+                       "side by side (root)")
+    h.add_argument("--devices", type=int, default=2)
+    h.add_argument("--batch", type=int, default=1)
+    h.add_argument("--slow-host", type=int, default=1, help="the host that is slowed (default 1)")
+    h.add_argument("--cpu", type=float, default=0.4, help="its share of one core (default 0.4; 1 = not slowed)")
+    h.add_argument("--link", help="every host's link rate, e.g. 1gbit (default: unshaped veth)")
+    h.add_argument("--slow-link", help="the slow host's link rate both ways, e.g. 20mbit")
+    h.add_argument("--rounds", type=int, default=3)
+    h.add_argument("--images", type=int, default=16, help="timed batches per run (default 16)")
+    h.add_argument("--objective", choices=OBJECTIVES, default="latency")
+    h.add_argument("--out", default="results/hetero.json")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.command == "plan":
+            ranked = plan(Profile.load(args.profile), args.objective)
+            print(format_plans(ranked[: args.top], args.objective))
+            return 0
+        if args.command == "hetero":
+            result = side_by_side(args.devices, args.batch, args.slow_host, args.cpu, args.link, args.slow_link,
+                                  args.rounds, args.images, args.objective)
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+            print(format_side_by_side(result))
+            print(f"wrote {args.out}")
+            return 0
+        cfg = InferConfig(random_init=True, model=args.model, groups=args.groups, width=args.width, stem=args.stem,
+                          batch=args.batch, image_size=args.image_size, threads=args.threads,
+                          pin_cores=args.pin_cores, timeout=args.timeout, devices=args.devices).check()
+        job = ProfileArgs(dataclasses.replace(cfg, devices=None), args.out)
+        if under_launcher() or not args.devices or args.devices == 1:
+            profile_rank(job)
+        else:
+            launch(profile_rank, (job,), args.devices)
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (PeerError, LaunchError, LinkError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
