@@ -201,19 +201,19 @@ def test_every_mode_runs_a_model_prepared_alike_with_the_same_threads_and_cores(
 @pytest.mark.parametrize("mode", ["single", "data", "branch", "pipeline"])
 def test_every_mode_is_built_from_a_prepared_model(mode):
     """In a group of one: whatever the mode, its module has BN folded and channels-last weights."""
+    from decnn.inference.build import build_mode
     from decnn.inference.config import InferConfig
     from decnn.inference.optimize import is_prepared
-    from decnn.inference.runner import build_mode
     from decnn.inference.spec import resolve_model
 
     cfg = InferConfig(mode=mode, random_init=True, model="decnn_resnet18", width=0.5)
     spec = resolve_model(cfg)
     comm = Communicator(timeout_s=10)
     try:
-        built, _ = build_mode(cfg, comm, spec, Normalize(spec.mean, spec.std, comm.device), 32)
+        built = build_mode(cfg, comm, spec, Normalize(spec.mean, spec.std, comm.device), 32)
     finally:
         comm.close()
-    assert not is_prepared(spec.build()) and is_prepared(built.module)
+    assert not is_prepared(spec.build()) and is_prepared(built.mode.module)
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,7 @@ def test_resume_continues_exactly(trained, standin):
     overrides = tiny_overrides(standin, cfg.run.out_dir, name="interrupted")
     first = Trainer(load_config(overrides=overrides))
     first.step_epoch()
-    first.log.close()
+    first.close()
     run_dir = Path(cfg.run.out_dir) / "interrupted"
     result = train(load_config(overrides=[*overrides, f"train.resume={run_dir / 'last.pt'}"]))
 
@@ -172,7 +172,7 @@ def test_cli_missing_dataset(tmp_path):
     out = run_train_py("--config", str(REPO / "configs/resnet34.yaml"), f"data.root={tmp_path / 'nothing'}",
                        f"run.out_dir={tmp_path / 'runs'}")
     assert out.returncode == 2
-    assert out.stderr.startswith(f"error: No Tiny-ImageNet dataset at {tmp_path / 'nothing'}")
+    assert out.stderr.startswith(f"error: No dataset at {tmp_path / 'nothing'}")
     assert "python -m decnn.data download" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "runs").exists()
 

@@ -12,7 +12,7 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 
-from decnn.data.layout import LAYOUT, DatasetCorruptError, DatasetNotFoundError
+from decnn.data.layout import HOW_TO_GET, LAYOUT, DatasetCorruptError, DatasetNotFoundError
 from decnn.data.tiny_imagenet import TinyImageNet
 
 EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -90,5 +90,5 @@ def dataset_class(root: str | Path) -> type[TinyImageNet] | type[ImageFolderTree
         return ImageFolderTree
     raise DatasetNotFoundError(
         f"No dataset at {root.absolute()}: neither the Tiny-ImageNet layout\n{LAYOUT}\n"
-        f"nor an ImageNet-style folder tree\n{FOLDER_LAYOUT}"
+        f"nor an ImageNet-style folder tree\n{FOLDER_LAYOUT}\nGet Tiny-ImageNet with\n{HOW_TO_GET}"
     )

@@ -22,7 +22,7 @@ from decnn.comm import Communicator
 from decnn.inference.inputs import Normalize
 from decnn.inference.metrics import synced_time
 from decnn.inference.mode import Clock
-from decnn.models import verify_decoupled
+from decnn.models import DecoupledModelError, DecoupledNet
 
 __all__ = ["PipelineMode", "UnitProfile", "balanced_cuts", "model_units", "profile_units", "stage_module"]
 
@@ -32,8 +32,12 @@ def model_units(model: nn.Module) -> OrderedDict[str, nn.Module]:
     layers; a shuffle joins the unit before it), head. The model is read through the decoupled contract.
 
     Units share their layers with ``model``; applying them in order computes ``model(x)`` in eval mode.
+    ``model`` may be prepared for inference already (its layers fused): only the contract's chain is read
+    here, and ``verify_decoupled`` checked the whole contract when the run resolved the model.
     """
-    verify_decoupled(model)
+    if not isinstance(model, DecoupledNet):
+        raise DecoupledModelError(f"{type(model).__name__} is not a decoupled model: the pipeline cutter reads "
+                                  "its stem, segments, shuffles and head_parts (decnn.models.DecoupledNet)")
     units = OrderedDict(stem=model.stem)
     for s, segment in enumerate(model.segments):
         for b, block in enumerate(segment):

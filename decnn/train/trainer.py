@@ -216,7 +216,7 @@ class Trainer:
         if self.world_size > 1:
             self.ddp_model = DistributedDataParallel(self.model, device_ids=[self.device] if cuda else None)
 
-        self._run_lock = None  # rank 0's lock on the run folder, held while this process lives
+        self._run_lock = None  # rank 0's lock on the run folder, held until close()
         self.run_dir = self._make_run_dir() if self.is_main else None
         self.log = make_logger(self.run_dir, enabled=self.is_main)
         self.log.text("config", f"```yaml\n{cfg.to_yaml()}```")
@@ -284,12 +284,23 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train the remaining epochs; return the best val top-1/top-5 and the run folder."""
-        with self.log:
-            while self.epoch < self.cfg.schedule.epochs:
-                self.step_epoch()
-            self.log.hparams(self.hparams(), {"hparam/best_top1": self.best_top1, "hparam/best_top5": self.best_top5})
+        try:
+            with self.log:
+                while self.epoch < self.cfg.schedule.epochs:
+                    self.step_epoch()
+                self.log.hparams(self.hparams(),
+                                 {"hparam/best_top1": self.best_top1, "hparam/best_top5": self.best_top5})
+        finally:
+            self.close()
         self._say(f"best val top-1 {self.best_top1:.2f}% top-5 {self.best_top5:.2f}% (run folder {self.run_dir})")
         return {"best_top1": self.best_top1, "best_top5": self.best_top5, "run_dir": self.run_dir}
+
+    def close(self) -> None:
+        """Close the logger and release the run folder (another process, or this one, may then resume it)."""
+        self.log.close()
+        if self._run_lock is not None:
+            self._run_lock.close()
+            self._run_lock = None
 
     def step_epoch(self) -> dict[str, float]:
         """Train one epoch, evaluate, log, and save last.pt (and best.pt when val top-1 improves)."""
