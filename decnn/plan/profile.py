@@ -27,6 +27,7 @@ from decnn.inference.codec import EXCHANGE_DTYPES, make_codec
 from decnn.inference.config import InferConfig
 from decnn.inference.inputs import Normalize, SyntheticImages
 from decnn.inference.metrics import agreement
+from decnn.inference.mode import Clock
 from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
 from decnn.inference.pipeline_mode import profile_units
 from decnn.inference.spec import ModelSpec, resolve_model
@@ -168,20 +169,20 @@ def time_device(spec: ModelSpec, batch: int, image_size: int, repeats: int = _RE
         for dtype in EXCHANGE_DTYPES:
             per_point = []
             for s, plan in enumerate(branches[0].plans if k < spec.groups else []):
-                exchange = ShuffleExchange(plan, make_codec(dtype), _NoWire())
+                exchange = ShuffleExchange(s, plan, make_codec(dtype), _NoWire(), Clock())
 
                 def pack(exchange=exchange, y=outputs[s]):
-                    exchange.pack_s = 0.0
+                    start = time.perf_counter()  # packing and the codec: there is no wire to wait for
                     exchange.start(y)
                     exchange.finish()
-                    return exchange.pack_s
+                    return time.perf_counter() - start
 
                 pack()
                 per_point.append(statistics.median(pack() for _ in range(repeats)))
             pack_s[dtype].append(per_point)
-    units = profile_units(spec.build(), normalize(SyntheticImages(batch, image_size, spec.seed).batch(0, batch)[0]),
-                          "time", repeats)
-    return {"segment_s": segment_s, "pack_s": pack_s, "unit_s": [u.cost * batch for u in units],
+    sample = normalize(SyntheticImages(batch, image_size, spec.seed).batch(0, batch)[0])
+    units = profile_units(prepare_for_inference(spec.build()), sample, repeats)
+    return {"segment_s": segment_s, "pack_s": pack_s, "unit_s": [u.seconds * batch for u in units],
             "unit_names": [u.name for u in units], "unit_out_bytes": [u.out_bytes for u in units]}
 
 
@@ -201,7 +202,8 @@ def measure_agreement(spec: ModelSpec, image_size: int, images: int = _AGREEMENT
             b, c, h, w = y.shape
             rows = y.transpose(0, 1).reshape(c, b, h * w).contiguous()
             wire = torch.empty(c, codec.row_elements(b, h * w), dtype=codec.wire_dtype) if codec.needs_buffer else None
-            return codec.decode(codec.encode(rows, wire), b).reshape(c, b, h, w).transpose(0, 1)
+            decoded = codec.decode(codec.encode(rows, wire), b, torch.empty_like(rows))
+            return decoded.reshape(c, b, h, w).transpose(0, 1)
 
         logits = run_branches_locally(
             branches, x, exchange=lambda plans, outs: local_exchange(plans, [roundtrip(o) for o in outs]))
