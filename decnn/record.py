@@ -96,6 +96,7 @@ class RunRecord:
     predicted_compute_ms: float | None = None
     predicted_transfer_ms: float | None = None
     measured_for_prediction_ms: float | None = None
+    plan: dict | None = None  # --plan: the objective, the chosen plan and runner-up, predicted vs measured
 
     # JSON -----------------------------------------------------------------------------------------------
 

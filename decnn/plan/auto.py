@@ -73,14 +73,14 @@ def run_planned(cfg: InferConfig, source: str, objective: str) -> dict | None:
     if report is None:
         return None
     predicted = best.cost(objective) * 1e3
-    measured = report["latency_ms"]["p50"] if objective == "latency" else 1e3 * cfg.batch / report["throughput_ips"]
+    measured = report.latency_ms.p50 if objective == "latency" else 1e3 * cfg.batch / report.throughput_ips
     what = "p50 latency" if objective == "latency" else "time per batch (1 / throughput)"
     print(f"[plan] {best.describe()}: predicted {what} {predicted:.2f} ms, measured {measured:.2f} ms "
           f"({(predicted - measured) / measured:+.1%}); runner-up predicted {ranked[1].cost(objective) * 1e3:.2f} ms"
           if len(ranked) > 1 else f"[plan] predicted {predicted:.2f} ms, measured {measured:.2f} ms")
-    report["plan"] = {"objective": objective, "chosen": best.describe(), "args": best.infer_args(),
-                      "predicted_ms": predicted, "measured_ms": measured,
-                      "runner_up": ranked[1].describe() if len(ranked) > 1 else None}
+    report = dataclasses.replace(report, plan={
+        "objective": objective, "chosen": best.describe(), "args": best.infer_args(), "predicted_ms": predicted,
+        "measured_ms": measured, "runner_up": ranked[1].describe() if len(ranked) > 1 else None})
     if cfg.out:
-        Path(cfg.out).write_text(json.dumps(report, indent=2) + "\n")
+        Path(cfg.out).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return report
