@@ -187,7 +187,7 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("how", ["exit", "exception", "sigint", "killed-worker"])
+@pytest.mark.parametrize("how", ["exit", pytest.param("exception", marks=pytest.mark.slow), "sigint", "killed-worker"])
 def test_no_process_is_left_behind(checkpoint, tmp_path, how):
     script = tmp_path / "caller.py"
     script.write_text(textwrap.dedent(CALLER))
