@@ -6,7 +6,8 @@
 Shards (``device<d>.pt``) are what ``decnn.split("shards/", ...)`` and ``infer_distributed.py --checkpoint
 shards/`` load. With ``--onnx`` each device also gets ``device<d>.seg<i>.onnx`` (segment i; segment 0 starts
 with the stem) and ``device<d>.head.onnx`` (its partial logits): between segments, the activations are
-exchanged with the plans in the device's shard, and the partial logits of all devices are summed.
+exchanged with the plans in the device's shard, and the partial logits of all devices are summed; device 0's
+``device0.tail.onnx`` turns that sum into the logits.
 """
 
 from __future__ import annotations
