@@ -20,6 +20,7 @@ import json
 import shlex
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -95,6 +96,11 @@ def summarize(out: Path) -> str:
     return "\n".join(lines)
 
 
+def _wrap(label: str) -> str:
+    """A bar label on lines of at most 12 characters, so that neighbouring labels do not overlap."""
+    return "\n".join(textwrap.wrap(label.replace(",", ""), 12))
+
+
 def plot(out: Path, path: Path) -> None:
     """Accuracy (0-100 %) and latency of the trained small models; latency of the full-size ones, apart."""
     import matplotlib
@@ -104,7 +110,7 @@ def plot(out: Path, path: Path) -> None:
 
     trained, full = _trained(out), _full_size(out)
     fig, (acc, lat, big) = plt.subplots(1, 3, figsize=(15, 4.2))
-    names = [label.replace(", ", "\n") for label, _ in trained]
+    names = [_wrap(label) for label, _ in trained]
     acc.bar(names, [r["top1"] for _, r in trained], color="tab:blue")
     acc.set_ylim(0, 100)  # the whole scale: a point of accuracy looks like a point
     acc.set_ylabel("val top-1 (%)")
@@ -113,7 +119,7 @@ def plot(out: Path, path: Path) -> None:
     lat.set_ylim(0, None)
     lat.set_ylabel("p50 latency, batch 1 (ms)")
     lat.set_title("the same trained models, timed here")
-    big.bar([label.replace(", ", "\n") for label, _ in full], [r["latency_ms"]["p50"] for _, r in full],
+    big.bar([_wrap(label) for label, _ in full], [r["latency_ms"]["p50"] for _, r in full],
             color="tab:green")
     big.set_ylim(0, None)
     big.set_ylabel("p50 latency, batch 1 (ms)")
