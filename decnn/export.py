@@ -30,31 +30,15 @@ EXAMPLES = """examples:
 """
 
 
-class _Segment(nn.Module):
-    def __init__(self, branch: Branch, index: int):
+class _Step(nn.Module):
+    """One step of a branch (``segment`` i, ``head`` or device 0's ``finish``) as a module torch.onnx exports."""
+
+    def __init__(self, branch: Branch, method: str, *args: int):
         super().__init__()
-        self.branch, self.index = branch, index
+        self.branch, self.method, self.args = branch, method, args
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.branch.segment(self.index, x)
-
-
-class _Head(nn.Module):
-    def __init__(self, branch: Branch):
-        super().__init__()
-        self.branch = branch
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.branch.head(x)
-
-
-class _Tail(nn.Module):
-    def __init__(self, branch: Branch):
-        super().__init__()
-        self.branch = branch
-
-    def forward(self, summed: torch.Tensor) -> torch.Tensor:
-        return self.branch.finish(summed)
+        return getattr(self.branch, self.method)(*self.args, x)
 
 
 def onnx_files(device: int, num_segments: int) -> list[str]:
@@ -74,14 +58,13 @@ def export_onnx(out: str | Path, manifest: dict) -> list[list[str]]:
         branch = load_shard_branch(out, placement, d)
         x = torch.zeros(1, 3, size, size)
         names = onnx_files(d, len(branch.segments))
-        modules = [*(_Segment(branch, i) for i in range(len(branch.segments))), _Head(branch)]
-        modules += [_Tail(branch)] if d == 0 else []
-        for module, name in zip(modules, names):
-            image = {0: "batch", 2: "height", 3: "width"}
-            vector = {0: "batch"}
+        steps = [*(_Step(branch, "segment", i) for i in range(len(branch.segments))), _Step(branch, "head")]
+        steps += [_Step(branch, "finish")] if d == 0 else []
+        image, vector = {0: "batch", 2: "height", 3: "width"}, {0: "batch"}
+        for module, name in zip(steps, names):
             torch.onnx.export(module, (x,), out / name, input_names=["x"], output_names=["y"], dynamo=False,
-                              dynamic_axes={"x": vector if isinstance(module, _Tail) else image,
-                                            "y": image if isinstance(module, _Segment) else vector})
+                              dynamic_axes={"x": vector if module.method == "finish" else image,
+                                            "y": image if module.method == "segment" else vector})
             with torch.no_grad():  # not inference_mode: the next export traces with this tensor
                 x = module(x)
         files.append(names)
