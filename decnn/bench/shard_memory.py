@@ -25,11 +25,14 @@ def load_once(how: str, checkpoint: str, shards: str, device: int) -> dict:
     from decnn.inference.metrics import param_bytes, peak_rss_bytes
     from decnn.inference.optimize import prepare_for_inference
     from decnn.partition import Placement, extract_branch
-    from decnn.shards import load_checkpoint_branch, load_shard_branch, read_manifest
+    from decnn.shards import load_checkpoint_branch, load_shard_branch, meta_model, read_manifest
     from decnn.train.checkpoint import load_model
 
-    placement = read_manifest(shards)["placement"]
-    placement = Placement(sum(len(d) for d in placement), tuple(map(tuple, placement)))
+    manifest = read_manifest(shards)
+    placement = Placement(sum(len(d) for d in manifest["placement"]), tuple(map(tuple, manifest["placement"])))
+    # The same warm-up for every way: the model's code imported and its structure built without weights, so
+    # that what is measured below is the weights, not first-use imports (about 11-25 MiB, varying by machine).
+    extract_branch(meta_model(manifest["model_name"], manifest["model_kwargs"]), placement, device)
     before = peak_rss_bytes()
     if how == "whole":  # what every rank did before shards
         branch = extract_branch(load_model(checkpoint)[0], placement, device)
