@@ -111,6 +111,18 @@ def configure_threads(local_rank: int, local_world_size: int, threads: int | Non
     return cores
 
 
+@contextmanager
+def threads_and_cores_restored() -> Iterator[None]:
+    """Give this process back its torch threads and cores on exit: a run in the caller's own process (mode
+    single, or a group of one) must not leave the caller, and every process it starts later, on one core."""
+    threads, cores = torch.get_num_threads(), os.sched_getaffinity(0)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        os.sched_setaffinity(0, cores)
+
+
 def launch(
     fn: Callable[..., Any],
     args: Sequence[Any],

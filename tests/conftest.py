@@ -1,6 +1,7 @@
 """Shared test helpers."""
 
 import multiprocessing
+import os
 
 import pytest
 import torch
@@ -41,6 +42,15 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
 def standin(tmp_path_factory):
     """The offline stand-in dataset, made once for the whole session; a test that damages data uses a copy."""
     return make_standin(tmp_path_factory.mktemp("data") / "standin-digits")
+
+
+@pytest.fixture(autouse=True)
+def _cores_and_threads_are_given_back():
+    """A test (or the code it calls in this process) that pins pytest to a core or changes its thread count
+    fails: every later test, and every process it starts, would run on what was left."""
+    before = os.sched_getaffinity(0), torch.get_num_threads()
+    yield
+    assert (os.sched_getaffinity(0), torch.get_num_threads()) == before, "cores or threads not given back"
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,13 @@ class Run:
         return "\n".join(line for _, line in self.lines)
 
 
+def _side_by_side(*argvs: list[str]) -> list[subprocess.CompletedProcess]:
+    """``python ARGV`` for each argv, all at once (each is mostly its imports); their results in order."""
+    with ThreadPoolExecutor(len(argvs)) as pool:
+        return list(pool.map(lambda argv: subprocess.run([*PYTHON, *argv], cwd=ROOT, capture_output=True, text=True,
+                                                         timeout=240), argvs))
+
+
 def _infer_with_fault(fault: str, *extra: str) -> tuple[int, float, Run]:
     """infer_distributed.py on 2 processes with ``fault`` injected; exit code, seconds from fault to end, the run."""
     run = Run([*PYTHON, "infer_distributed.py", *SMALL_RUN, "--num-images", "400", "--timeout", str(TIMEOUT_S),
@@ -142,7 +150,7 @@ def test_a_hung_pipeline_stage_ends_the_run_in_time_naming_it():
 
 def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing():
     run = Run([*PYTHON, "infer_distributed.py", *SMALL_RUN, "--num-images", "100000"])
-    run.wait_for("[infer]")  # the timed loop is running (its first progress line)
+    run.wait_for("[infer] timing")  # the timed loop has started
     os.killpg(run.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     code, _ = run.finish(limit_s=30)
     assert code == 130
@@ -208,9 +216,8 @@ def test_a_truncated_checkpoint_exits_2_in_both_commands(tmp_path):
     path = tmp_path / "last.pt"
     torch.save({"model": {"w": torch.zeros(1000)}, "model_name": "decnn_resnet18", "model_kwargs": {}}, path)
     path.write_bytes(path.read_bytes()[:300])
-    for argv in (["train.py", "--eval-only", str(path)],
-                 ["infer_distributed.py", "--checkpoint", str(path), "--devices", "2"]):
-        res = subprocess.run([*PYTHON, *argv], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    for res in _side_by_side(["train.py", "--eval-only", str(path)],
+                             ["infer_distributed.py", "--checkpoint", str(path), "--devices", "2"]):
         assert res.returncode == 2, res.stderr
         assert "truncated or corrupt" in res.stderr and "miniz" not in res.stderr, res.stderr
 
@@ -228,33 +235,40 @@ def test_a_pickle_with_code_is_refused_without_suggesting_the_unsafe_option(tmp_
 
 
 def test_python_m_entry_points_exit_2_on_usage_errors():
-    for argv in (["-m", "decnn.bench", "--rounds", "0"], ["-m", "decnn.inference", "--batch", "0", "--random-init"],
-                 ["-m", "decnn.cli", "nonsense"]):
-        res = subprocess.run([*PYTHON, *argv], cwd=ROOT, capture_output=True, text=True, timeout=240)
-        assert res.returncode == 2, (argv, res.stderr)
+    for res in _side_by_side(["-m", "decnn.bench", "--rounds", "0"], ["-m", "decnn.inference", "--batch", "0",
+                             "--random-init"], ["-m", "decnn.cli", "nonsense"]):
+        assert res.returncode == 2, (res.args, res.stderr)
 
 
 def test_import_decnn_is_light_and_still_registers_the_models():
-    code = ("import sys, decnn; assert 'torch' not in sys.modules; import timm; "
-            "print(type(timm.create_model('decnn_resnet18')).__name__)")
-    res = subprocess.run([*PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert res.stdout.strip() == "DecoupledResNet", res.stderr
-    res = subprocess.run([*PYTHON, "-c", "import timm, decnn; print(timm.list_models('decnn_*'))"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
-    assert "decnn_resnet34" in res.stdout, res.stderr
+    decnn_first, timm_first = _side_by_side(
+        ["-c", "import sys, decnn; assert 'torch' not in sys.modules; import timm; "
+               "print(type(timm.create_model('decnn_resnet18')).__name__)"],
+        ["-c", "import timm, decnn; print(timm.list_models('decnn_*'))"])
+    assert decnn_first.stdout.strip() == "DecoupledResNet", decnn_first.stderr
+    assert "decnn_resnet34" in timm_first.stdout, timm_first.stderr
 
 
 # -- training: a checkpoint being written is never torn; a live run folder is locked --
 
-SAVER = """
-import sys, torch
+# torch is imported once; every line on stdin forks a saver that writes checkpoints until it is signalled.
+SAVERS = """
+import os, sys, torch
 from decnn.train.checkpoint import save_checkpoint
-i = 0
-print("ready", flush=True)
-while True:
-    i += 1
-    save_checkpoint(sys.argv[1], {"step": i, "model": torch.full((4_000_000,), float(i)), "model_name": "m",
-                                  "model_kwargs": {}})
+for _ in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            i = 0
+            while True:
+                i += 1
+                save_checkpoint(sys.argv[1], {"step": i, "model": torch.full((4_000_000,), float(i)),
+                                              "model_name": "m", "model_kwargs": {}})
+        finally:
+            os._exit(0)
+    print(pid, flush=True)
+    os.waitpid(pid, 0)
+    print("ended", flush=True)
 """
 
 
@@ -264,22 +278,28 @@ def test_a_checkpoint_interrupted_while_being_written_is_never_torn(tmp_path, si
 
     path = tmp_path / "last.pt"
     steps = []
-    for delay in (0.3, 0.55, 0.8, 1.05, 1.3):  # a 16 MB save takes a good part of a second: kills land inside it
-        proc = subprocess.Popen([*PYTHON, "-c", SAVER, str(path)], cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(delay)
-        proc.send_signal(sig)
-        proc.wait(timeout=60)
-        if path.exists():
-            ckpt = load_checkpoint(path)
-            assert (ckpt["model"] == ckpt["step"]).all()
-            steps.append(ckpt["step"])
-        leftovers = list(tmp_path.glob(".last.pt.*.tmp"))
-        if sig == signal.SIGINT:
-            assert not leftovers  # an interrupt removes its temporary file
-        for tmp in leftovers:
-            tmp.unlink()
+    savers = subprocess.Popen([*PYTHON, "-c", SAVERS, str(path)], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        for delay in (0.3, 0.55, 0.8, 1.05, 1.3):  # a 16 MB save takes a good part of a second: kills land inside it
+            savers.stdin.write("go\n")
+            savers.stdin.flush()
+            pid = int(savers.stdout.readline())
+            time.sleep(delay)
+            os.kill(pid, sig)
+            assert savers.stdout.readline().strip() == "ended"
+            if path.exists():
+                ckpt = load_checkpoint(path)
+                assert (ckpt["model"] == ckpt["step"]).all()
+                steps.append(ckpt["step"])
+            leftovers = list(tmp_path.glob(".last.pt.*.tmp"))
+            if sig == signal.SIGINT:
+                assert not leftovers  # an interrupt removes its temporary file
+            for tmp in leftovers:
+                tmp.unlink()
+    finally:
+        savers.kill()
+        savers.wait()
     assert steps  # some kills came after a complete save, whose file loaded whole
 
 

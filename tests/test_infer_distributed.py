@@ -151,9 +151,18 @@ def _report(tmp_path: Path, *args: str, entry_script: bool = False) -> dict:
     return report
 
 
+def _assert_one_pinned_thread_per_rank(r: dict) -> None:
+    """Every mode gets the same resources when run with --threads 1 on these 2 cores: one thread and a
+    core of its own per process (the single, data, branch and pipeline tests each check it)."""
+    assert r["threads_per_rank"] == [1] * r["devices"]
+    assert r["cores_per_rank"] == [[rank] for rank in range(r["devices"])]
+    assert len(r["breakdown_per_rank"]) == r["devices"]
+
+
 def test_cli_branch_uneven_overlapped_verified(tmp_path):
     r = _report(tmp_path, *SYNTHETIC, "--devices", "2", "--placement", "0,1,2/3", "--overlap", "--verify",
-                entry_script=True)
+                "--threads", "1", entry_script=True)
+    _assert_one_pinned_thread_per_rank(r)
     for key in ("model", "groups", "width", "mode", "devices", "batch", "exchange_dtype", "throughput_ips",
                 "bytes_per_image", "params_per_rank"):
         assert key in r
@@ -173,7 +182,9 @@ def test_cli_int8_exchange_saves_bytes_and_agrees(tmp_path):
 
 
 def test_cli_data_mode_equals_single(tmp_path):
-    r = _report(tmp_path, *SYNTHETIC, "--num-images", "8", "--devices", "2", "--mode", "data", "--verify")
+    r = _report(tmp_path, *SYNTHETIC, "--num-images", "8", "--devices", "2", "--mode", "data", "--verify",
+                "--threads", "1")
+    _assert_one_pinned_thread_per_rank(r)
     assert r["max_abs_diff"] <= 1e-4 and r["max_rel_diff"] <= 1e-4 and r["top1_agreement"] == 1.0
     assert r["collectives_per_batch"][0] == {"scatter": 0.5, "gather": 0.5}  # one of each per 2 batches
 
@@ -181,21 +192,12 @@ def test_cli_data_mode_equals_single(tmp_path):
 def test_cli_pipeline_mode_runs_a_plain_resnet_and_keeps_the_ragged_batch(tmp_path):
     r = _report(tmp_path, "--random-init", "--model", "decnn_resnet18", "--groups", "1", "--width", "0.5",
                 "--image-size", "32", "--num-images", "5", "--batch", "2", "--warmup", "1", "--devices", "2",
-                "--mode", "pipeline", "--overlap", "2", "--verify")
+                "--mode", "pipeline", "--overlap", "2", "--verify", "--threads", "1")
+    _assert_one_pinned_thread_per_rank(r)
     assert r["groups"] == 1 and r["max_abs_diff"] <= 1e-4 and r["top1_agreement"] == 1.0
     assert r["images"] == 5 and len(r["pipeline_stages"]) == 2  # batches of 2, 2 and 1: none dropped
     # Counted by the communicator: 5 micro-batches of activations out, 3 batches of logits back.
     assert r["collectives_per_batch"][0] == {"send": 5 / 3, "recv": 1.0}
-
-
-def test_every_mode_runs_a_model_prepared_alike_with_the_same_threads_and_cores(tmp_path):
-    reports = {mode: _report(tmp_path / mode, *SYNTHETIC, "--mode", mode, "--threads", "1",
-                             *(("--devices", "2") if mode != "single" else ()))
-               for mode in ("single", "data", "branch", "pipeline")}
-    for r in reports.values():
-        assert r["threads_per_rank"] == [1] * r["devices"]  # 2 cores: one thread per process
-        assert r["cores_per_rank"] == [[rank] for rank in range(r["devices"])]  # pinned, a core each
-        assert len(r["breakdown_per_rank"]) == r["devices"]
 
 
 @pytest.mark.parametrize("mode", ["single", "data", "branch", "pipeline"])
@@ -275,8 +277,12 @@ def test_cli_two_hosts_through_an_emulated_link(tmp_path):
 
 def test_single_mode_in_process(tmp_path):
     out = tmp_path / "single.json"
+    threads, cores = torch.get_num_threads(), os.sched_getaffinity(0)
     assert main([*SYNTHETIC, "--mode", "single", "--threads", "1", "--verify", "--out", str(out), "--log-dir", ""]) == 0
     r = json.loads(out.read_text())
+    _assert_one_pinned_thread_per_rank(r)
+    # The run pinned this process to one core and one thread; the caller gets both back.
+    assert (torch.get_num_threads(), os.sched_getaffinity(0)) == (threads, cores)
     assert (r["mode"], r["devices"], r["bytes_per_image"]) == ("single", 1, 0)
     assert r["max_abs_diff"] <= 1e-4 and r["top1_agreement"] == 1.0
     assert not dist.is_initialized()

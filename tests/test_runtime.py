@@ -187,26 +187,42 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("how", ["exit", pytest.param("exception", marks=pytest.mark.slow), "sigint", "killed-worker"])
-def test_no_process_is_left_behind(checkpoint, tmp_path, how):
-    script = tmp_path / "caller.py"
+HOWS = ["sigint", "exit", pytest.param("exception", marks=pytest.mark.slow), "killed-worker"]  # sigint first: it spins
+
+
+def _start_caller(script: Path, checkpoint: Path, how: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(script), str(checkpoint), how], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def callers(request, checkpoint, tmp_path_factory):
+    """The callers of every selected case, started side by side (each start is mostly waiting on imports)."""
+    script = tmp_path_factory.mktemp("caller") / "caller.py"
     script.write_text(textwrap.dedent(CALLER))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, str(script), str(checkpoint), how], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        if how == "sigint":
-            proc.send_signal(signal.SIGINT)
-        output = proc.communicate(timeout=120)[0]
-        expected = {"exit": 0, "exception": 1, "sigint": -signal.SIGINT, "killed-worker": 0}[how]
-        assert proc.returncode == expected, output
-        if how == "killed-worker":
-            assert "rank 1 was killed by SIGKILL" in output
-        deadline = time.monotonic() + 15
-        while _session(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _session(proc.pid) == []
-    finally:
+    hows = [item.callspec.params["how"] for item in request.session.items
+            if item.originalname == "test_no_process_is_left_behind"]
+    procs = {how: _start_caller(script, checkpoint, how) for how in hows}
+    yield procs
+    for proc in procs.values():
         if _session(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_no_process_is_left_behind(callers, how):
+    proc = callers[how]
+    assert proc.stdout.readline().strip() == "ready"
+    if how == "sigint":
+        proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    output = proc.stdout.read()  # from the buffer readline filled too (communicate would skip it)
+    expected = {"exit": 0, "exception": 1, "sigint": -signal.SIGINT, "killed-worker": 0}[how]
+    assert proc.returncode == expected, output
+    if how == "killed-worker":
+        assert "rank 1 was killed by SIGKILL" in output
+    deadline = time.monotonic() + 15
+    while _session(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _session(proc.pid) == []

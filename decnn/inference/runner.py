@@ -6,6 +6,7 @@ Everything that can be wrong with the settings, the checkpoint or the dataset is
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import sys
@@ -17,7 +18,14 @@ from pathlib import Path
 
 import torch
 
-from decnn.comm import Communicator, configure_threads, exit_with_launcher, inject_fault, under_launcher
+from decnn.comm import (
+    Communicator,
+    configure_threads,
+    exit_with_launcher,
+    inject_fault,
+    threads_and_cores_restored,
+    under_launcher,
+)
 from decnn.inference.build import build_mode
 from decnn.inference.config import DEFAULT_DATA_ROOT, ConfigError, InferConfig
 from decnn.inference.inputs import Normalize, SyntheticImages, ValImages, batch_sizes
@@ -70,15 +78,16 @@ def run_rank(cfg: InferConfig) -> RunRecord | None:
         exit_with_launcher()
     rank = int(os.environ.get("RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    cores = configure_threads(int(os.environ.get("LOCAL_RANK", 0)), local_world, cfg.threads, cfg.pin_cores)
-    keep_freed_memory()  # every mode alike, so that their timings compare fairly
-    spec, source = preflight(cfg, rank)
-    inject_fault(rank, "setup")
-    comm = Communicator(cfg.timeout, torch.device(cfg.device))
-    try:
-        return _run(cfg, comm, spec, source, cores)
-    finally:
-        comm.close()
+    with threads_and_cores_restored():
+        cores = configure_threads(int(os.environ.get("LOCAL_RANK", 0)), local_world, cfg.threads, cfg.pin_cores)
+        keep_freed_memory()  # every mode alike, so that their timings compare fairly
+        spec, source = preflight(cfg, rank)
+        inject_fault(rank, "setup")
+        comm = Communicator(cfg.timeout, torch.device(cfg.device))
+        try:
+            return _run(cfg, comm, spec, source, cores)
+        finally:
+            comm.close()
 
 
 def _run(cfg: InferConfig, comm: Communicator, spec: ModelSpec, source, cores: list[int]) -> RunRecord | None:
@@ -128,7 +137,7 @@ def _timed_steps(cfg, comm, mode: Mode, source, sizes: list[int], image_size: in
     rank's collectives per batch and its summed step time."""
     k = mode.batches_per_step
     steps = [sizes[i:i + k] for i in range(0, len(sizes), k)]
-    firsts = [sum(sizes[:i]) for i in range(0, len(sizes), k)]
+    firsts = list(itertools.accumulate((sum(step) for step in steps[:-1]), initial=0))  # each step's first image
     inputs, _ = _load(source, steps[0], 0, image_size, comm.device, comm.rank)
     for _ in range(cfg.warmup):
         mode.step(inputs)
@@ -197,10 +206,13 @@ def _sync(device: torch.device) -> None:
 
 
 class _Progress:
-    """A line on stderr every few seconds: images done, throughput, time left."""
+    """Lines on stderr: one when the timed loop starts, then one every few seconds (images done, throughput,
+    time left)."""
 
     def __init__(self, total: int, enabled: bool):
         self.total, self.enabled, self.last = total, enabled, time.monotonic()
+        if enabled:
+            print(f"[infer] timing {total} images", file=sys.stderr, flush=True)
 
     def update(self, done: int, busy_s: float) -> None:
         now = time.monotonic()
