@@ -13,7 +13,6 @@ parent and at once on Ctrl-C) and :func:`launch`'s prompt stop of the remaining 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 import socket
@@ -33,7 +32,14 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-from decnn.process import LOCAL_ENDPOINT, die_with_parent, under_launcher
+from decnn.process import (
+    LOCAL_ENDPOINT,
+    die_with_parent,
+    is_local_launch,
+    start_worker_server,
+    under_launcher,
+    worker_environment,
+)
 
 __all__ = [
     "LOCAL_ENDPOINT",
@@ -138,10 +144,7 @@ def launch(
     to this process) stops every worker and raises KeyboardInterrupt. A single-node run binds everything
     to the loopback interface.
     """
-    local = nnodes == 1 and rdzv_endpoint == LOCAL_ENDPOINT
-    set_ifname = local and "GLOO_SOCKET_IFNAME" not in os.environ
-    if set_ifname:  # gloo would otherwise bind to whatever the hostname resolves to
-        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    local = is_local_launch(nnodes, rdzv_endpoint)
     host = rdzv_endpoint.rsplit(":", 1)[0]
     # The node that owns the endpoint's address hosts the rendezvous store and the workers' master address.
     # torch guesses both from the hostname, which fails where it resolves to 127.0.0.1 (containers,
@@ -162,10 +165,8 @@ def launch(
         shutdown_timeout=_SHUTDOWN_TIMEOUT_S,
     )
     # Workers fork from one server process that has imported torch and fn's module once, instead of
-    # each importing them anew (seconds per process).
-    multiprocessing.get_context("forkserver").set_forkserver_preload([fn.__module__])
-    # c10d's C++ warnings (a store poll that timed out) would repeat, in torch's words, what PeerError says.
-    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    # each importing them anew (seconds per process); a command line may have started it already.
+    start_worker_server(fn.__module__, local)
     # The launcher logs every failure with its traceback; LaunchError says it in one line instead.
     quiet = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
              if name.startswith(("torch.distributed.elastic", "torch.multiprocessing"))]
@@ -173,7 +174,7 @@ def launch(
     for log in quiet:
         log.setLevel(logging.CRITICAL)
     try:
-        with terminable_when_stopped():
+        with terminable_when_stopped(), worker_environment(local):
             return elastic_launch(config, fn)(*args)
     except ChildFailedError as e:
         raise LaunchError(_describe_failures(e)) from None
@@ -186,8 +187,6 @@ def launch(
     finally:
         for log, level in zip(quiet, levels):
             log.setLevel(level)
-        if set_ifname:
-            del os.environ["GLOO_SOCKET_IFNAME"]
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import sys
 
 from decnn.exitcodes import run_main
 from decnn.inference.config import BACKENDS, DEFAULT_DATA_ROOT, EXCHANGE_DTYPES, MODES, ConfigError, InferConfig
-from decnn.process import LOCAL_ENDPOINT, under_launcher
+from decnn.process import LOCAL_ENDPOINT, is_local_launch, start_worker_server, under_launcher
 
 EXAMPLES = """examples:
   # DeCNN ResNet-34 (G4, x1.5) split over 2 local processes, checked against the whole model
@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not planned and not under_launcher() and cfg.world_size > 1:
+        start_worker_server("decnn.inference.runner", is_local_launch(cfg.nnodes, cfg.rdzv_endpoint))
     from decnn.comm import LaunchError, PeerError
 
     return run_main(lambda: _run(cfg, planned, objective), usage_errors=(ConfigError,),
