@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import statistics
 import sys
 import time
@@ -25,7 +24,8 @@ import timm
 import torch
 from torch import nn
 
-from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
+from decnn.bench.one_branch import median_ms, one_pinned_thread
+from decnn.inference.optimize import prepare_for_inference
 from decnn.partition import Placement, extract_branch
 
 
@@ -82,15 +82,6 @@ def grouped_shapes(branch: nn.Module, image_size: int) -> dict[tuple, nn.Conv2d]
     return found
 
 
-def _median_ms(fn, x: torch.Tensor, iters: int) -> float:
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def _summary(rounds: list[float]) -> dict:
     return {"median_ms": statistics.median(rounds), "min_ms": min(rounds), "max_ms": max(rounds),
             "rounds_ms": rounds}
@@ -109,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.iters < 1:
         p.error("--rounds and --iters must be >= 1, e.g. --rounds 3 --iters 20")
 
-    torch.set_num_threads(1)
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    keep_freed_memory()
+    one_pinned_thread()
     torch.manual_seed(0)
     model = timm.create_model(args.model).eval()
     placement = Placement.even(model.groups, 2)
@@ -146,11 +135,11 @@ def main(argv: list[str] | None = None) -> int:
             for shape, modules in ways.items():
                 for n in args.batches:
                     for name, m in modules.items():
-                        runs.setdefault((shape, n, name), []).append(_median_ms(m, inputs[shape, n], args.iters))
+                        runs.setdefault((shape, n, name), []).append(median_ms(m, inputs[shape, n], args.iters))
             for i, seg in segments.items():
                 for name in ("eager", "compiled"):
                     runs.setdefault((("segment", i), 1, name), []).append(
-                        _median_ms(seg[name], seg["input"], args.iters))
+                        median_ms(seg[name], seg["input"], args.iters))
     rows = []
     for (shape, n, name), r in runs.items():
         base = statistics.median(runs[shape, n, "eager" if shape[0] == "segment" else "grouped"])

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import timm
 import torch
 
+from decnn.bench.one_branch import median_ms, one_pinned_thread
 from decnn.export import export_onnx
-from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
+from decnn.inference.optimize import prepare_for_inference
 from decnn.onnx_branch import OnnxBranch
 from decnn.partition import Placement
 from decnn.shards import export_shards, load_shard_branch
@@ -36,15 +35,6 @@ def _chain(branch, x: torch.Tensor) -> torch.Tensor:
     return branch.head(x)
 
 
-def _median_ms(fn, x: torch.Tensor, iters: int) -> float:
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m decnn.bench.onnx_branch", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="decnn_resnet34")
@@ -55,9 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
-    torch.set_num_threads(1)
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    keep_freed_memory()
+    one_pinned_thread()
     torch.manual_seed(0)
     model = timm.create_model(args.model).eval()
     placement = Placement.even(model.groups, 2)
@@ -80,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.rounds):
                 for n, x in inputs.items():
                     for name, branch in backends.items():
-                        runs[name, n].append(_median_ms(lambda t, b=branch: _chain(b, t), x, args.iters))
+                        runs[name, n].append(median_ms(lambda t, b=branch: _chain(b, t), x, args.iters))
     rows = [{"backend": b, "batch": n, "median_ms": statistics.median(r), "min_ms": min(r), "max_ms": max(r),
              "rounds_ms": r} for (b, n), r in runs.items()]
     report = {"model": args.model, "image_size": args.image_size, "device": 0, "placement": placement.as_lists(),
