@@ -9,7 +9,10 @@ from PIL import Image
 from test_trainer import tiny_overrides
 
 from decnn.data import DatasetCorruptError, DatasetNotFoundError, ImageFolderTree, TinyImageNet, dataset_class
+from decnn.inference.config import InferConfig
+from decnn.inference.spec import resolve_model
 from decnn.models.reference import REFERENCE_ZOO
+from decnn.train.checkpoint import save_checkpoint
 from decnn.train.config import ConfigError, load_config
 from decnn.train.trainer import Trainer, build_optimizer, build_scheduler, model_kwargs
 
@@ -64,6 +67,13 @@ def test_trainer_trains_on_a_folder_tree_with_the_authors_recipe(tmp_path):
     metrics = trainer.step_epoch()
     assert 0 <= metrics["top1"] <= 100
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.001)  # lr / 10 after step_epochs
+    # Its checkpoint tells inference to normalise as training did: ImageNet's statistics, not the model's
+    # Tiny-ImageNet default.
+    save_checkpoint(tmp_path / "best.pt", trainer.state_dict())
+    trainer.close()
+    spec = resolve_model(InferConfig(checkpoint=str(tmp_path / "best.pt"), mode="single"))
+    assert (spec.mean, spec.std) == (tuple(ImageFolderTree.mean), tuple(ImageFolderTree.std))
+    assert (spec.mean, spec.std) != (TinyImageNet.mean, TinyImageNet.std)
 
 
 def test_step_schedule_divides_by_ten_every_step_epochs():

@@ -8,6 +8,7 @@ import timm
 import torch
 from conftest import randomize_
 from reference_format import ReferenceResNet, ReferenceVGG, authors_shuffle
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from decnn.cli import main as cli
 from decnn.models import ChannelShuffle, count_flops, count_params
@@ -81,7 +82,12 @@ def test_convert_carries_the_authors_weights_over(tmp_path, wrapped):
         cli(argv)
     assert done.value.code == 0
     ours, ckpt = load_model(tmp_path / "out.pt")
-    assert (ckpt["model_name"], ckpt["model_kwargs"]) == (REFERENCE_ZOO[arch][0], REFERENCE_ZOO[arch][1])
+    kwargs = dict(ckpt["model_kwargs"])
+    overlay = kwargs.pop("pretrained_cfg_overlay")
+    assert (ckpt["model_name"], kwargs) == (REFERENCE_ZOO[arch][0], REFERENCE_ZOO[arch][1])
+    # Trained on ImageNet: inference must normalise with ImageNet's statistics, not Tiny-ImageNet's.
+    assert (tuple(ours.pretrained_cfg["mean"]), tuple(ours.pretrained_cfg["std"])) == \
+        (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) == (tuple(overlay["mean"]), tuple(overlay["std"]))
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     with torch.no_grad():
         assert (ours.double()(x) - theirs.double()(x)).abs().max().item() <= 1e-9

@@ -93,12 +93,25 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def normalization_kwargs(name: str, mean, std) -> dict:
+    """``create_model`` arguments that make model ``name``'s pretrained_cfg say ``mean`` and ``std`` (none
+    where it already does)."""
+    default = timm.models.get_pretrained_cfg(name)
+    mean, std = [float(v) for v in mean], [float(v) for v in std]
+    if default is not None and (mean, std) == (list(default.mean), list(default.std)):
+        return {}
+    return {"pretrained_cfg_overlay": {"mean": mean, "std": std}}
+
+
 def check_architecture(ckpt: dict, name: str, kwargs: dict | None = None, where: str = "checkpoint") -> None:
-    """Raise CheckpointError unless ``ckpt`` holds model ``name`` built with ``kwargs`` (when given)."""
+    """Raise CheckpointError unless ``ckpt`` holds model ``name`` built with ``kwargs`` (when given); the
+    input normalisation a checkpoint records (``pretrained_cfg_overlay``) is not architecture."""
     if ckpt["model_name"] != name:
         raise CheckpointError(f"{where} holds a {ckpt['model_name']} model, but the config asks for {name}")
-    if kwargs is not None and ckpt["model_kwargs"] != kwargs:
-        diff = {k: (ckpt["model_kwargs"].get(k), kwargs.get(k)) for k in {*ckpt["model_kwargs"], *kwargs}}
+    saved = {k: v for k, v in ckpt["model_kwargs"].items() if k != "pretrained_cfg_overlay"}
+    kwargs = kwargs and {k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"}
+    if kwargs is not None and saved != kwargs:
+        diff = {k: (saved.get(k), kwargs.get(k)) for k in {*saved, *kwargs}}
         diff = ", ".join(f"{k}: {a!r} in checkpoint, {b!r} in config" for k, (a, b) in sorted(diff.items()) if a != b)
         raise CheckpointError(f"{where} holds a {name} of another architecture ({diff})")
 

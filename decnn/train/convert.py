@@ -17,8 +17,9 @@ from pathlib import Path
 import timm
 import torch
 
+from decnn.data.folder import ImageFolderTree
 from decnn.models.reference import REFERENCE_ZOO, ReferenceFormatError, to_decnn_state_dict
-from decnn.train.checkpoint import save_checkpoint
+from decnn.train.checkpoint import normalization_kwargs, save_checkpoint
 from decnn.train.config import load_config
 
 EXAMPLE = "decnn convert resnet34_s3_x15.pth runs/converted/resnet34_s3_x15.pt"
@@ -57,7 +58,8 @@ def convert(path: str | Path, out: str | Path, arch: str | None = None) -> dict:
     classifier = state.get("classifier.6.weight", state.get("fc.weight"))
     if classifier is None:
         raise ReferenceFormatError(f"{path}: no classifier (fc.weight or classifier.6.weight) in the state dict")
-    kwargs = {**kwargs, "num_classes": classifier.shape[0]}
+    kwargs = {**kwargs, "num_classes": classifier.shape[0],
+              **normalization_kwargs(name, ImageFolderTree.mean, ImageFolderTree.std)}  # trained on ImageNet
     model = timm.create_model(name, **kwargs)
     model.load_state_dict(to_decnn_state_dict(state, model))
     model_cfg = [f"model.name={name}", f"model.groups={kwargs['groups']}", f"model.width={kwargs['width']}",

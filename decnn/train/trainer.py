@@ -33,6 +33,7 @@ from decnn.train.checkpoint import (
     load_checkpoint,
     load_model,
     load_weights,
+    normalization_kwargs,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -90,13 +91,19 @@ def dataset_root(cfg: DataConfig) -> str | Path:
     return make_standin(cfg.root) if cfg.standin else cfg.root
 
 
-def model_kwargs(cfg: ModelConfig, num_classes: int) -> dict:
-    """The ``timm.create_model`` arguments a checkpoint records (the stem and the init only where set)."""
+def model_kwargs(cfg: ModelConfig, num_classes: int, normalize: tuple | None = None) -> dict:
+    """The ``timm.create_model`` arguments a checkpoint records (the stem and the init only where set).
+
+    ``normalize``: the (mean, std) the training data is normalised with. Where it is not the model's default
+    (an ImageNet folder tree, not Tiny-ImageNet) it is recorded as the model's ``pretrained_cfg``, which
+    inference, shards and ``decnn.split`` read, so that they normalise as training did."""
     kwargs = {"num_classes": num_classes, "groups": cfg.groups, "width": cfg.width}
     if cfg.stem:
         kwargs["stem"] = cfg.stem
     if cfg.zero_init_last:
         kwargs["zero_init_last"] = True
+    if normalize is not None:
+        kwargs.update(normalization_kwargs(cfg.name, *normalize))
     return kwargs
 
 
@@ -193,7 +200,7 @@ class Trainer:
         val_tf = eval_transform(d.image_size, stats.mean, stats.std, d.crop_pct)
         self.val_set, _ = build_dataset(root, "val", val_tf, d.max_val_images)
         m = cfg.model
-        self.model_kwargs = model_kwargs(m, num_classes)
+        self.model_kwargs = model_kwargs(m, num_classes, (stats.mean, stats.std))
         if ckpt is not None:
             check_architecture(ckpt, m.name, self.model_kwargs, where=cfg.train.resume)
         try:
