@@ -30,6 +30,7 @@ class ModelConfig:
     width: float = 1.5  # channel multiplier of every stage
     stem: str = "tiny"  # ResNets: "tiny" (3x3/1, for 64x64 inputs) or "imagenet" (7x7/2 + max-pool); "" for the VGG
     zero_init_last: bool = False  # ResNets: zero each block's last BN scale (the authors' code sets all to 1)
+    stem_width: int = 0  # the VGG: channels of its first conv; 0 = the model's default (96, the authors' x1.75)
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,8 @@ def validate(cfg: TrainingConfig) -> None:
         ("model.groups", m.groups >= 1, ">= 1"),
         ("model.width", m.width > 0, "> 0"),
         ("model.stem", m.stem in (*STEMS, ""), f"one of {STEMS}, or '' for a model with one stem (decnn_vgg16_bn)"),
+        ("model.stem_width", m.stem_width >= 0 and (m.stem_width == 0 or "vgg" in m.name),
+         ">= 1 for decnn_vgg16_bn (e.g. 64 for the plain VGG-16), 0 otherwise"),
         ("data.image_size", d.image_size >= 8, ">= 8"),
         ("data.crop_pct", 0 < d.crop_pct <= 1, "in (0, 1]"),
         ("data.batch_size", d.batch_size >= 1, ">= 1"),

@@ -92,7 +92,8 @@ def dataset_root(cfg: DataConfig) -> str | Path:
 
 
 def model_kwargs(cfg: ModelConfig, num_classes: int, normalize: tuple | None = None) -> dict:
-    """The ``timm.create_model`` arguments a checkpoint records (the stem and the init only where set).
+    """The ``timm.create_model`` arguments a checkpoint records (the stem, its width and the init only where
+    set).
 
     ``normalize``: the (mean, std) the training data is normalised with. Where it is not the model's default
     (an ImageNet folder tree, not Tiny-ImageNet) it is recorded as the model's ``pretrained_cfg``, which
@@ -102,6 +103,8 @@ def model_kwargs(cfg: ModelConfig, num_classes: int, normalize: tuple | None = N
         kwargs["stem"] = cfg.stem
     if cfg.zero_init_last:
         kwargs["zero_init_last"] = True
+    if cfg.stem_width:
+        kwargs["stem_width"] = cfg.stem_width
     if normalize is not None:
         kwargs.update(normalization_kwargs(cfg.name, *normalize))
     return kwargs
