@@ -198,7 +198,7 @@ def _start_caller(script: Path, checkpoint: Path, how: str) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def callers(request, checkpoint, tmp_path_factory):
-    """The callers of every selected case, started side by side (each start is mostly waiting on imports)."""
+    """The callers of every selected case, started side by side so that their start-ups overlap."""
     script = tmp_path_factory.mktemp("caller") / "caller.py"
     script.write_text(textwrap.dedent(CALLER))
     hows = [item.callspec.params["how"] for item in request.session.items
