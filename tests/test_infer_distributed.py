@@ -116,15 +116,19 @@ def test_each_batch_costs_one_broadcast_one_all_to_all_per_shuffle_point_and_one
             assert counts == {k: 2 * v for k, v in per_batch.items()}  # two batches
 
 
+@pytest.mark.parametrize("signed", [False, True], ids=["post-relu", "signed"])
 @pytest.mark.parametrize("dtype", ["fp32", *TOLERANCE])
-def test_codec_round_trip(dtype, rng):
+def test_codec_round_trip(dtype, signed, rng):
     codec = make_codec(dtype)
-    rows = torch.relu(torch.randn(6, 2, 50, generator=rng)) * 3  # (channels, images, pixels), post-ReLU
+    rows = torch.relu(torch.randn(6, 2, 50, generator=rng)) * 3  # (channels, images, pixels)
+    if signed:
+        rows = rows - 1.5 * torch.rand(6, 2, 1, generator=rng)
     wire = torch.empty(6, codec.row_elements(2, 50), dtype=codec.wire_dtype) if codec.needs_buffer else None
     back = codec.decode(codec.encode(rows, wire).clone(), 2, torch.empty(6, 2, 50))
     # int8: half a step of (max - min) / 255 per (channel, image); 16-bit floats: their relative precision
-    top = rows.max().item()
-    bound = {"fp32": 0.0, "fp16": top * 2**-11, "bf16": top * 2**-8, "int8": top / 510}[dtype]
+    top = rows.abs().max().item()
+    step = (rows.amax(-1) - rows.amin(-1)).max().item() / 255
+    bound = {"fp32": 0.0, "fp16": top * 2**-11, "bf16": top * 2**-8, "int8": step / 2}[dtype]
     assert (back - rows).abs().max().item() <= bound * 1.001 + 1e-6
 
 

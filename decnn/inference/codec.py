@@ -68,8 +68,12 @@ class Int8Codec(Codec):
         # amin and amax separately: one fused aminmax over the last dim runs ~15x slower on CPU (torch 2.x).
         lo, hi = rows.amin(-1, keepdim=True), rows.amax(-1, keepdim=True)
         step = (hi - lo).clamp_min_(1e-12).div_(255)
-        # (x - lo) / step lies in [0, 255]: adding 0.5 and truncating (the uint8 copy) rounds it.
-        wire[..., :p].copy_((rows - lo).mul_(step.reciprocal()).add_(0.5))
+        inv = step.reciprocal()
+        # x * inv + (0.5 - lo * inv) = (x - lo) / step + 0.5 lies in [0.5, 255.5]: truncating it rounds.
+        scaled = torch.mul(rows, inv).add_(inv.mul(lo).neg_().add_(0.5))
+        # Through int16: on CPU float -> uint8 is a scalar loop, float -> int16 and int16 -> uint8 are
+        # vectorised (3x faster for a batch-1 exchange).
+        wire[..., :p].copy_(scaled.to(torch.int16))
         wire[..., p:].copy_(torch.cat([lo, step], dim=-1).view(torch.uint8))
         return wire.view(c, -1)
 
