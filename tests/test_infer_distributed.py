@@ -179,10 +179,15 @@ def test_cli_branch_uneven_overlapped_verified(tmp_path):
     assert list(Path(r["run_dir"]).glob("events.out.tfevents.*"))
 
 
-def test_cli_int8_exchange_saves_bytes_and_agrees(tmp_path):
-    r = _report(tmp_path, *SYNTHETIC, "--devices", "2", "--exchange-dtype", "int8", "--verify")
+def test_cli_int8_exchange_saves_bytes_and_agrees_and_traces_its_parts(tmp_path):
+    r = _report(tmp_path, *SYNTHETIC, "--devices", "2", "--exchange-dtype", "int8", "--verify",
+                "--trace", str(tmp_path / "trace"))
     assert 0.7 < r["bytes_saved_vs_fp32"] < 0.75  # a quarter of the bytes, plus 8 per (channel, image)
     assert r["max_rel_diff"] <= TOLERANCE["int8"] and r["top1_agreement"] >= 5 / 6
+    for rank in (0, 1):  # the breakdown's parts are named ranges of each rank's Chrome trace
+        trace = json.loads((tmp_path / "trace" / f"rank{rank}.json").read_text())
+        names = {e["name"] for e in trace["traceEvents"]}
+        assert {"segment 0", "segment 3", "pack", "codec", "head", "wait all_to_all 0", "wait reduce"} <= names
 
 
 def test_cli_data_mode_equals_single(tmp_path):

@@ -30,7 +30,7 @@ from decnn.inference.build import build_mode
 from decnn.inference.config import DEFAULT_DATA_ROOT, ConfigError, InferConfig
 from decnn.inference.inputs import Normalize, SyntheticImages, ValImages, batch_sizes
 from decnn.inference.metrics import agreement, peak_rss_bytes, reset_peak_rss, synced_time, topk_accuracy
-from decnn.inference.mode import Mode
+from decnn.inference.mode import Clock, Mode
 from decnn.inference.optimize import keep_freed_memory
 from decnn.inference.report import write_report
 from decnn.inference.spec import ModelSpec, resolve_model
@@ -145,7 +145,7 @@ def _timed_steps(cfg, comm, mode: Mode, source, sizes: list[int], image_size: in
     counts_before = comm.counts.copy()
     timing, progress = Timing(), _Progress(sum(sizes), enabled=comm.rank == 0)
     step_s = 0.0
-    with _tracing(cfg.trace, comm.rank):
+    with _tracing(cfg.trace, comm.rank, mode.clock):
         for s, (step, first) in enumerate(zip(steps, firsts)):
             inject_fault(comm.rank, str(s))
             inputs, labels = _load(source, step, first, image_size, comm.device, comm.rank)
@@ -165,15 +165,20 @@ def _timed_steps(cfg, comm, mode: Mode, source, sizes: list[int], image_size: in
 
 
 @contextmanager
-def _tracing(trace_dir: str | None, rank: int) -> Iterator[None]:
-    """With ``--trace DIR``: a torch.profiler Chrome trace of the timed steps, ``DIR/rank<r>.json``."""
+def _tracing(trace_dir: str | None, rank: int, clock: Clock) -> Iterator[None]:
+    """With ``--trace DIR``: a torch.profiler Chrome trace of the timed steps, ``DIR/rank<r>.json``, with the
+    clock's parts as named ranges."""
     if not trace_dir:
         yield
         return
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        yield
+    clock.ranges = True
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            yield
+    finally:
+        clock.ranges = False
     Path(trace_dir).mkdir(parents=True, exist_ok=True)
     prof.export_chrome_trace(str(Path(trace_dir) / f"rank{rank}.json"))
 
