@@ -2,7 +2,7 @@
 
 import pytest
 
-from decnn.bench.costmodel import calibrate, data_parallel, pipeline, simulate_branch, transfer_seconds
+from decnn.bench.costmodel import data_parallel, pipeline, simulate_branch, transfer_seconds
 
 
 def test_transfer_is_the_busiest_endpoint_plus_one_message():
@@ -42,13 +42,3 @@ def test_data_parallel_and_pipeline():
     p = pipeline([0.010, 0.020], [0.004], microbatches=2, result_s=0.001)
     # first micro-batch 10 + 4 + 20, the second 20 behind it, logits back 1
     assert p.step_s == pytest.approx(0.055)
-
-
-def test_calibration_is_piecewise_linear_between_samples_and_proportional_beyond():
-    samples = [[0.010, 0.008], [0.100, 0.150], [0.200, 0.250]]  # [formula, rehearsed]
-    assert calibrate(0.100, samples) == pytest.approx(0.150)
-    assert calibrate(0.055, samples) == pytest.approx(0.079)  # halfway between 8 and 150 ms
-    assert calibrate(0.150, samples) == pytest.approx(0.200)
-    assert calibrate(0.005, samples) == pytest.approx(0.004)  # the first sample's ratio 0.8
-    assert calibrate(0.400, samples) == pytest.approx(0.500)  # the last sample's ratio 1.25
-    assert calibrate(0.123, []) == 0.123  # nothing rehearsed: the formula

@@ -9,15 +9,6 @@ receives) each take ``sum b / bandwidth`` over their links, so
 
 where ``message`` is the measured time of an all-to-all of a few bytes (the per-message latency).
 
-The probes behind ``bw`` send one way, one pair at a time, after a pause; the run's exchanges go both ways,
-every pair at once, one shortly after another. On shaped links that differs both ways. Measured at
-20 Mbit/s: a token-bucket shaper's burst lets a lone small exchange through faster than its rate, while an
-exchange right after a large one waits for the backlog the large one left in the shaper's queue (a sender's
-collective completes once its bytes are in the kernel, not on the far side). So the profile also rehearses
-the run's sequence of exchanges, and :func:`calibrate` maps the formula's summed time for a sequence onto
-the rehearsed sums (piecewise linear between rehearsed sequences, at the nearest one's ratio beyond them);
-the planner scales each exchange of a sequence by that ratio.
-
 Branch mode. Per batch and device, segment i costs ``compute[d][i]`` (its convolutions, plus packing and
 the codec at the shuffle point after it); the all-to-all after segment i starts when every device has
 issued it and the link is free. :func:`simulate_branch` plays that schedule for ``in_flight`` batches
@@ -51,21 +42,6 @@ def transfer_seconds(sent: list[list[float]], bandwidth: list[list[float]], mess
         ingress = sum(sent[j][d] / bandwidth[j][d] for j in range(n) if j != d and sent[j][d])
         busiest = max(busiest, egress, ingress)
     return message_s + busiest
-
-
-def calibrate(formula_s: float, samples: list[list[float]]) -> float:
-    """The measured time for a formula time, from ``samples`` of [formula_s, measured_s] (sorted by formula)."""
-    if not samples:
-        return formula_s
-    xs, ys = zip(*samples)
-    if formula_s <= xs[0]:
-        return formula_s * ys[0] / xs[0]
-    if formula_s >= xs[-1]:
-        return formula_s * ys[-1] / xs[-1]
-    i = next(i for i in range(1, len(xs)) if formula_s <= xs[i])
-    if xs[i] == xs[i - 1]:
-        return ys[i]
-    return ys[i - 1] + (ys[i] - ys[i - 1]) * (formula_s - xs[i - 1]) / (xs[i] - xs[i - 1])
 
 
 def simulate_branch(compute: list[list[float]], transfer: list[float], in_flight: int = 1,

@@ -19,11 +19,13 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from decnn.bench.costmodel import Prediction, calibrate, data_parallel, pipeline, simulate_branch
-from decnn.inference.codec import EXCHANGE_DTYPES
+import torch
+
+from decnn.bench.costmodel import Prediction, data_parallel, pipeline, simulate_branch, transfer_seconds
+from decnn.inference.codec import EXCHANGE_DTYPES, make_codec
 from decnn.inference.pipeline_mode import UnitProfile, balanced_cuts
-from decnn.partition import Placement
-from decnn.plan.profile import Profile, exchange_bytes, formula_seconds
+from decnn.partition import Placement, exchange_plans
+from decnn.plan.profile import Profile
 
 OBJECTIVES = ("latency", "throughput")
 MODES = ("branch", "pipeline", "data", "single")
@@ -84,12 +86,20 @@ def _link(profile: Profile, src: int, dst: int, nbytes: float) -> float:
     return links.latency_s[src][dst] + nbytes / links.bytes_per_s[src][dst]
 
 
+def _message_s(profile: Profile) -> float:
+    return profile.links.collective_s.get("all_to_all", 0.0)
+
+
 def predict_branch(profile: Profile, placement: Placement, dtype: str, in_flight: int) -> Prediction:
     n, b = placement.num_devices, profile.batch
-    formula = [formula_seconds(profile.links, sent)
-               for sent in exchange_bytes(profile.permutations, profile.pixels, placement, dtype, b)]
-    scale = calibrate(sum(formula), profile.links.exchange_samples) / sum(formula) if sum(formula) else 1.0
-    transfer = [t * scale for t in formula]
+    codec = make_codec(dtype)
+    wire_bytes = torch.empty(0, dtype=codec.wire_dtype).element_size()
+    transfer = []
+    for perm, pixels in zip(profile.permutations, profile.pixels):
+        plans = exchange_plans(torch.tensor(perm), placement)
+        row = codec.row_elements(b, pixels) * wire_bytes
+        sent = [[0 if s == d else plans[s].send_splits[d] * row for d in range(n)] for s in range(n)]
+        transfer.append(transfer_seconds(sent, profile.links.bytes_per_s, _message_s(profile)))
     compute = []
     for d, groups in enumerate(placement.devices):
         k, dev = len(groups), profile.devices[d]

@@ -11,7 +11,6 @@ overhead and all). Rank 0 writes it all as one JSON file.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import socket
@@ -22,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from decnn.bench.costmodel import transfer_seconds
 from decnn.comm import Communicator, configure_threads
 from decnn.inference.branch_mode import ShuffleExchange
 from decnn.inference.codec import EXCHANGE_DTYPES, make_codec
@@ -33,12 +31,10 @@ from decnn.inference.mode import Clock
 from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
 from decnn.inference.pipeline_mode import profile_units
 from decnn.inference.spec import ModelSpec, resolve_model
-from decnn.partition import Placement, exchange_plans, extract_branches, local_exchange, run_branches_locally
+from decnn.partition import Placement, extract_branches, local_exchange, run_branches_locally
 
-PROFILE_VERSION = 2
+PROFILE_VERSION = 1
 _REPEATS = 5
-_REHEARSALS = 9
-_REHEARSAL_WARMUP = 2
 _AGREEMENT_IMAGES = 32
 _SMALL_BYTES = 64
 _LARGE_START = 256 * 1024
@@ -65,9 +61,6 @@ class LinkProfile:
     latency_s: list[list[float]]  # one message of a few bytes
     bytes_per_s: list[list[float]]  # large blocks: (large - small) bytes / (time(large) - time(small))
     collective_s: dict[str, float] = field(default_factory=dict)  # a few bytes over the whole group, by name
-    # Rehearsed exchange sequences, one [formula_s, measured_s] pair per exchange dtype: the summed time of
-    # the run's shuffle exchanges by the cost model's formula with the probes above, and in the rehearsal.
-    exchange_samples: list[list[float]] = field(default_factory=list)
 
 
 @dataclass
@@ -284,118 +277,18 @@ def measure_links(comm: Communicator) -> LinkProfile:
     return LinkProfile(latency, rate, collective)
 
 
-def near_even(groups: int, devices: int) -> Placement:
-    """Consecutive groups, as evenly as they divide (the first devices get the extra ones)."""
-    edges = [round(d * groups / devices + 1e-9) for d in range(devices + 1)]
-    return Placement(groups, tuple(tuple(range(a, b)) for a, b in itertools.pairwise(edges)))
-
-
-def exchange_bytes(permutations: list[list[int]], pixels: list[int], placement: Placement, dtype: str,
-                   batch: int) -> list[list[list[int]]]:
-    """``[point][s][d]``: the bytes device s puts in its all-to-all for device d (the diagonal: what it keeps)."""
-    codec = make_codec(dtype)
-    element = torch.empty(0, dtype=codec.wire_dtype).element_size()
-    out = []
-    for perm, px in zip(permutations, pixels):
-        row = codec.row_elements(batch, px) * element
-        out.append([[split * row for split in plan.send_splits]
-                    for plan in exchange_plans(torch.tensor(perm), placement)])
-    return out
-
-
-def _spin(seconds: float) -> None:
-    """Keep the core busy for ``seconds``, as the segment it stands for would."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
-def _wire_distinct_dtypes() -> list[str]:
-    """One exchange dtype per wire size (fp16 and bf16 send the same bytes)."""
-    seen, out = set(), []
-    for dtype in EXCHANGE_DTYPES:
-        codec = make_codec(dtype)
-        key = (codec.wire_dtype.itemsize, codec.row_elements(1, 64))
-        if key not in seen:
-            seen.add(key)
-            out.append(dtype)
-    return out
-
-
-def rehearse_exchanges(comm: Communicator, shape: dict, groups: int, batch: int, device: DeviceProfile,
-                       repeats: int = _REHEARSALS) -> dict[str, float] | None:
-    """The run's shuffle exchanges without the model: per exchange dtype, the seconds a batch spends in them.
-
-    Near-even placement; before each exchange this rank spins for its profiled segment and packing time.
-    Batch after batch of one dtype, as a run sends them (TCP's state carries over from batch to batch),
-    each after a tiny all-to-all that lines the ranks up as the run's input broadcast does. A batch's time
-    is the mean over ranks of the time each was blocked in its exchanges, median over ``repeats`` after
-    a warm-up.
-    Returns the times on rank 0, None elsewhere.
-    """
-    n = comm.world_size
-    placement = near_even(groups, n)
-    k = len(placement.devices[comm.rank])
-    rehearsals = {}
-    for dtype in _wire_distinct_dtypes():
-        calls = [_all_to_all(comm, sent) for sent in exchange_bytes(shape["permutations"], shape["pixels"],
-                                                                    placement, dtype, batch)]
-        gaps = [device.segment_s[k - 1][i] + device.pack_s[dtype][k - 1][i] for i in range(len(calls))]
-        rehearsals[dtype] = (calls, gaps, sum(device.segment_s[k - 1][len(calls):]))
-    line_up = _all_to_all(comm, [[1] * n for _ in range(n)])
-    blocked: dict[str, list[float]] = {dtype: [] for dtype in rehearsals}
-    for dtype, (calls, gaps, tail) in rehearsals.items():
-        for r in range(_REHEARSAL_WARMUP + repeats):
-            line_up()
-            total = 0.0
-            for gap, call in zip(gaps, calls):
-                _spin(gap)
-                start = time.perf_counter()
-                call()
-                total += time.perf_counter() - start
-            _spin(tail)
-            if r >= _REHEARSAL_WARMUP:
-                blocked[dtype].append(total)
-    gathered = comm.gather_object(blocked)
-    if comm.rank != 0:
-        return None
-    return {dtype: statistics.median(statistics.fmean(ranks) for ranks in zip(*(g[dtype] for g in gathered)))
-            for dtype in blocked}
-
-
-def formula_seconds(links: LinkProfile, sent: list[list[int]]) -> float:
-    """The cost model's formula (:func:`transfer_seconds`) for an all-to-all of ``sent[s][d]`` bytes over
-    the probed links (what a device keeps, the diagonal, does not cross one)."""
-    n = len(sent)
-    off_diagonal = [[0 if s == d else sent[s][d] for d in range(n)] for s in range(n)]
-    return transfer_seconds(off_diagonal, links.bytes_per_s, links.collective_s.get("all_to_all", 0.0))
-
-
-def exchange_samples(links: LinkProfile, shape: dict, groups: int, batch: int,
-                     rehearsed: dict[str, float]) -> list[list[float]]:
-    """Pair each rehearsed batch's exchange time with the formula's, sorted by the formula's."""
-    placement = near_even(groups, len(links.latency_s))
-    return sorted([sum(formula_seconds(links, sent) for sent in exchange_bytes(
-        shape["permutations"], shape["pixels"], placement, dtype, batch)), measured]
-        for dtype, measured in rehearsed.items())
-
-
 def measure_profile(comm: Communicator, spec: ModelSpec, batch: int, image_size: int) -> Profile | None:
-    """Every rank times its device, then the group measures and rehearses its links; returns the profile
-    on rank 0."""
+    """Every rank times its device, then the group measures its links; returns the profile on rank 0."""
     mine = time_device(spec, batch, image_size)
     device = DeviceProfile(comm.rank, socket.gethostname(), torch.get_num_threads(), mine["segment_s"],
                            mine["pack_s"], mine["unit_s"])
     devices = comm.gather_object(device)
     links = measure_links(comm)
-    shape = comm.broadcast_object(shapes(spec, image_size) if comm.rank == 0 else None)
-    rehearsed = rehearse_exchanges(comm, shape, spec.groups, batch, device)
     if comm.rank != 0:
         return None
-    links.exchange_samples = exchange_samples(links, shape, spec.groups, batch, rehearsed)
     return Profile(
         model=spec.name, groups=spec.groups, width=spec.width, stem=spec.stem, batch=batch,
-        image_size=image_size, **shape, unit_names=mine["unit_names"],
+        image_size=image_size, **shapes(spec, image_size), unit_names=mine["unit_names"],
         unit_out_bytes=mine["unit_out_bytes"], agreement=measure_agreement(spec, image_size),
         devices=devices, links=links,
     )
