@@ -5,7 +5,7 @@ import pytest
 from decnn.bench.__main__ import main as bench_main
 from decnn.bench.costmodel import Prediction
 from decnn.bench.plan import plan
-from decnn.bench.summary import bench_table, read, summarize
+from decnn.bench.summary import bench_table, read, summarize, write
 from decnn.record import Latency, RunRecord
 
 
@@ -39,7 +39,7 @@ def _report(p50, ips):
                      peak_rss_per_rank=[1, 1])
 
 
-def test_ratios_are_taken_within_each_round_then_medianed():
+def test_ratios_are_taken_within_each_round_then_medianed(tmp_path):
     config = plan([1], [2], [None], ["fp32"])[2]
     reports = [_report(20, 50), _report(40, 25), _report(30, 30)]
     # Round 2 was slow for everyone: within-round ratios stay 2x, 2x, 2x against ResNet-34.
@@ -54,6 +54,9 @@ def test_ratios_are_taken_within_each_round_then_medianed():
     assert record.predicted_latency_ms == pytest.approx(15.0)
     assert "| decnn branch fp32 | 1 | loopback | 2 | 30.0 |" in bench_table([record])
     assert record.throughput_ratio_vs_decnn_single == pytest.approx(25 / 17)  # median of 50/33, 25/17, 30/22
+    out = tmp_path / "bench.json"
+    write([record], {"started": "now"}, out, None)  # the Markdown keeps the cost model's error table
+    assert "| decnn branch fp32 | 1 | loopback | 2 | 15.0 | 30.0 | -50.0% |" in out.with_suffix(".md").read_text()
 
 
 @pytest.mark.slow

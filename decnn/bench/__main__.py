@@ -22,9 +22,9 @@ from tqdm import tqdm
 import decnn  # noqa: F401  (registers the models)
 from decnn.bench.links import EmulatedLink, links_available, parse_rate
 from decnn.bench.plan import DECNN, BenchConfig, plan
-from decnn.bench.predict import format_errors, measure_profiles, predictions
+from decnn.bench.predict import measure_profiles, predictions
 from decnn.bench.run import RunFailed, run_local, run_over_link
-from decnn.bench.summary import BASELINES, bench_table, crossovers, format_crossovers, summarize, write
+from decnn.bench.summary import BASELINES, bench_table, crossovers, format_crossovers, format_errors, summarize, write
 from decnn.exitcodes import run_main
 from decnn.record import RunRecord
 

@@ -3,7 +3,6 @@ setup with ``python -m decnn.plan profile``, then the planner's formulas for eve
 
 from __future__ import annotations
 
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,21 +47,3 @@ def predictions(configs: list[BenchConfig], profiles: dict[tuple, Profile]) -> d
             placement = Placement.even(profile.groups, c.devices)
             out[c.label()] = predict_branch(profile, placement, c.exchange_dtype, c.overlap)
     return out
-
-
-def format_errors(records: list) -> str:
-    """Every prediction's error against its measurement, then their median and max |error|."""
-    rows = [r for r in records if r.predicted_latency_ms is not None]
-    if not rows:
-        return ""
-    lines = ["| configuration | batch | link | devices | predicted ms | measured ms | error |",
-             "|---|---:|---|---:|---:|---:|---:|"]
-    errors = []
-    for r in rows:
-        err = (r.predicted_latency_ms - r.measured_for_prediction_ms) / r.measured_for_prediction_ms
-        errors.append(abs(err))
-        lines.append(f"| {r.name} | {r.batch} | {r.link} | {r.devices} | {r.predicted_latency_ms:.1f} "
-                     f"| {r.measured_for_prediction_ms:.1f} | {err:+.1%} |")
-    lines.append(f"\ncost model |error|: median {statistics.median(errors):.1%}, max {max(errors):.1%} "
-                 f"over {len(errors)} configurations")
-    return "\n".join(lines)

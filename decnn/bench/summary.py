@@ -184,14 +184,33 @@ def bench_table(records: list[RunRecord]) -> str:
     return "\n".join(lines)
 
 
+def format_errors(records: list[RunRecord]) -> str:
+    """Every prediction's error against its measurement, then their median and max |error|."""
+    rows = [r for r in records if r.predicted_latency_ms is not None]
+    if not rows:
+        return ""
+    lines = ["| configuration | batch | link | devices | predicted ms | measured ms | error |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    errors = []
+    for r in rows:
+        err = (r.predicted_latency_ms - r.measured_for_prediction_ms) / r.measured_for_prediction_ms
+        errors.append(abs(err))
+        lines.append(f"| {r.name} | {r.batch} | {r.link} | {r.devices} | {r.predicted_latency_ms:.1f} "
+                     f"| {r.measured_for_prediction_ms:.1f} | {err:+.1%} |")
+    lines.append(f"\ncost model |error|: median {statistics.median(errors):.1%}, max {max(errors):.1%} "
+                 f"over {len(errors)} configurations")
+    return "\n".join(lines)
+
+
 def write(records: list[RunRecord], meta: dict, out: Path, log_dir: str | None) -> None:
-    """JSON (``out``), Markdown beside it (results, crossovers, breakdowns), the link plot (``.png``, with
-    emulated links) and one TensorBoard run per configuration under ``log_dir``."""
+    """JSON (``out``), Markdown beside it (results, crossovers, cost-model errors, breakdowns), the link plot
+    (``.png``, with emulated links) and one TensorBoard run per configuration under ``log_dir``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     cross = crossovers(records)
     out.write_text(json.dumps({"meta": meta, "records": [r.to_dict() for r in records], "crossovers": cross},
                               indent=2) + "\n")
-    sections = [bench_table(records), format_crossovers(cross) if cross else "", format_breakdown(records)]
+    sections = [bench_table(records), format_crossovers(cross) if cross else "", format_errors(records),
+                format_breakdown(records)]
     out.with_suffix(".md").write_text("\n\n".join(s for s in sections if s) + "\n")
     plot_links(records, out.with_suffix(".png"))
     if not log_dir:
