@@ -1,5 +1,8 @@
 """The report generator replaces only its marked blocks."""
 
+import subprocess
+import sys
+
 import pytest
 
 from decnn.bench.paper import accuracy_table, replace_block
@@ -27,3 +30,13 @@ def test_accuracy_table_lists_training_runs_only():
     }
     table = accuracy_table(runs)
     assert "| train/a | decnn_resnet34 | 4 | 1.5 | 96.29 | 0.76 |" in table and "bench/b" not in table
+
+
+def test_a_missing_runs_folder_is_one_line_exit_2_and_leaves_the_report(tmp_path):
+    report = tmp_path / "README.md"
+    report.write_text("<!-- decnn:begin accuracy -->\nold\n<!-- decnn:end accuracy -->\n")
+    res = subprocess.run([sys.executable, "-m", "decnn.bench.paper", "--runs", str(tmp_path / "nowhere"),
+                          "--report", str(report)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"error: no runs folder at {tmp_path / 'nowhere'}; train.py and infer_distributed.py write to runs/"]
+    assert "old" in report.read_text()

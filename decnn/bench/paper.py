@@ -58,4 +58,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    # A missing or malformed benchmark JSON, runs folder or report is an input error (exit 2, one line).
+    sys.exit(run_main(main, usage_errors=(OSError, ValueError)))
