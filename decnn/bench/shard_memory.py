@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from decnn.exitcodes import run_main
+
 HOWS = ("whole", "shard", "checkpoint")
 
 
@@ -82,4 +84,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # A missing checkpoint or shard folder is an input error (exit 2, one line).
+    sys.exit(run_main(main, usage_errors=(OSError, ValueError)))

@@ -27,10 +27,10 @@ EXAMPLE = "decnn convert resnet34_s3_x15.pth runs/converted/resnet34_s3_x15.pt"
 
 def read_reference(path: str | Path, arch: str | None) -> tuple[str, dict[str, torch.Tensor], dict]:
     """The architecture, the state dict (``module.`` prefixes removed) and the whole checkpoint dict."""
+    if not Path(path).is_file():
+        raise ReferenceFormatError(f"no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
     except Exception as e:
         reason = str(e).splitlines()[0][:200]
         raise ReferenceFormatError(f"{path} does not load as a checkpoint (with weights_only=True): {reason}") from e
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         ckpt = convert(args.reference, args.out, args.arch)
-    except (ReferenceFormatError, FileNotFoundError) as e:
-        print(f"decnn convert: {e}\nexample: {EXAMPLE}", file=sys.stderr)
+    except ReferenceFormatError as e:
+        print(f"error: {e}\nexample: {EXAMPLE}", file=sys.stderr)
         return 2
     print(f"{args.out}: {ckpt['converted_from']['arch']} as {ckpt['model_name']} {ckpt['model_kwargs']}")
     return 0
