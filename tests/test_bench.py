@@ -3,9 +3,9 @@
 import pytest
 
 from decnn.bench.__main__ import main as bench_main
-from decnn.bench.costmodel import Prediction
 from decnn.bench.plan import plan
 from decnn.bench.summary import bench_table, read, summarize, write
+from decnn.plan.costmodel import Prediction
 from decnn.record import Latency, RunRecord
 
 

@@ -5,9 +5,9 @@ import itertools
 import pytest
 import torch
 
-from decnn.bench.costmodel import transfer_seconds
 from decnn.models.decoupled_resnet import ChannelShuffle
 from decnn.partition import Placement, extract_branches, run_branches_locally
+from decnn.plan.costmodel import transfer_seconds
 from decnn.plan.planner import candidates, eligible_dtypes, placements, plan, predict_branch
 from decnn.plan.profile import DeviceProfile, LinkProfile, Profile
 

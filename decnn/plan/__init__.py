@@ -1,1 +1,2 @@
-"""Planning a split: profile the devices and links at hand, predict every way to run, pick the best."""
+"""Planning a split: profile the devices and links at hand (``profile``), predict every way to run with the
+cost model (``costmodel``) and pick the best (``planner``); ``hetero`` emulates uneven devices."""

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-from decnn.bench.costmodel import Prediction, data_parallel, pipeline, simulate_branch, transfer_seconds
 from decnn.inference.codec import EXCHANGE_DTYPES, make_codec
 from decnn.inference.pipeline_mode import UnitProfile, balanced_cuts
 from decnn.partition import Placement, exchange_plans
+from decnn.plan.costmodel import Prediction, data_parallel, pipeline, simulate_branch, transfer_seconds
 from decnn.plan.profile import Profile
 
 OBJECTIVES = ("latency", "throughput")
