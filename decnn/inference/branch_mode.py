@@ -26,47 +26,64 @@ class ShuffleExchange:
     Outgoing channels are gathered in destination order straight into a channels-first buffer
     ``(C, B, H*W)``, so the all-to-all splits them along dim 0; received channels are put back in local
     order straight into a ``(B, C, H, W)`` buffer in the activation's layout (NCHW or channels-last).
-    Those are the only two copies (plus the codec's).
+    The block a rank keeps for itself never enters the all-to-all (its split is 0): it is gathered from
+    the activation in fp32 while the exchange runs, behind the received rows, so it skips the codec and
+    the copy through the wire (at 2 devices, half of each exchange's rows).
     """
 
     def __init__(self, point: int, plan: ExchangePlan, codec: Codec, comm: Communicator, clock: Clock):
         self.point, self.plan, self.codec, self.comm, self.clock = point, plan, codec, comm, clock
-        self.send_index = plan.send_index.to(comm.device)
-        self.recv_index = plan.recv_index.to(comm.device)
+        me, first = plan.device, sum(plan.send_splits[:plan.device])
+        self.kept = plan.send_splits[me]
+        self.send_index = torch.cat([plan.send_index[:first], plan.send_index[first + self.kept:]]).to(comm.device)
+        self.keep_index = plan.send_index[first:first + self.kept].to(comm.device)
+        self.send_splits = [0 if d == me else n for d, n in enumerate(plan.send_splits)]
+        self.recv_splits = [0 if d == me else n for d, n in enumerate(plan.recv_splits)]
+        # Received rows come in source order without this rank's block, which goes last: renumber recv_index.
+        received, own = sum(self.recv_splits), sum(plan.recv_splits[:me])
+        row = torch.arange(received + self.kept)
+        moved = torch.where(row < own, row, torch.where(row < own + self.kept, received + row - own, row - self.kept))
+        self.recv_index = moved[plan.recv_index].to(comm.device)
         self.shape: torch.Size | None = None
         self.pending: Timed | None = None
         self.sent_bytes = self.sent_fp32_bytes = 0  # to other ranks; and what fp32 would have taken
 
     def _allocate(self, x: torch.Tensor) -> None:
-        b, c, h, w = x.shape
+        b, _, h, w = x.shape
         row = self.codec.row_elements(b, h * w)
         wire = dict(dtype=self.codec.wire_dtype, device=x.device)
-        self.send_rows = torch.empty(c, b, h, w, device=x.device)
-        self.send_wire = torch.empty(c, row, **wire) if self.codec.needs_buffer else None
-        self.recv_wire = torch.empty(sum(self.plan.recv_splits), row, **wire)
-        self.recv_rows = torch.empty(sum(self.plan.recv_splits), b, h * w, device=x.device)
+        sent, received = sum(self.send_splits), sum(self.recv_splits)
+        self.send_rows = torch.empty(sent, b, h, w, device=x.device)
+        self.send_wire = torch.empty(sent, row, **wire) if self.codec.needs_buffer else None
+        self.rows = torch.empty(received + self.kept, b, h * w, device=x.device)  # received, then kept
+        # fp32 arrives straight in its rows; a codec's wire rows are decoded into them.
+        self.recv_wire = (torch.empty(received, row, **wire) if self.codec.needs_buffer
+                          else self.rows[:received].view(received, row))
         # The next segment gets the layout this one produced (channels-last after prepare_for_inference).
         self.channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.received = torch.empty(b, sum(self.plan.recv_splits), h, w, device=x.device, memory_format=layout)
+        self.received = torch.empty(b, received + self.kept, h, w, device=x.device, memory_format=layout)
         self.bytes_per_batch = self.plan.channels_sent * row * self.recv_wire.element_size()
         self.fp32_bytes_per_batch = self.plan.channels_sent * b * h * w * 4
         self.shape = x.shape
 
     def start(self, x: torch.Tensor) -> None:
-        """Pack ``x`` ([B, C_local, H, W]) and start the all-to-all without waiting for it."""
+        """Pack ``x`` ([B, C_local, H, W]), start the all-to-all without waiting for it, keep this rank's block."""
         if x.shape != self.shape:
             self._allocate(x)
         b, _, h, w = x.shape
+        channels_first = x.transpose(0, 1)
         with self.clock.part("pack"):
-            torch.index_select(x.transpose(0, 1), 0, self.send_index, out=self.send_rows)
+            torch.index_select(channels_first, 0, self.send_index, out=self.send_rows)
         with self.clock.part("codec"):
             wire = self.codec.encode(self.send_rows.view(-1, b, h * w), self.send_wire)
         self.pending = self.clock.issue(
             f"all_to_all {self.point}",
-            lambda: self.comm.all_to_all(self.recv_wire, wire, self.plan.recv_splits, self.plan.send_splits,
-                                         async_op=True),
+            lambda: self.comm.all_to_all(self.recv_wire, wire, self.recv_splits, self.send_splits, async_op=True),
         )
+        with self.clock.part("pack"):
+            kept = self.rows[len(self.rows) - self.kept:]
+            torch.index_select(channels_first, 0, self.keep_index, out=kept.view(self.kept, b, h, w))
         self.sent_bytes += self.bytes_per_batch
         self.sent_fp32_bytes += self.fp32_bytes_per_batch
 
@@ -75,8 +92,10 @@ class ShuffleExchange:
         self.pending.wait()
         self.pending = None
         b, c, h, w = self.received.shape
-        with self.clock.part("codec"):
-            rows = self.codec.decode(self.recv_wire, b, self.recv_rows).view(c, b, h, w)
+        if self.codec.needs_buffer:
+            with self.clock.part("codec"):
+                self.codec.decode(self.recv_wire, b, self.rows[:len(self.rows) - self.kept])
+        rows = self.rows.view(c, b, h, w)
         with self.clock.part("pack"):
             if self.channels_last:  # gather channels into the innermost dim of the NHWC buffer
                 torch.index_select(rows.permute(1, 2, 3, 0), 3, self.recv_index,

@@ -17,7 +17,7 @@ class Codec:
 
     name = "fp32"
     wire_dtype = torch.float32
-    needs_buffer = False  # encode() needs a wire buffer of its own
+    needs_buffer = False  # True: wire rows of their own (encode fills one, decode reads one); fp32 needs none
 
     def row_elements(self, batch: int, pixels: int) -> int:
         """Wire elements per channel row for ``batch`` images of ``pixels`` values each."""
