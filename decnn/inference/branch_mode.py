@@ -40,10 +40,10 @@ class ShuffleExchange:
         self.send_splits = [0 if d == me else n for d, n in enumerate(plan.send_splits)]
         self.recv_splits = [0 if d == me else n for d, n in enumerate(plan.recv_splits)]
         # Received rows come in source order without this rank's block, which goes last: renumber recv_index.
-        received, own = sum(self.recv_splits), sum(plan.recv_splits[:me])
-        row = torch.arange(received + self.kept)
-        moved = torch.where(row < own, row, torch.where(row < own + self.kept, received + row - own, row - self.kept))
-        self.recv_index = moved[plan.recv_index].to(comm.device)
+        own, total = sum(plan.recv_splits[:me]), sum(plan.recv_splits)
+        new_to_old = torch.cat([torch.arange(own), torch.arange(own + self.kept, total),
+                                torch.arange(own, own + self.kept)])
+        self.recv_index = torch.argsort(new_to_old)[plan.recv_index].to(comm.device)
         self.shape: torch.Size | None = None
         self.pending: Timed | None = None
         self.sent_bytes = self.sent_fp32_bytes = 0  # to other ranks; and what fp32 would have taken
@@ -56,9 +56,10 @@ class ShuffleExchange:
         self.send_rows = torch.empty(sent, b, h, w, device=x.device)
         self.send_wire = torch.empty(sent, row, **wire) if self.codec.needs_buffer else None
         self.rows = torch.empty(received + self.kept, b, h * w, device=x.device)  # received, then kept
+        self.recv_rows, self.kept_rows = self.rows[:received], self.rows[received:]
         # fp32 arrives straight in its rows; a codec's wire rows are decoded into them.
         self.recv_wire = (torch.empty(received, row, **wire) if self.codec.needs_buffer
-                          else self.rows[:received].view(received, row))
+                          else self.recv_rows.view(received, row))
         # The next segment gets the layout this one produced (channels-last after prepare_for_inference).
         self.channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -82,8 +83,7 @@ class ShuffleExchange:
             lambda: self.comm.all_to_all(self.recv_wire, wire, self.recv_splits, self.send_splits, async_op=True),
         )
         with self.clock.part("pack"):
-            kept = self.rows[len(self.rows) - self.kept:]
-            torch.index_select(channels_first, 0, self.keep_index, out=kept.view(self.kept, b, h, w))
+            torch.index_select(channels_first, 0, self.keep_index, out=self.kept_rows.view(self.kept, b, h, w))
         self.sent_bytes += self.bytes_per_batch
         self.sent_fp32_bytes += self.fp32_bytes_per_batch
 
@@ -94,7 +94,7 @@ class ShuffleExchange:
         b, c, h, w = self.received.shape
         if self.codec.needs_buffer:
             with self.clock.part("codec"):
-                self.codec.decode(self.recv_wire, b, self.rows[:len(self.rows) - self.kept])
+                self.codec.decode(self.recv_wire, b, self.recv_rows)
         rows = self.rows.view(c, b, h, w)
         with self.clock.part("pack"):
             if self.channels_last:  # gather channels into the innermost dim of the NHWC buffer

@@ -72,7 +72,7 @@ class Int8Codec(Codec):
         # x * inv + (0.5 - lo * inv) = (x - lo) / step + 0.5 lies in [0.5, 255.5]: truncating it rounds.
         scaled = torch.mul(rows, inv).add_(inv.mul(lo).neg_().add_(0.5))
         # Through int16: on CPU float -> uint8 is a scalar loop, float -> int16 and int16 -> uint8 are
-        # vectorised (3x faster for a batch-1 exchange).
+        # vectorised (the conversion of a batch-1 exchange's first shuffle point: 74 -> 26 us).
         wire[..., :p].copy_(scaled.to(torch.int16))
         wire[..., p:].copy_(torch.cat([lo, step], dim=-1).view(torch.uint8))
         return wire.view(c, -1)
