@@ -6,6 +6,7 @@
     decnn bench [...]      the side-by-side benchmark (python -m decnn.bench)
     decnn data [...]       download, check, prepare Tiny-ImageNet or make the stand-in (python -m decnn.data)
     decnn export [...]     a checkpoint as per-device shards, optionally ONNX graphs (python -m decnn.export)
+    decnn edge [...]       a split run by devices without torch: ONNX Runtime + MPI (python -m decnn.edge.launch)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ COMMANDS = {
     "bench": "decnn.bench.__main__",
     "data": "decnn.data.__main__",
     "export": "decnn.export",
+    "edge": "decnn.edge.launch",
 }
 
 

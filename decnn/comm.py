@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -50,7 +49,6 @@ __all__ = [
     "backend_for",
     "configure_threads",
     "exit_with_launcher",
-    "inject_fault",
     "launch",
     "terminable_when_stopped",
     "under_launcher",
@@ -60,8 +58,6 @@ _FAULT_KEY = "decnn/failed/"
 _HOST_KEY = "decnn/host/"
 _SHUTDOWN_TIMEOUT_S = 3  # SIGTERM -> SIGKILL grace for the launcher's workers
 _NAMING_WAIT_S = 1.0  # longest a failing rank waits to learn which peers failed too
-# Test-only fault injection: "RANK:POINT:KIND" makes that rank exit, kill itself, hang or stop at that point.
-FAULT_ENV = "DECNN_INJECT_FAULT"
 
 
 class PeerError(RuntimeError):
@@ -70,23 +66,6 @@ class PeerError(RuntimeError):
 
 class LaunchError(RuntimeError):
     """A worker process of :func:`launch` failed; the message names the rank and the cause."""
-
-
-def inject_fault(rank: int, point: str) -> None:
-    """Test hook (``DECNN_INJECT_FAULT=RANK:POINT:exit|kill|hang|stop``): play a peer that exits with code 17,
-    is killed by SIGKILL, hangs (sleeps, still answering signals) or is stopped by SIGSTOP at ``point``."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    fault_rank, fault_point, kind = spec.split(":")
-    if (int(fault_rank), fault_point) != (rank, point):
-        return
-    print(f"[fault] rank {rank}: {kind} at {point}", file=sys.stderr, flush=True)
-    if kind == "exit":
-        os._exit(17)
-    if kind in ("kill", "stop"):
-        os.kill(os.getpid(), signal.SIGKILL if kind == "kill" else signal.SIGSTOP)
-    time.sleep(3600)
 
 
 def exit_with_launcher() -> None:

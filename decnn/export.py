@@ -7,12 +7,15 @@ Shards (``device<d>.pt``) are what ``decnn.split("shards/", ...)`` and ``infer_d
 shards/`` load. With ``--onnx`` each device also gets ``device<d>.seg<i>.onnx`` (segment i; segment 0 starts
 with the stem) and ``device<d>.head.onnx`` (its partial logits): between segments, the activations are
 exchanged with the plans in the device's shard, and the partial logits of all devices are summed; device 0's
-``device0.tail.onnx`` turns that sum into the logits.
+``device0.tail.onnx`` turns that sum into the logits; ``model.onnx`` is the whole model. A device that runs
+without torch (``decnn edge``) needs only ``manifest.json``, its ``device<d>.plans.json`` and its graphs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 from pathlib import Path
@@ -20,9 +23,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from decnn.edge.bundle import MANIFEST, WHOLE_MODEL
 from decnn.partition import Branch, Placement
-from decnn.shards import MANIFEST, ShardError, export_shards, load_shard_branch, meta_model
-from decnn.train.checkpoint import CheckpointError, load_checkpoint
+from decnn.shards import ShardError, export_shards, load_shard_branch, meta_model
+from decnn.train.checkpoint import CheckpointError, load_checkpoint, load_weights
 
 EXAMPLES = """examples:
   decnn export runs/train/<run>/best.pt --placement 0,1/2,3 --out shards/
@@ -49,26 +53,39 @@ def onnx_files(device: int, num_segments: int) -> list[str]:
 
 
 def export_onnx(out: str | Path, manifest: dict) -> list[list[str]]:
-    """Write every device's segments and head (and device 0's tail) as ONNX graphs (dynamic batch, height, width)."""
+    """Write every device's segments and head (and device 0's tail) as ONNX graphs, and the whole model as
+    ``model.onnx`` (the 1-device baseline and the reference of ``--verify``); dynamic batch, height, width."""
     out = Path(out)
     placement = Placement(sum(len(dev) for dev in manifest["placement"]), tuple(map(tuple, manifest["placement"])))
-    size = manifest["image_size"]
+    x0 = torch.zeros(1, 3, manifest["image_size"], manifest["image_size"])
     files = []
     for d in range(placement.num_devices):
         branch = load_shard_branch(out, placement, d)
-        x = torch.zeros(1, 3, size, size)
         names = onnx_files(d, len(branch.segments))
         steps = [*(_Step(branch, "segment", i) for i in range(len(branch.segments))), _Step(branch, "head")]
         steps += [_Step(branch, "finish")] if d == 0 else []
-        image, vector = {0: "batch", 2: "height", 3: "width"}, {0: "batch"}
+        x = x0
         for module, name in zip(steps, names):
-            torch.onnx.export(module, (x,), out / name, input_names=["x"], output_names=["y"], dynamo=False,
-                              dynamic_axes={"x": vector if module.method == "finish" else image,
-                                            "y": image if module.method == "segment" else vector})
+            _export(module.eval(), x, out / name, image_input=module.method != "finish")
             with torch.no_grad():  # not inference_mode: the next export traces with this tensor
                 x = module(x)
         files.append(names)
+        del branch
+    ckpt = load_checkpoint(manifest["source"])
+    model = meta_model(ckpt["model_name"], ckpt["model_kwargs"])
+    load_weights(model, ckpt.pop("model"), where=manifest["source"], assign=True)
+    _export(model, x0, out / WHOLE_MODEL, image_input=True)
     return files
+
+
+def _export(module: nn.Module, x: torch.Tensor, path: Path, image_input: bool) -> None:
+    """One graph through torch's supported (dynamo-based) exporter; its progress lines go to a buffer."""
+    dims = {0: torch.export.Dim("batch")}
+    if image_input:
+        dims.update({2: torch.export.Dim("height"), 3: torch.export.Dim("width")})
+    with contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(module, (x,), path, input_names=["x"], output_names=["y"], dynamo=True,
+                          dynamic_shapes={"x": dims}, external_data=False, verbose=False)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -17,11 +17,10 @@ import timm
 import torch
 from torch import nn
 
+from decnn.edge.bundle import FORMAT, MANIFEST, BundleError, plans_file
+from decnn.edge.bundle import read_manifest as read_bundle_manifest
 from decnn.partition import Branch, ExchangePlan, Placement, extract_branch
 from decnn.train.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-
-MANIFEST = "manifest.json"
-FORMAT = "decnn-shards/1"
 
 
 class ShardError(ValueError):
@@ -51,22 +50,25 @@ def export_shards(checkpoint: str | Path, placement: Placement, out: str | Path)
         branch = extract_branch(model, placement, d)
         save_checkpoint(shard_file(out, d), {**stamp, "device": d, "branch": branch.state_dict(),
                                              "plans": [vars(p) for p in branch.plans]})
-        devices.append({"file": shard_file(out, d).name, "param_bytes": _param_bytes(branch)})
+        plans = [{k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in vars(p).items()}
+                 for p in branch.plans]
+        plans_file(out, d).write_text(json.dumps({**stamp, "device": d, "plans": plans}) + "\n")
+        devices.append({"file": shard_file(out, d).name, "plans": plans_file(out, d).name,
+                        "param_bytes": _param_bytes(branch)})
+    cfg = model.pretrained_cfg
     manifest = {**stamp, "image_size": ckpt["config"]["data"]["image_size"], "source": str(checkpoint),
+                "groups": model.groups, "width": model.width, "stem": model.stem_kind,
+                "num_classes": model.num_classes, "mean": list(cfg["mean"]), "std": list(cfg["std"]),
                 "devices": devices}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
 def read_manifest(directory: str | Path) -> dict:
-    path = Path(directory) / MANIFEST
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ShardError(f"{directory} is not a shard folder written by `decnn export` ({e})") from None
-    if manifest.get("format") != FORMAT:
-        raise ShardError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
-    return manifest
+        return read_bundle_manifest(directory)
+    except BundleError as e:
+        raise ShardError(str(e)) from None
 
 
 def check_shards(directory: str | Path, placement: Placement) -> dict:

@@ -24,9 +24,9 @@ from decnn.comm import Communicator, configure_threads
 from decnn.inference.build import build_mode
 from decnn.inference.config import InferConfig
 from decnn.inference.inputs import Normalize
-from decnn.inference.metrics import peak_rss_bytes
 from decnn.inference.optimize import keep_freed_memory
 from decnn.inference.spec import ModelSpec
+from decnn.timing import peak_rss_bytes
 
 STOP, RUN, STATS = 0, 1, 2
 DTYPES = (torch.uint8, torch.float32)  # the inputs a request may carry, by their code in the header

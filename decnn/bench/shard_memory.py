@@ -24,10 +24,11 @@ def load_once(how: str, checkpoint: str, shards: str, device: int) -> dict:
     after, and its parameter bytes."""
     import torch
 
-    from decnn.inference.metrics import param_bytes, peak_rss_bytes
+    from decnn.inference.metrics import param_bytes
     from decnn.inference.optimize import prepare_for_inference
     from decnn.partition import Placement, extract_branch
     from decnn.shards import load_checkpoint_branch, load_shard_branch, meta_model, read_manifest
+    from decnn.timing import peak_rss_bytes
     from decnn.train.checkpoint import load_model
 
     manifest = read_manifest(shards)

@@ -12,7 +12,7 @@ from torch import nn
 
 from decnn.comm import Communicator
 from decnn.inference.inputs import Normalize
-from decnn.inference.mode import Clock
+from decnn.timing import Clock
 
 
 class SingleMode:

@@ -16,8 +16,8 @@ import torch
 from decnn.comm import Communicator
 from decnn.inference.codec import Codec
 from decnn.inference.inputs import Normalize
-from decnn.inference.mode import Clock, Timed
 from decnn.partition import Branch, ExchangePlan
+from decnn.timing import Clock, Timed
 
 
 class ShuffleExchange:

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import resource
 import time
 
 import torch
 from torch import nn
 
 from decnn.train.meters import topk_correct
-
-
-def percentiles_ms(seconds: list[float]) -> dict[str, float]:
-    """p50/p95/p99 and mean of durations given in seconds, in milliseconds."""
-    if not seconds:
-        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan"), "mean": float("nan")}
-    t = torch.tensor(seconds, dtype=torch.float64) * 1e3
-    q = torch.quantile(t, torch.tensor([0.5, 0.95, 0.99], dtype=torch.float64))
-    return {"p50": q[0].item(), "p95": q[1].item(), "p99": q[2].item(), "mean": t.mean().item()}
 
 
 def synced_time(device: torch.device) -> float:
@@ -29,25 +19,6 @@ def synced_time(device: torch.device) -> float:
 
 def param_bytes(module: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
-
-
-def reset_peak_rss() -> None:
-    """Start the peak-RSS count afresh (Linux), so that it covers inference rather than model loading."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass  # elsewhere the peak covers the whole process
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak RSS: VmHWM on Linux (ru_maxrss survives exec, so a child would report its
-    parent's peak), else ru_maxrss."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:

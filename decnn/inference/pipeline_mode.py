@@ -21,8 +21,8 @@ from torch import nn
 from decnn.comm import Communicator
 from decnn.inference.inputs import Normalize
 from decnn.inference.metrics import synced_time
-from decnn.inference.mode import Clock
 from decnn.models import DecoupledModelError, DecoupledNet
+from decnn.timing import Clock
 
 __all__ = ["PipelineMode", "UnitProfile", "balanced_cuts", "model_units", "profile_units", "stage_module"]
 

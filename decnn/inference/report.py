@@ -10,10 +10,9 @@ from pathlib import Path
 
 from decnn.inference.config import InferConfig
 from decnn.inference.inputs import batch_sizes
-from decnn.inference.metrics import percentiles_ms
-from decnn.inference.mode import breakdowns
 from decnn.inference.spec import ModelSpec
-from decnn.record import MB, Latency, RunRecord
+from decnn.record import MB, Latency, RunRecord, format_table
+from decnn.timing import breakdowns, percentiles_ms
 from decnn.train.logger import make_logger
 
 
@@ -48,6 +47,7 @@ def build_report(cfg: InferConfig, spec: ModelSpec, placement, image_size: int, 
         overlap=cfg.overlap,
         exchange_dtype=cfg.exchange_dtype,
         backend=cfg.backend,
+        transport=("nccl" if cfg.device == "cuda" else "gloo") if world > 1 else None,
         image_size=image_size,
         images=timing.images,
         warmup=cfg.warmup,
@@ -109,41 +109,3 @@ def _log_tensorboard(report: RunRecord, latency_s: list[float]) -> None:
     log.hparams(hparams, metrics)
     log.text("infer/report", "```\n" + json.dumps(report.to_dict(), indent=2) + "\n```")
     log.close()
-
-
-def format_table(r: RunRecord) -> str:
-    """The console summary: the run, its numbers, and one row per rank."""
-    lat = r.latency_ms
-    rows = [
-        ("run", f"{r.model} G{r.groups} x{r.width:g} {r.stem} stem, mode {r.mode}, {r.devices} device(s), "
-                f"batch {r.batch}, overlap {r.overlap}, exchange {r.exchange_dtype}"),
-        ("images", f"{r.images} of {r.image_size}x{r.image_size} (+{r.warmup} warm-up steps, not timed)"),
-        ("latency / batch", f"p50 {lat.p50:.2f} ms  p95 {lat.p95:.2f} ms  p99 {lat.p99:.2f} ms"),
-        ("throughput", f"{r.throughput_ips:.1f} images/s"),
-        ("bytes / image", f"{r.bytes_per_image:,.0f} activations "
-                          f"({', '.join(f'{b:,.0f}' for b in r.bytes_per_image_per_point) or '-'}), "
-                          f"{r.input_bytes_per_image:,.0f} input, {r.result_bytes_per_image:,.0f} logits"),
-    ]
-    if r.bytes_saved_vs_fp32:
-        rows.append(("saved vs fp32", f"{r.bytes_saved_vs_fp32 * 100:.1f}% of the activation bytes"))
-    if r.top1_agreement is not None:
-        rows.append(("vs monolithic", f"max |dlogit| {r.max_abs_diff:.2e} ({r.max_rel_diff:.1e} of the largest "
-                                      f"logit), top-1 agreement {r.top1_agreement * 100:.2f}%"))
-    if r.top1 is not None:
-        rows.append(("accuracy", f"top-1 {r.top1:.2f}%  top-5 {r.top5:.2f}%"))
-    if r.run_dir is not None:
-        rows.append(("tensorboard", r.run_dir))
-    width = max(len(k) for k, _ in rows)
-    lines = [f"{k:<{width}}  {v}" for k, v in rows]
-    lines.append(f"{'rank':>4} {'params MB':>10} {'peak RSS MB':>12} {'threads':>8} {'cores':>8}   "
-                 "ms per batch: step = segments + head + normalize + pack + codec + peer wait + wire + other")
-    for i, b in enumerate(r.breakdown_per_rank):
-        cores = ",".join(map(str, r.cores_per_rank[i]))
-        segments = "+".join(f"{t:.1f}" for t in b["segments_ms"])
-        lines.append(
-            f"{i:>4} {r.params_per_rank[i] / MB:>10.2f} {r.peak_rss_per_rank[i] / MB:>12.1f} "
-            f"{r.threads_per_rank[i]:>8} {cores:>8}   {b['step_ms']:.1f} = ({segments}) + {b['head_ms']:.2f} "
-            f"+ {b['normalize_ms']:.2f} + {b['pack_ms']:.2f} + {b['codec_ms']:.2f} + {b['peer_wait_ms']:.2f} "
-            f"+ {b['wire_ms']:.2f} + {b['other_ms']:.2f}"
-        )
-    return "\n".join(lines)

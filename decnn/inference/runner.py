@@ -22,19 +22,20 @@ from decnn.comm import (
     Communicator,
     configure_threads,
     exit_with_launcher,
-    inject_fault,
     threads_and_cores_restored,
     under_launcher,
 )
+from decnn.faults import inject_fault
 from decnn.inference.build import build_mode
 from decnn.inference.config import DEFAULT_DATA_ROOT, ConfigError, InferConfig
 from decnn.inference.inputs import Normalize, SyntheticImages, ValImages, batch_sizes
-from decnn.inference.metrics import agreement, peak_rss_bytes, reset_peak_rss, synced_time, topk_accuracy
-from decnn.inference.mode import Clock, Mode
+from decnn.inference.metrics import agreement, synced_time, topk_accuracy
+from decnn.inference.mode import Mode
 from decnn.inference.optimize import keep_freed_memory
 from decnn.inference.report import write_report
 from decnn.inference.spec import ModelSpec, resolve_model
 from decnn.record import RunRecord
+from decnn.timing import Clock, peak_rss_bytes, reset_peak_rss
 
 SYNTHETIC_IMAGES = 64
 _PROGRESS_EVERY_S = 5.0

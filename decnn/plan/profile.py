@@ -27,11 +27,11 @@ from decnn.inference.codec import EXCHANGE_DTYPES, make_codec
 from decnn.inference.config import InferConfig
 from decnn.inference.inputs import Normalize, SyntheticImages
 from decnn.inference.metrics import agreement
-from decnn.inference.mode import Clock
 from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
 from decnn.inference.pipeline_mode import profile_units
 from decnn.inference.spec import ModelSpec, resolve_model
 from decnn.partition import Placement, extract_branches, local_exchange, run_branches_locally
+from decnn.timing import Clock
 
 PROFILE_VERSION = 1
 _REPEATS = 5

@@ -1,0 +1,246 @@
+"""One device's timed run under ``mpiexec`` (what ``decnn edge`` launches on every device):
+
+    mpiexec -n 2 python -m decnn.edge.run shards/ --batch 1 --images 64 --verify --out results/edge.json
+
+Rank r runs device r's branch of the export in ``shards/`` (``--single``: one rank runs the whole model's
+graph, the 1-device baseline). Rank 0 reads the images (``--inputs FILE.npz`` with ``images`` uint8
+[N, 3, H, W] and optionally ``labels``, or seeded random ones), times every batch after the warm-up, and
+writes the run's record: the console table, JSON (``--out``) and TensorBoard (``--log-dir``, where the
+tensorboard package is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from decnn.edge.bundle import BundleError, DeviceBundle, read_manifest, whole_model
+from decnn.edge.codec import EXCHANGE_DTYPES, make_codec
+from decnn.edge.split import EdgeSplit, EdgeWhole
+from decnn.edge.transport import MpiComm, PeerError
+from decnn.exitcodes import INTERRUPTED, RUNTIME, USAGE
+from decnn.faults import inject_fault
+from decnn.record import MB, Latency, RunRecord, format_table
+from decnn.timing import breakdowns, peak_rss_bytes, percentiles_ms, reset_peak_rss
+
+IDENTITY = "[decnn-edge]"  # the start line a rank prints for ``decnn edge`` (which keeps it off the console)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m decnn.edge.run", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("directory", help="a folder written by `decnn export CHECKPOINT --onnx`")
+    p.add_argument("--single", action="store_true", help="run the whole model's graph on one rank (the baseline)")
+    p.add_argument("--batch", type=_positive, default=1)
+    p.add_argument("--images", type=_positive, default=64, help="images to time (default 64; at most the inputs')")
+    p.add_argument("--inputs", help="an .npz with `images` (uint8 N,3,H,W) and optionally `labels`")
+    p.add_argument("--image-size", type=_positive, help="random images' size (default: the export's)")
+    p.add_argument("--warmup", type=_non_negative, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--overlap", type=_positive, default=1, help="batches in flight (default 1)")
+    p.add_argument("--exchange-dtype", choices=EXCHANGE_DTYPES, default="fp32")
+    p.add_argument("--threads", type=_positive, help="ONNX Runtime threads (default: cores / local ranks)")
+    p.add_argument("--no-pin-cores", dest="pin_cores", action="store_false", help="leave the cores unpinned")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds a peer may stay silent (default 60)")
+    p.add_argument("--verify", action="store_true", help="also run model.onnx on rank 0: agreement with the split")
+    p.add_argument("--transport", default=None, help=argparse.SUPPRESS)  # set by `decnn edge`: mpi-shm / mpi-tcp
+    p.add_argument("--out", help="write the run's record as JSON")
+    p.add_argument("--log-dir", help="TensorBoard runs folder (e.g. runs/infer)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        manifest = read_manifest(args.directory)
+        images = _Images(args, manifest)
+    except (BundleError, ValueError, OSError) as e:
+        return _fail(f"error: {e}", USAGE)
+    try:
+        comm = MpiComm(args.timeout)
+        if os.environ.get("DECNN_EDGE_LAUNCHER"):
+            print(f"{IDENTITY} rank {comm.rank} pid {os.getpid()} host {comm.hosts[comm.rank]}", file=sys.stderr,
+                  flush=True)
+        record = run(args, comm, manifest, images)
+    except KeyboardInterrupt:
+        return _fail("interrupted", INTERRUPTED)
+    except BundleError as e:
+        return _fail(f"error: rank {comm.rank}: {e}", USAGE)
+    except PeerError as e:
+        return _fail(f"error: {e}" if comm.first_survivor(e) else "", RUNTIME)
+    except Exception as e:
+        return _fail(f"error: rank {comm.rank} (host {comm.hosts[comm.rank]}) failed: {type(e).__name__}: {e}",
+                     RUNTIME)
+    if record is not None:
+        write(record, args)
+    return 0
+
+
+def run(args, comm: MpiComm, manifest: dict, images: _Images) -> RunRecord | None:
+    """This rank's part: load, warm up, time every batch, gather the stats; the record on rank 0."""
+    inject_fault(comm.rank, "setup")
+    cores = _pin(args.threads, args.pin_cores)
+    threads = args.threads or len(cores)
+    devices = 1 if args.single else len(manifest["placement"])
+    if comm.size != devices:
+        raise BundleError(f"{args.directory} is exported for {devices} device(s), but mpiexec started "
+                          f"{comm.size} rank(s): run `mpiexec -n {devices} ...`")
+    if args.single:
+        mode = EdgeWhole(whole_model(args.directory, threads), manifest["mean"], manifest["std"])
+        param_bytes = sum(d["param_bytes"] for d in manifest["devices"])
+    else:
+        bundle = DeviceBundle(args.directory, comm.rank, threads)
+        mode, param_bytes = EdgeSplit(bundle, comm, make_codec(args.exchange_dtype), args.overlap), bundle.param_bytes
+    sizes = [min(args.batch, images.count - i) for i in range(0, images.count, args.batch)]
+    steps = [sizes[i:i + mode.batches_per_step] for i in range(0, len(sizes), mode.batches_per_step)]
+    size = images.size
+    reset_peak_rss()
+    for _ in range(args.warmup):
+        mode.step(images.load(steps[0], 0, comm.rank))
+    mode.reset_stats()
+    counts_before = comm.counts.copy()
+    latency, logits, first, busy = [], [], 0, 0.0
+    for s, step in enumerate(steps):
+        inject_fault(comm.rank, str(s))
+        inputs = images.load(step, first, comm.rank)
+        start = time.perf_counter()
+        out = mode.step(inputs)
+        elapsed = time.perf_counter() - start
+        busy += elapsed
+        latency += [elapsed] * len(step)
+        logits += out or []
+        first += sum(step)
+    stats = {"rank": comm.rank, "host": comm.hosts[comm.rank], "threads": threads, "cores": cores,
+             "param_bytes": param_bytes, "peak_rss_bytes": peak_rss_bytes(), "step_s": busy,
+             "collectives_per_batch": {k: (n - counts_before[k]) / len(sizes) for k, n in comm.counts.items()
+                                       if n > counts_before[k]},
+             **mode.clock.stats(), **mode.rank_stats()}
+    all_stats = comm.gather_object(stats)
+    if comm.rank != 0:
+        return None
+    quality = images.quality(np.concatenate(logits), args.verify and not args.single, args.directory, threads)
+    return _record(args, manifest, devices, size, sizes, latency, busy, all_stats, quality)
+
+
+class _Images:
+    """Rank 0's uint8 images (from ``--inputs`` or seeded random ones) and their labels, if any."""
+
+    def __init__(self, args, manifest: dict):
+        self.labels = None
+        if args.inputs:
+            with np.load(args.inputs) as data:
+                if "images" not in data or data["images"].dtype != np.uint8 or data["images"].ndim != 4:
+                    raise ValueError(f"{args.inputs} needs `images`, uint8 [N, 3, H, W] (and optionally `labels`)")
+                self.data = data["images"][: args.images]
+                self.labels = data["labels"][: args.images] if "labels" in data else None
+        else:
+            s = args.image_size or manifest["image_size"]
+            self.data = np.random.default_rng(args.seed).integers(0, 256, (args.images, 3, s, s), dtype=np.uint8)
+        self.count, self.size = len(self.data), int(self.data.shape[-1])
+
+    def load(self, sizes: list[int], first: int, rank: int) -> list[np.ndarray]:
+        """A step's batches: the images on rank 0, buffers of the same shapes elsewhere."""
+        out, start = [], first
+        for n in sizes:
+            out.append(np.ascontiguousarray(self.data[start:start + n]) if rank == 0
+                       else np.empty((n, 3, self.size, self.size), np.uint8))
+            start += n
+        return out
+
+    def quality(self, logits: np.ndarray, verify: bool, directory: str, threads: int) -> dict:
+        """Top-1/top-5 against the labels; with ``verify``, agreement with the whole model's graph."""
+        out = {}
+        if self.labels is not None:
+            top5 = np.argsort(-logits, axis=1)[:, :5]
+            labels = self.labels[: len(logits)]
+            out["top1"] = float((top5[:, 0] == labels).mean() * 100)
+            out["top5"] = float((top5 == labels[:, None]).any(1).mean() * 100)
+        if verify:
+            manifest = read_manifest(directory)
+            whole = EdgeWhole(whole_model(directory, threads), manifest["mean"], manifest["std"])
+            reference = np.concatenate(whole.step([self.data[: len(logits)]]))
+            diff = float(np.abs(logits - reference).max())
+            out.update(max_abs_diff=diff, max_rel_diff=diff / max(float(np.abs(reference).max()), 1e-30),
+                       top1_agreement=float((logits.argmax(1) == reference.argmax(1)).mean()))
+        return out
+
+
+def _record(args, manifest: dict, devices: int, size: int, sizes: list[int], latency: list[float], busy: float,
+            stats: list[dict], quality: dict) -> RunRecord:
+    images = sum(sizes)
+    breakdown = breakdowns(stats, len(sizes))
+    per_point = [sum(col) / images for col in zip(*(s["sent_bytes_per_point"] for s in stats))]
+    fp32 = sum(sum(s["fp32_bytes_per_point"]) for s in stats) / images
+    return RunRecord(
+        model=manifest["model_name"], groups=manifest["groups"], width=manifest["width"], stem=manifest["stem"],
+        mode="single" if args.single else "branch", devices=devices,
+        placement=None if args.single else manifest["placement"], batch=args.batch, overlap=args.overlap,
+        exchange_dtype=args.exchange_dtype, backend="onnxruntime",
+        transport=None if devices == 1 else args.transport or "mpi", image_size=size, images=images,
+        warmup=args.warmup, checkpoint=manifest.get("source"),
+        latency_ms=Latency(**percentiles_ms(latency)), throughput_ips=images / busy if busy else 0.0,
+        bytes_per_image=sum(per_point), bytes_per_image_per_point=per_point,
+        bytes_saved_vs_fp32=(1 - sum(per_point) / fp32) if fp32 else 0.0,
+        input_bytes_per_image=3 * size * size * (devices - 1),
+        result_bytes_per_image=manifest["num_classes"] * 4 * (devices - 1),
+        params_per_device_mb=max(s["param_bytes"] for s in stats) / MB,
+        peak_rss_mb=max(s["peak_rss_bytes"] for s in stats) / MB,
+        params_per_rank=[s["param_bytes"] for s in stats], peak_rss_per_rank=[s["peak_rss_bytes"] for s in stats],
+        breakdown_per_rank=[dataclasses.asdict(b) for b in breakdown],
+        threads_per_rank=[s["threads"] for s in stats], cores_per_rank=[s["cores"] for s in stats],
+        hosts=sorted({s["host"] for s in stats}), collectives_per_batch=[s["collectives_per_batch"] for s in stats],
+        **quality,
+    )
+
+
+def write(record: RunRecord, args) -> None:
+    """The record as JSON (``--out``), to TensorBoard (``--log-dir``) and as the console table."""
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+    print(format_table(record), flush=True)
+
+
+def _pin(threads: int | None, pin: bool) -> list[int]:
+    """This rank's share of the host's cores (MPICH says how many ranks share the host), pinned if each gets
+    cores of its own."""
+    local, local_ranks = int(os.environ.get("MPI_LOCALRANKID", 0)), int(os.environ.get("MPI_LOCALNRANKS", 1))
+    cores = sorted(os.sched_getaffinity(0))
+    per = threads or max(1, len(cores) // local_ranks)
+    mine = cores[local * per:(local + 1) * per]
+    if pin and len(mine) == per:
+        os.sched_setaffinity(0, mine)
+        return mine
+    return cores
+
+
+def _fail(line: str, code: int) -> int:
+    if line:
+        print(line, file=sys.stderr, flush=True)
+    # MPI_Finalize would wait for peers that may never come: leave at once, mpiexec ends the other ranks.
+    os._exit(code)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

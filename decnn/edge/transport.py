@@ -1,0 +1,122 @@
+"""MPI for the device runtime: non-blocking collectives behind a deadline, and the naming of a silent peer.
+
+MPI's collectives wait forever by default. Every collective here is the non-blocking form, polled until
+``timeout`` seconds have passed. A rank whose collective times out tells every peer so on a communicator of
+its own, then listens for the same report from them for a moment: the peers it did not hear from are the
+ones that died, hung, were stopped or became unreachable, and the error names them with their hosts.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import Counter
+
+import numpy as np
+
+_REPORT_TAG = 77
+_REPORT_GRACE_S = 1.0  # how long a rank that timed out waits for the other ranks' reports
+_HOST_BYTES = 64
+
+
+class PeerError(RuntimeError):
+    """Peers (``silent``: their ranks) that did not answer a collective within the timeout."""
+
+    def __init__(self, message: str, silent: list[int]):
+        super().__init__(message)
+        self.silent = silent
+
+
+class Request:
+    """A collective in flight; ``wait`` raises :class:`PeerError` once the deadline has passed. A request of
+    mpi4py's pickle-based calls (``pickled``) returns its object."""
+
+    def __init__(self, comm: MpiComm, request, what: str, pickled: bool = False):
+        self.comm, self.request, self.what = comm, request, what
+        self._test = request.test if pickled else lambda: (request.Test(), None)
+
+    def wait(self):
+        done, value = self._test()
+        deadline = time.monotonic() + self.comm.timeout
+        while not done:
+            if time.monotonic() > deadline:
+                self.comm.timed_out(self.what)
+            done, value = self._test()
+        return value
+
+
+class MpiComm:
+    """``COMM_WORLD`` with counted, deadline-bound collectives; ``hosts[r]`` is rank r's host."""
+
+    def __init__(self, timeout: float):
+        from mpi4py import MPI
+
+        self.MPI, self.timeout = MPI, timeout
+        self.world = MPI.COMM_WORLD
+        self.rank, self.size = self.world.Get_rank(), self.world.Get_size()
+        self.reports = self.world.Dup()  # timeout reports travel beside the data's collectives
+        self.counts: Counter[str] = Counter()
+        self.hosts = [socket.gethostname()] * self.size
+        names = np.zeros((self.size, _HOST_BYTES), np.uint8)
+        mine = np.frombuffer(socket.gethostname().encode()[:_HOST_BYTES], np.uint8)
+        names[self.rank, : len(mine)] = mine
+        Request(self, self.world.Iallgather(self.MPI.IN_PLACE, [names, self.MPI.BYTE]), "start-up").wait()
+        self.hosts = [bytes(row).rstrip(b"\0").decode() for row in names]
+
+    # -- collectives: each returns a Request --------------------------------------------------------------
+
+    def bcast(self, buffer: np.ndarray, root: int = 0) -> Request:
+        self.counts["broadcast"] += 1
+        return Request(self, self.world.Ibcast(buffer, root=root), "broadcast")
+
+    def alltoallv(self, send: np.ndarray, send_counts: list[int], recv: np.ndarray, recv_counts: list[int],
+                  what: str = "all_to_all") -> Request:
+        """Each rank sends ``send_counts[d]`` bytes of ``send`` (in rank order) to rank d and receives
+        ``recv_counts[s]`` bytes from rank s into ``recv``, in rank order."""
+        self.counts["all_to_all"] += 1
+        byte = self.MPI.BYTE
+        return Request(self, self.world.Ialltoallv([send, (send_counts, _offsets(send_counts)), byte],
+                                                   [recv, (recv_counts, _offsets(recv_counts)), byte]), what)
+
+    def reduce(self, send: np.ndarray, recv: np.ndarray | None, root: int = 0) -> Request:
+        """The elementwise sum of every rank's ``send`` into ``recv`` on ``root``."""
+        self.counts["reduce"] += 1
+        return Request(self, self.world.Ireduce(send, recv, op=self.MPI.SUM, root=root), "reduce")
+
+    def gather_object(self, obj, root: int = 0) -> list | None:
+        """Every rank's ``obj`` on ``root`` (None elsewhere), within the timeout."""
+        if self.rank != root:
+            Request(self, self.world.isend(obj, dest=root, tag=1), "gather", pickled=True).wait()
+            return None
+        return [obj if source == root else
+                Request(self, self.world.irecv(source=source, tag=1), "gather", pickled=True).wait()
+                for source in range(self.size)]
+
+    # -- failures -------------------------------------------------------------------------------------------
+
+    def timed_out(self, what: str) -> None:
+        """Tell every peer that this rank timed out in ``what``, hear who else did, and raise naming the rest."""
+        peers = [r for r in range(self.size) if r != self.rank]
+        for peer in peers:
+            self.reports.isend(what, dest=peer, tag=_REPORT_TAG)
+        heard, status = set(), self.MPI.Status()
+        until = time.monotonic() + _REPORT_GRACE_S
+        while time.monotonic() < until and len(heard) < len(peers):
+            if self.reports.iprobe(source=self.MPI.ANY_SOURCE, tag=_REPORT_TAG, status=status):
+                heard.add(status.Get_source())
+                self.reports.recv(source=status.Get_source(), tag=_REPORT_TAG)
+            else:
+                time.sleep(0.001)
+        silent = [r for r in peers if r not in heard] or peers
+        names = ", ".join(f"rank {r} (host {self.hosts[r]})" for r in silent)
+        me = f"rank {self.rank} (host {self.hosts[self.rank]})"
+        raise PeerError(f"{names} did not respond (dead, hung, stopped or unreachable) within the "
+                        f"{self.timeout:g} s timeout, in {what}; seen by {me}", silent)
+
+    def first_survivor(self, error: PeerError) -> bool:
+        """Whether this rank is the lowest one not named in ``error`` (the one that reports it)."""
+        return self.rank == min(r for r in range(self.size) if r not in error.silent)
+
+
+def _offsets(counts: list[int]) -> list[int]:
+    return [0, *np.cumsum(counts[:-1]).tolist()] if counts else []
