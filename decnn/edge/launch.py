@@ -54,7 +54,11 @@ def command(args, run_args: list[str]) -> tuple[list[str], str]:
     """The mpiexec command line and the transport label the run reports."""
     manifest = read_manifest(args.directory)
     hosts = args.hosts.split(",") if args.hosts else []
-    devices = 1 if args.single else len(hosts) or args.devices or len(manifest["placement"])
+    exported = len(manifest["placement"])
+    devices = 1 if args.single else len(hosts) or args.devices or exported
+    if not args.single and devices != exported:
+        raise BundleError(f"{args.directory} is exported for {exported} devices, not {devices}: pass --devices "
+                          f"{exported}, or export again with `decnn export CHECKPOINT --devices {devices} --onnx ...`")
     tcp = args.transport == "tcp" or len(set(hosts)) > 1
     mpiexec = args.mpiexec or shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
     cmd = [mpiexec, "-n", str(devices)]

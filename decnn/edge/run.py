@@ -51,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="also run model.onnx on rank 0: agreement with the split")
     p.add_argument("--transport", default=None, help=argparse.SUPPRESS)  # set by `decnn edge`: mpi-shm / mpi-tcp
     p.add_argument("--out", help="write the run's record as JSON")
+    p.add_argument("--logits", help="write rank 0's logits of the timed images as .npy")
     p.add_argument("--log-dir", help="TensorBoard runs folder (e.g. runs/infer)")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -125,7 +126,10 @@ def run(args, comm: MpiComm, manifest: dict, images: _Images) -> RunRecord | Non
     all_stats = comm.gather_object(stats)
     if comm.rank != 0:
         return None
-    quality = images.quality(np.concatenate(logits), args.verify and not args.single, args.directory, threads)
+    logits = np.concatenate(logits)
+    if args.logits:
+        np.save(args.logits, logits)
+    quality = images.quality(logits, args.verify and not args.single, args.directory, threads)
     return _record(args, manifest, devices, size, sizes, latency, busy, all_stats, quality)
 
 

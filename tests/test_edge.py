@@ -1,0 +1,198 @@
+"""The device runtime (decnn.edge): torch's wire bytes, the whole model's logits, no torch, MPI across hosts,
+and every fault ending in one line."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from conftest import randomize_
+
+from decnn.edge.codec import EXCHANGE_DTYPES, make_codec
+from decnn.export import main as export_main
+from decnn.inference.codec import make_codec as torch_codec
+from decnn.train.checkpoint import save_checkpoint
+
+SIZE = 32
+IMAGES = 8
+
+
+def _export(tmp: Path, placement: str, **kwargs):
+    model = randomize_(timm.create_model("decnn_resnet18", width=0.5, num_classes=10, **kwargs))
+    save_checkpoint(tmp / "best.pt", {"model": model.state_dict(), "model_name": "decnn_resnet18",
+                                      "model_kwargs": {"width": 0.5, "num_classes": 10, **kwargs},
+                                      "config": {"data": {"image_size": SIZE}}})
+    assert export_main([str(tmp / "best.pt"), "--placement", placement, "--out", str(tmp / "shards"), "--onnx"]) == 0
+    images = np.random.default_rng(0).integers(0, 256, (IMAGES, 3, SIZE, SIZE), dtype=np.uint8)
+    np.savez(tmp / "inputs.npz", images=images, labels=np.arange(IMAGES) % 10)
+    return model, tmp
+
+
+@pytest.fixture(scope="module")
+def g4(tmp_path_factory):
+    """DeCNN ResNet-18 G4 x0.5 on 2 devices, evenly."""
+    return _export(tmp_path_factory.mktemp("g4"), "0,1/2,3")
+
+
+@pytest.fixture(scope="module")
+def g8(tmp_path_factory):
+    """G8 over 3 devices, unevenly (3/3/2)."""
+    return _export(tmp_path_factory.mktemp("g8"), "0,1,2/3,4,5/6,7", groups=8)
+
+
+def edge(directory: Path, *args: str, env: dict | None = None, timeout: float = 180, **kw):
+    """``decnn edge DIRECTORY ARGS`` in a process of its own."""
+    return subprocess.run([sys.executable, "-m", "decnn.edge.launch", str(directory), *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})}, **kw)
+
+
+def reference(model, tmp: Path) -> torch.Tensor:
+    images = torch.from_numpy(np.load(tmp / "inputs.npz")["images"])
+    mean, std = (torch.tensor(model.pretrained_cfg[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
+    with torch.inference_mode():
+        return model((images / 255 - mean) / std)
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Device processes of a run on ``directory`` still alive."""
+    out = subprocess.run(["pgrep", "-f", f"decnn.edge.run {directory}"], capture_output=True, text=True).stdout
+    return out.split()
+
+
+@pytest.mark.parametrize("dtype", EXCHANGE_DTYPES)
+def test_codecs_write_the_wire_bytes_of_the_torch_runtime(dtype):
+    rows = torch.randn(6, 3, 20) * 4
+    rows[0] = 1.5  # a constant row (int8: zero range)
+    ours, theirs = make_codec(dtype), torch_codec(dtype)
+    row = theirs.row_elements(3, 20)
+    wire = theirs.encode(rows.clone(), torch.empty(6, row, dtype=theirs.wire_dtype) if theirs.needs_buffer else None)
+    mine = ours.encode(rows.numpy().copy(), np.empty((6, row), ours.wire_dtype) if ours.needs_buffer else None)
+    assert wire.contiguous().view(torch.uint8).numpy().tobytes() == np.ascontiguousarray(mine).view(np.uint8).tobytes()
+    decoded = ours.decode(mine, 3, np.empty((6, 3, 20), np.float32))
+    assert np.array_equal(decoded, theirs.decode(wire, 3, torch.empty(6, 3, 20)).numpy())
+
+
+@pytest.mark.parametrize(("export", "batch"), [("g4", 1), ("g4", 3), ("g4", 8), ("g8", 3)])
+def test_split_logits_equal_the_whole_models(export, batch, request):
+    model, tmp = request.getfixturevalue(export)
+    out = tmp / f"b{batch}"
+    run = edge(tmp / "shards", "--inputs", str(tmp / "inputs.npz"), "--batch", str(batch), "--verify",
+               "--logits", f"{out}.npy", "--out", f"{out}.json", "--warmup", "1")
+    assert run.returncode == 0, run.stderr
+    logits, expected = torch.from_numpy(np.load(f"{out}.npy")), reference(model, tmp)
+    assert (logits - expected).abs().max() <= 1e-4
+    assert torch.equal(logits.argmax(1), expected.argmax(1))
+    record = json.loads(Path(f"{out}.json").read_text())
+    devices = 3 if export == "g8" else 2
+    assert record["devices"] == devices and record["transport"] == "mpi-shm" and record["images"] == IMAGES
+    assert record["top1_agreement"] == 1.0 and record["max_abs_diff"] <= 1e-4  # against model.onnx
+    assert record["top1"] == (expected.argmax(1) == torch.arange(IMAGES) % 10).float().mean().item() * 100
+    whole = sum(p.numel() * 4 for p in model.parameters())
+    assert max(record["params_per_rank"]) < 0.6 * whole
+    # Per batch: one broadcast, one all-to-all per shuffle point, one reduce; nothing else crosses.
+    assert all(c == {"broadcast": 1, "all_to_all": 3, "reduce": 1} for c in record["collectives_per_batch"])
+
+
+def test_overlap_gives_the_same_logits_and_int8_moves_a_quarter(g4):
+    model, tmp = g4
+    runs = {}
+    for name, args in {"plain": [], "overlap": ["--overlap", "3"], "int8": ["--exchange-dtype", "int8"]}.items():
+        run = edge(tmp / "shards", "--inputs", str(tmp / "inputs.npz"), "--batch", "2", "--logits",
+                   str(tmp / f"{name}.npy"), "--out", str(tmp / f"{name}.json"), "--warmup", "1", *args)
+        assert run.returncode == 0, run.stderr
+        runs[name] = (np.load(tmp / f"{name}.npy"), json.loads((tmp / f"{name}.json").read_text()))
+    assert np.array_equal(runs["overlap"][0], runs["plain"][0])
+    int8_logits, int8_record = runs["int8"]
+    assert int8_record["bytes_per_image"] < 0.3 * runs["plain"][1]["bytes_per_image"]
+    expected = reference(model, tmp)
+    assert (torch.from_numpy(int8_logits) - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+def test_a_device_runs_with_torch_unimportable(g4, tmp_path):
+    _, tmp = g4
+    fake = tmp_path / "no-torch" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('torch is not installed on this device')\n")
+    path = os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])
+    run = edge(tmp / "shards", "--images", "4", "--out", str(tmp_path / "r.json"), env={"PYTHONPATH": path})
+    assert run.returncode == 0, run.stderr
+    # torch alone takes ~800 MiB here: a device that had imported it could not stay under this.
+    assert json.loads((tmp_path / "r.json").read_text())["peak_rss_mb"] < 250
+
+
+@pytest.mark.parametrize("fault", ["kill", "stop", "hang"])
+def test_a_lost_device_ends_the_run_in_one_line_naming_it(g4, fault):
+    _, tmp = g4
+    timeout = 3
+    start = time.monotonic()
+    run = edge(tmp / "shards", "--images", "64", "--timeout", str(timeout), env={"DECNN_INJECT_FAULT": f"1:2:{fault}"})
+    elapsed = time.monotonic() - start
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert run.returncode == 1 and len(errors) == 1, run.stderr
+    assert "rank 1 (host" in errors[0]
+    assert "Traceback" not in run.stderr and "BAD TERMINATION" not in run.stdout + run.stderr
+    assert elapsed <= timeout + 5 + 5, elapsed  # + start-up, which a loaded CI machine stretches
+    assert not leftovers(tmp / "shards")
+
+
+def test_ctrl_c_ends_every_device_with_130(g4):
+    _, tmp = g4
+    proc = subprocess.Popen([sys.executable, "-m", "decnn.edge.launch", str(tmp / "shards"), "--images", "100000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(leftovers(tmp / "shards")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the timed loop
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
+    assert err.count("interrupted") == 1 and "Traceback" not in err
+    assert not leftovers(tmp / "shards")
+
+
+def test_bad_folders_are_one_line_and_exit_2(g4, g8, tmp_path):
+    _, tmp = g4
+    run = edge(tmp_path / "missing")
+    assert run.returncode == 2 and run.stderr.strip().startswith("error:") and "decnn export" in run.stderr
+    run = edge(tmp / "shards", "--devices", "3")
+    assert run.returncode == 2 and "exported for 2 devices, not 3" in run.stderr
+    foreign = tmp_path / "foreign"
+    subprocess.run(["cp", "-r", str(tmp / "shards"), str(foreign)], check=True)
+    (foreign / "device1.plans.json").write_text((g8[1] / "shards" / "device1.plans.json").read_text())
+    run = edge(foreign, "--images", "2")
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert run.returncode == 2 and len(errors) == 1 and "belongs to another export" in errors[0], run.stderr
+    assert not leftovers(foreign)
+
+
+@pytest.mark.netns
+def test_devices_in_two_namespaces_exchange_over_tcp(g4, tmp_path):
+    from decnn.bench.edge_links import edge_argv, tx_bytes, write_launcher_exec
+    from decnn.bench.links import EmulatedLink, links_available
+
+    ok, reason = links_available()
+    if not ok:
+        pytest.skip(reason)
+    model, tmp = g4
+    with EmulatedLink("1gbit", 2, name_prefix="decnntest") as link:
+        script = write_launcher_exec(link, tmp_path / "netns-exec")
+        before = tx_bytes(link)
+        argv = edge_argv(link, script, tmp / "shards", ["--inputs", str(tmp / "inputs.npz"), "--logits",
+                                                        str(tmp_path / "l.npy"), "--out", str(tmp_path / "r.json")])
+        run = link.run(0, argv, capture_output=True, text=True, timeout=180)
+        sent = [a - b for a, b in zip(tx_bytes(link), before)]
+    assert run.returncode == 0, run.stderr
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["transport"] == "mpi-tcp"
+    # Every activation a rank sends crossed its veth (the run sends the same amount from each rank).
+    activations = record["bytes_per_image"] * (IMAGES + 3) / 2  # timed images + warm-up, per rank
+    assert min(sent) >= activations, (sent, activations)
+    expected = reference(model, tmp)
+    assert (torch.from_numpy(np.load(tmp_path / "l.npy")) - expected).abs().max() <= 1e-4
