@@ -1,10 +1,11 @@
 # The README's commands. Each creates .venv when it is missing and installs decnn into it.
 PYTHON ?= python3
 VENV   ?= .venv
+EDGE_VENV ?= .venv-edge
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all demo lint clean
+.PHONY: install test test-all demo lint clean edge
 
 install: $(STAMP)
 
@@ -13,6 +14,16 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# A device's environment without torch: decnn itself (no dependencies) and its `edge` extra.
+edge: $(EDGE_VENV)/.installed
+
+$(EDGE_VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(EDGE_VENV)/bin/python || $(PYTHON) -m venv $(EDGE_VENV)
+	$(EDGE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(EDGE_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	$(EDGE_VENV)/bin/python -m pip install --quiet $$($(EDGE_VENV)/bin/python -m decnn.edge.requirements)
+	touch $@
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
@@ -27,4 +38,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) runs results checkpoints
+	rm -rf $(VENV) $(EDGE_VENV) runs results checkpoints

@@ -24,6 +24,22 @@ def test_plan_has_baselines_once_and_each_split_per_link_and_dtype():
     assert pipeline.overlap == 1  # micro-batches cannot exceed the batch
 
 
+def test_edge_rows_come_with_baselines_of_their_own_runtime():
+    configs = plan(batches=[1], devices=[2], links=[None, "20mbit"], dtypes=["fp32", "int8"],
+                   runtimes=("torch", "edge"))
+    edge = {c.label() for c in configs if c.runtime == "edge"}
+    assert {"edge resnet34 single x1 b1", "edge decnn single x1 b1", "edge decnn branch int8 x2 b1 @20mbit",
+            "edge decnn branch int8 overlap x2 b1 @20mbit"} <= edge
+    torch_rows = [c for c in configs if c.runtime == "torch"]
+    assert len(edge) == sum(c.mode in ("single", "branch") for c in torch_rows)  # each torch split and baseline
+    config = next(c for c in configs if c.name == "edge decnn branch fp32" and c.link is None)
+    baselines = [{"resnet34 single": _report(1000, 1), "decnn single": _report(1000, 1),
+                  "edge resnet34 single": _report(40, 25), "edge decnn single": _report(30, 33)}]
+    record = summarize(config, [_report(15, 66)], baselines, None)
+    assert record.latency_ratio_vs_decnn_single == pytest.approx(2.0)  # against ONNX Runtime, not PyTorch
+    assert record.latency_ratio_vs_resnet34 == pytest.approx(40 / 15)
+
+
 def test_branch_args_reach_infer_distributed():
     config = next(c for c in plan([8], [2], [None], ["fp16"], overlap=3) if c.overlap == 3 and c.mode == "branch")
     args = config.infer_args()
@@ -52,7 +68,7 @@ def test_ratios_are_taken_within_each_round_then_medianed(tmp_path):
     assert record.latency_ratio_vs_resnet34 == pytest.approx(2.0)
     assert record.latency_ratio_vs_decnn_single == pytest.approx(1.5)
     assert record.predicted_latency_ms == pytest.approx(15.0)
-    assert "| decnn branch fp32 | 1 | loopback | 2 | 30.0 |" in bench_table([record])
+    assert "| decnn branch fp32 | 1 | loopback | – | 2 | 30.0 |" in bench_table([record])
     assert record.throughput_ratio_vs_decnn_single == pytest.approx(25 / 17)  # median of 50/33, 25/17, 30/22
     out = tmp_path / "bench.json"
     write([record], {"started": "now"}, out, None)  # the Markdown keeps the cost model's error table
@@ -66,7 +82,10 @@ def test_small_benchmark_runs_every_configuration(tmp_path):
                        "--exchange-dtype", "fp16", "--out", str(out), "--log-dir", str(tmp_path / "runs")]) == 0
     _, records = read(out)  # every key of the JSON is a record field
     assert {r.name for r in records} == {"resnet34 single", "decnn single", "decnn branch fp16",
-                                        "decnn branch fp16 overlap", "resnet34 pipeline", "resnet34 data"}
+                                        "decnn branch fp16 overlap", "resnet34 pipeline", "resnet34 data",
+                                        "edge resnet34 single", "edge decnn single", "edge decnn branch fp16",
+                                        "edge decnn branch fp16 overlap"}
+    assert {r.transport for r in records if r.name.startswith("edge decnn branch")} == {"mpi-shm"}
     assert all(r.latency_ms.p50 > 0 and r.latency_ratio_vs_resnet34 > 0 for r in records)
     assert out.with_suffix(".md").exists() and any((tmp_path / "runs").rglob("events.out.tfevents.*"))
 

@@ -174,7 +174,7 @@ def test_bad_folders_are_one_line_and_exit_2(g4, g8, tmp_path):
 
 @pytest.mark.netns
 def test_devices_in_two_namespaces_exchange_over_tcp(g4, tmp_path):
-    from decnn.bench.edge_links import edge_argv, tx_bytes, write_launcher_exec
+    from decnn.bench.edge import edge_argv, tx_bytes, write_launcher_exec
     from decnn.bench.links import EmulatedLink, links_available
 
     ok, reason = links_available()
@@ -196,3 +196,17 @@ def test_devices_in_two_namespaces_exchange_over_tcp(g4, tmp_path):
     assert min(sent) >= activations, (sent, activations)
     expected = reference(model, tmp)
     assert (torch.from_numpy(np.load(tmp_path / "l.npy")) - expected).abs().max() <= 1e-4
+
+
+@pytest.mark.slow
+def test_make_edge_installs_a_device_without_torch_that_runs_the_split(g4, tmp_path):
+    _, tmp = g4
+    repo = Path(__file__).resolve().parents[1]
+    venv = tmp_path / "venv-edge"
+    subprocess.run(["make", "-C", str(repo), "edge", f"EDGE_VENV={venv}"], check=True, capture_output=True,
+                   timeout=900)
+    python = str(venv / "bin" / "python")
+    assert subprocess.run([python, "-c", "import torch"], capture_output=True).returncode != 0
+    run = subprocess.run([python, "-m", "decnn.edge.launch", str(tmp / "shards"), "--images", "4", "--verify"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "top-1 agreement 100.00%" in run.stdout, run.stderr

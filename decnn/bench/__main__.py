@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,11 +21,21 @@ import torch
 from tqdm import tqdm
 
 import decnn  # noqa: F401  (registers the models)
+from decnn.bench.edge import export_models, run_edge
 from decnn.bench.links import EmulatedLink, links_available, parse_rate
 from decnn.bench.plan import DECNN, BenchConfig, plan
 from decnn.bench.predict import measure_profiles, predictions
 from decnn.bench.run import RunFailed, run_local, run_over_link
-from decnn.bench.summary import BASELINES, bench_table, crossovers, format_crossovers, format_errors, summarize, write
+from decnn.bench.summary import (
+    BASELINES,
+    EDGE_BASELINES,
+    bench_table,
+    crossovers,
+    format_crossovers,
+    format_errors,
+    summarize,
+    write,
+)
 from decnn.exitcodes import run_main
 from decnn.record import RunRecord
 
@@ -48,6 +59,8 @@ def parse_args(argv):
     p.add_argument("--timeout", type=float, default=60.0, help="collective timeout of each run (s)")
     p.add_argument("--out", default="results/bench.json", help="JSON report; a .md table is written beside it")
     p.add_argument("--log-dir", default="runs/bench", help="TensorBoard runs ('' for none)")
+    p.add_argument("--runtime", nargs="+", choices=("torch", "edge"), default=["torch", "edge"],
+                   help="torch: infer_distributed.py; edge: decnn edge, ONNX Runtime + MPI (default both)")
     args = p.parse_args(argv)
     for flag in ("rounds", "images", "overlap"):
         if getattr(args, flag) < 1:
@@ -61,6 +74,12 @@ def parse_args(argv):
     return args
 
 
+def edge_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "mpi4py"))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     links = [None if link == "loopback" else link for link in args.link]
@@ -69,7 +88,11 @@ def main(argv=None) -> int:
         if not ok:
             print(f"emulated links unavailable ({reason}); running on loopback only", file=sys.stderr)
             links = [None]
-    configs = plan(args.batch, args.devices, links, args.exchange_dtype, args.overlap, args.link_batch)
+    runtimes = tuple(args.runtime)
+    if "edge" in runtimes and not edge_available():
+        print("decnn edge needs onnxruntime and mpi4py (pip install -e '.[dev]'): torch rows only", file=sys.stderr)
+        runtimes = tuple(r for r in runtimes if r != "edge")
+    configs = plan(args.batch, args.devices, links, args.exchange_dtype, args.overlap, args.link_batch, runtimes)
     skipped = [n for n in args.devices if DECNN["groups"] % n]
     if skipped:
         print(f"skipping --devices {skipped}: {DECNN['groups']} groups do not split evenly", file=sys.stderr)
@@ -78,6 +101,7 @@ def main(argv=None) -> int:
         emulated = {(link, n): stack.enter_context(EmulatedLink(link, num_hosts=n))
                     for link in links if link for n in {c.devices for c in configs if c.link == link}}
         port = 29500
+        folders = export_models(configs, Path(stack.enter_context(tempfile.TemporaryDirectory())))
         print("cost model: profiling every (link, devices, batch) over its process group ...", flush=True)
         predicted = predictions(configs, measure_profiles(configs, emulated, port + 1000))
         bar = tqdm(total=args.rounds * len(configs), desc="bench", unit="run", file=sys.stdout)
@@ -86,7 +110,10 @@ def main(argv=None) -> int:
                 bar.set_postfix_str(c.label())
                 images = args.images * c.batch
                 try:
-                    if c.link:
+                    if c.runtime == "edge":
+                        report = run_edge(c, folders, emulated.get((c.link, c.devices)), images, args.warmup,
+                                          args.timeout)
+                    elif c.link:
                         port += 1
                         report = run_over_link(c, emulated[(c.link, c.devices)], port, images, args.warmup,
                                                args.timeout)
@@ -100,9 +127,10 @@ def main(argv=None) -> int:
         bar.close()
 
     def baselines(batch: int) -> list[dict[str, RunRecord]]:
-        """Round r's 1-device baseline reports at ``batch``, by name."""
-        return [{name: reports[BenchConfig(name, "single", 1, batch).label()][r] for name in BASELINES.values()}
-                for r in range(args.rounds)]
+        """Round r's 1-device baseline reports at ``batch``, by name (those of every runtime that ran)."""
+        names = [n for n in (*BASELINES.values(), *EDGE_BASELINES.values())
+                 if BenchConfig(n, "single", 1, batch).label() in reports]
+        return [{n: reports[BenchConfig(n, "single", 1, batch).label()][r] for n in names} for r in range(args.rounds)]
 
     records = [summarize(c, reports[c.label()], baselines(c.batch), predicted.get(c.label())) for c in configs]
     meta = {"started": time.strftime("%Y%m%d-%H%M%S"), "argv": sys.argv[1:] if argv is None else argv,

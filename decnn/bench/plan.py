@@ -21,6 +21,7 @@ class BenchConfig:
     exchange_dtype: str = "fp32"
     overlap: int = 1
     link: str | None = None
+    runtime: str = "torch"  # torch (infer_distributed.py) or edge (decnn edge: ONNX Runtime + MPI)
 
     @property
     def oversubscribed(self) -> bool:
@@ -42,17 +43,23 @@ class BenchConfig:
 
 
 def plan(batches: list[int], devices: list[int], links: list[str | None], dtypes: list[str],
-         overlap: int = 2, link_batches: list[int] | None = None) -> list[BenchConfig]:
+         overlap: int = 2, link_batches: list[int] | None = None, runtimes: tuple[str, ...] = ("torch",)
+         ) -> list[BenchConfig]:
     """Every configuration: baselines once per batch, the N-device ways once per batch, N and link.
 
     Emulated links (every entry of ``links`` but None, loopback) are run at ``link_batches`` only (default:
     every batch), with overlap only for the last (most compact) of ``dtypes``, the combination meant for
-    weak links; data parallelism, which sends only inputs and logits, runs on loopback only.
+    weak links; data parallelism, which sends only inputs and logits, runs on loopback only. With "edge" in
+    ``runtimes``, the device runtime adds its own baselines (the same two models in ONNX Runtime) and its
+    branch split at every batch, N, link and dtype, with overlap where the torch split has it.
     """
     configs = []
     for b in batches:
         configs.append(BenchConfig("resnet34 single", "single", 1, b, dict(BASELINE)))
         configs.append(BenchConfig("decnn single", "single", 1, b))
+        if "edge" in runtimes:
+            configs.append(BenchConfig("edge resnet34 single", "single", 1, b, dict(BASELINE), runtime="edge"))
+            configs.append(BenchConfig("edge decnn single", "single", 1, b, runtime="edge"))
         for n in devices:
             if DECNN["groups"] % n:
                 continue
@@ -60,11 +67,18 @@ def plan(batches: list[int], devices: list[int], links: list[str | None], dtypes
                 if link is not None and link_batches is not None and b not in link_batches:
                     continue
                 for dtype in dtypes:
+                    if "edge" in runtimes:
+                        configs.append(BenchConfig(f"edge decnn branch {dtype}", "branch", n, b, exchange_dtype=dtype,
+                                                   link=link, runtime="edge"))
                     configs.append(BenchConfig(f"decnn branch {dtype}", "branch", n, b, exchange_dtype=dtype,
                                                link=link))
                     if link is None or dtype == dtypes[-1]:
                         configs.append(BenchConfig(f"decnn branch {dtype} overlap", "branch", n, b,
                                                    exchange_dtype=dtype, overlap=overlap, link=link))
+                        if "edge" in runtimes:
+                            configs.append(BenchConfig(f"edge decnn branch {dtype} overlap", "branch", n, b,
+                                                       exchange_dtype=dtype, overlap=overlap, link=link,
+                                                       runtime="edge"))
                 configs.append(BenchConfig("resnet34 pipeline", "pipeline", n, b, dict(BASELINE), link=link,
                                            overlap=min(overlap, b)))
                 if link is None:

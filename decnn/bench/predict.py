@@ -23,7 +23,7 @@ def _profile_args(batch: int, out: Path) -> list[str]:
 
 def measure_profiles(configs: list[BenchConfig], emulated: dict, port: int) -> dict[tuple, Profile]:
     """A profile for every (link, devices, batch) of the branch configurations."""
-    setups = sorted({(c.link, c.devices, c.batch) for c in configs if c.mode == "branch"}, key=str)
+    setups = sorted({(c.link, c.devices, c.batch) for c in configs if _predicted(c)}, key=str)
     profiles = {}
     with tempfile.TemporaryDirectory() as tmp:
         for link, devices, batch in setups:
@@ -42,8 +42,13 @@ def predictions(configs: list[BenchConfig], profiles: dict[tuple, Profile]) -> d
     """Each branch configuration's prediction, by label."""
     out = {}
     for c in configs:
-        if c.mode == "branch":
+        if _predicted(c):
             profile = profiles[(c.link, c.devices, c.batch)]
             placement = Placement.even(profile.groups, c.devices)
             out[c.label()] = predict_branch(profile, placement, c.exchange_dtype, c.overlap)
     return out
+
+
+def _predicted(config: BenchConfig) -> bool:
+    """The cost model predicts the PyTorch runtime's branch split (its profile measures that runtime)."""
+    return config.mode == "branch" and config.runtime == "torch"

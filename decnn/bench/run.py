@@ -29,7 +29,7 @@ def _common(config: BenchConfig, images: int, warmup: int, timeout: float, out: 
             "--out", str(out), "--log-dir", ""]
 
 
-def _check(proc: subprocess.CompletedProcess | subprocess.Popen, output: str, config: BenchConfig) -> None:
+def check(proc: subprocess.CompletedProcess | subprocess.Popen, output: str, config: BenchConfig) -> None:
     if proc.returncode:
         tail = "\n".join(output.strip().splitlines()[-8:])
         raise RunFailed(f"{config.label()} exited with code {proc.returncode}:\n{tail}")
@@ -42,7 +42,7 @@ def run_local(config: BenchConfig, images: int, warmup: int, timeout: float) -> 
         if config.devices > 1:
             argv += ["--devices", str(config.devices)]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout * 4 + 120)
-        _check(proc, proc.stdout + proc.stderr, config)
+        check(proc, proc.stdout + proc.stderr, config)
         return RunRecord.from_dict(json.loads(out.read_text()))
 
 
@@ -64,5 +64,5 @@ def run_over_link(config: BenchConfig, link: EmulatedLink, port: int, images: in
         ]
         outputs = [p.communicate(timeout=timeout * 4 + 120)[0] for p in procs]
         for p, output in zip(procs, outputs):
-            _check(p, output, config)
+            check(p, output, config)
         return RunRecord.from_dict(json.loads(out.read_text()))

@@ -20,6 +20,8 @@ from decnn.record import Latency, RunRecord
 from decnn.train.logger import make_logger
 
 BASELINES = {"resnet34": "resnet34 single", "decnn_single": "decnn single"}
+# A row is compared with the baselines of its own runtime: the device runtime's with the models in ONNX Runtime.
+EDGE_BASELINES = {key: f"edge {name}" for key, name in BASELINES.items()}
 
 
 def summarize(config: BenchConfig, reports: list[RunRecord], baselines: list[dict[str, RunRecord]],
@@ -30,7 +32,7 @@ def summarize(config: BenchConfig, reports: list[RunRecord], baselines: list[dic
     the breakdown of each rank's time, which is the median round's (by p50 latency).
     """
     ratios = {}
-    for key, base_name in BASELINES.items():
+    for key, base_name in (EDGE_BASELINES if config.runtime == "edge" else BASELINES).items():
         bases = [b[base_name] for b in baselines]
         ratios[f"latency_ratio_vs_{key}"] = statistics.median(
             b.latency_ms.p50 / r.latency_ms.p50 for b, r in zip(bases, reports))
@@ -166,22 +168,29 @@ def plot_links(records: list[RunRecord], path: Path) -> None:
 
 
 def bench_table(records: list[RunRecord]) -> str:
+    """One row per configuration; "edge" rows (ONNX Runtime + MPI) are compared with the same models in ONNX
+    Runtime on one device, the other rows with PyTorch on one device."""
     lines = [
-        "| configuration | batch | link | devices | p50 ms | p95 ms | images/s | latency speedup vs ResNet-34 "
-        "| vs DeCNN 1-dev | throughput vs DeCNN 1-dev | KB sent/image | params/device MB | predicted ms |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| configuration | batch | link | transport | devices | p50 ms | p95 ms | images/s "
+        "| latency speedup vs ResNet-34 | vs DeCNN 1-dev | throughput vs DeCNN 1-dev | KB sent/image "
+        "| params/device MB | peak RSS MB | predicted ms |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         devices = f"{r.devices}" + (" (oversubscribed)" if r.oversubscribed else "")
         predicted = (f"{r.predicted_latency_ms:.1f} (vs {r.measured_for_prediction_ms:.1f})"
                      if r.predicted_latency_ms is not None else "–")
         lines.append(
-            f"| {r.name} | {r.batch} | {r.link} | {devices} | {r.latency_ms.p50:.1f} "
+            f"| {r.name} | {r.batch} | {r.link} | {r.transport or '–'} | {devices} | {r.latency_ms.p50:.1f} "
             f"| {r.latency_ms.p95:.1f} | {r.throughput_ips:.1f} | {r.latency_ratio_vs_resnet34:.2f}x "
             f"| {r.latency_ratio_vs_decnn_single:.2f}x | {r.throughput_ratio_vs_decnn_single:.2f}x "
-            f"| {r.bytes_per_image / 1024:.0f} | {r.params_per_device_mb:.1f} | {predicted} |"
+            f"| {r.bytes_per_image / 1024:.0f} | {r.params_per_device_mb:.1f} | {_mb(r.peak_rss_mb)} | {predicted} |"
         )
     return "\n".join(lines)
+
+
+def _mb(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
 
 
 def format_errors(records: list[RunRecord]) -> str:

@@ -50,38 +50,83 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def command(args, run_args: list[str]) -> tuple[list[str], str]:
-    """The mpiexec command line and the transport label the run reports."""
-    manifest = read_manifest(args.directory)
-    hosts = args.hosts.split(",") if args.hosts else []
+def mpiexec_command(directory: str | Path, run_args: list[str], *, module: str = "decnn.edge.run",
+                    devices: int | None = None, hosts: list[str] | None = None, single: bool = False,
+                    transport: str = "auto", iface: str | None = None, mpiexec: str | None = None,
+                    launcher_exec: str | None = None) -> list[str]:
+    """The mpiexec command line that runs ``module`` on every device of the export in ``directory``."""
+    manifest = read_manifest(directory)
+    hosts = hosts or []
     exported = len(manifest["placement"])
-    devices = 1 if args.single else len(hosts) or args.devices or exported
-    if not args.single and devices != exported:
-        raise BundleError(f"{args.directory} is exported for {exported} devices, not {devices}: pass --devices "
+    devices = 1 if single else len(hosts) or devices or exported
+    if not single and devices != exported:
+        raise BundleError(f"{directory} is exported for {exported} devices, not {devices}: pass --devices "
                           f"{exported}, or export again with `decnn export CHECKPOINT --devices {devices} --onnx ...`")
-    tcp = args.transport == "tcp" or len(set(hosts)) > 1
-    mpiexec = args.mpiexec or shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
+    tcp = transport == "tcp" or len(set(hosts)) > 1
+    mpiexec = mpiexec or shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
     cmd = [mpiexec, "-n", str(devices)]
     if hosts:
         cmd += ["-hosts", ",".join(hosts)]
-    if args.launcher_exec:
-        cmd += ["-launcher", "ssh", "-launcher-exec", args.launcher_exec]
+    if launcher_exec:
+        cmd += ["-launcher", "ssh", "-launcher-exec", str(launcher_exec)]
     env = {"DECNN_EDGE_LAUNCHER": "1", **(TCP_ENV if tcp else {})}
-    if args.iface:
-        cmd += ["-iface", args.iface]
-        env["UCX_NET_DEVICES"] = args.iface
+    if iface:
+        cmd += ["-iface", iface]
+        env["UCX_NET_DEVICES"] = iface
     for key, value in env.items():
         cmd += ["-genv", key, value]
-    transport = "mpi-tcp" if tcp else "mpi-shm"
-    cmd += [sys.executable, "-m", "decnn.edge.run", str(args.directory), "--transport", transport,
-            *(["--single"] if args.single else []), *run_args]
-    return cmd, transport
+    return [*cmd, sys.executable, "-m", module, str(directory), "--transport", "mpi-tcp" if tcp else "mpi-shm",
+            *(["--single"] if single else []), *run_args]
+
+
+class Report:
+    """Reads the devices' and mpiexec's lines: passes the devices' through, keeps mpiexec's own report of a
+    dead process and the ranks' identity lines, and turns them into one line naming the rank."""
+
+    def __init__(self):
+        self.ranks: dict[str, tuple[str, str]] = {}  # pid -> (rank, host)
+        self.hydra: list[str] = []
+        self.errors: list[str] = []
+        self.interrupted = False
+
+    def feed(self, line: str) -> str | None:
+        """The line to show (None: keep it off the console)."""
+        for rank, pid, host in _IDENTITY.findall(line):
+            self.ranks[pid] = (rank, host)
+        line = _IDENTITY.sub("", line)
+        if _hydra(line):
+            self.hydra.append(line)
+        elif line.strip() == "interrupted":
+            self.interrupted = True
+        elif line.strip():
+            if line.startswith("error:"):
+                self.errors.append(line.strip())
+            return line
+        return None
+
+    def failure(self, code: int) -> str:
+        """The error of a failed run: a device's own line, or mpiexec's report in the project's words."""
+        if self.errors:
+            return self.errors[0]
+        text = "".join(self.hydra)
+        death, exit_ = _HYDRA_DEATH.search(text), _HYDRA_EXIT.search(text)
+        if death is None:
+            return f"error: a device process failed (mpiexec exited with code {code})"
+        rank, host = self.ranks.get(death.group(1), ("?", death.group(2)))
+        cause = exit_.group(1).strip() if exit_ else f"code {code}"
+        if cause.isdigit():
+            number = int(cause)
+            cause = (f"killed by {signal.Signals(number).name}" if 0 < number < 32 and number != 1
+                     else f"exit code {number}")
+        return f"error: rank {rank} (host {host}) died ({cause}); mpiexec ended the other devices"
 
 
 def main(argv: list[str] | None = None) -> int:
     args, run_args = parser().parse_known_args(argv)
     try:
-        cmd, _ = command(args, run_args)
+        cmd = mpiexec_command(args.directory, run_args, devices=args.devices, single=args.single,
+                              hosts=args.hosts.split(",") if args.hosts else None, transport=args.transport,
+                              iface=args.iface, mpiexec=args.mpiexec, launcher_exec=args.launcher_exec)
     except BundleError as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE
@@ -91,22 +136,13 @@ def main(argv: list[str] | None = None) -> int:
 def supervise(cmd: list[str]) -> int:
     """Run mpiexec; pass the devices' lines through; mpiexec's own report of a failure becomes one line."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
-    ranks: dict[str, tuple[str, str]] = {}  # pid -> (rank, host)
-    hydra: list[str] = []
-    seen = {"error": False, "interrupted": False}
+    report = Report()
 
     def read(stream, out) -> None:
         for line in stream:
-            for rank, pid, host in _IDENTITY.findall(line):
-                ranks[pid] = (rank, host)
-            line = _IDENTITY.sub("", line)
-            if _hydra(line):
-                hydra.append(line)
-            elif line.strip() == "interrupted":
-                seen["interrupted"] = True
-            elif line.strip():
-                seen["error"] |= line.startswith("error:")
-                out.write(line)
+            shown = report.feed(line)
+            if shown is not None:
+                out.write(shown)
                 out.flush()
 
     stdout = threading.Thread(target=read, args=(proc.stdout, sys.stdout), daemon=True)
@@ -120,15 +156,15 @@ def supervise(cmd: list[str]) -> int:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-        seen["interrupted"], code = True, INTERRUPTED
+        report.interrupted, code = True, INTERRUPTED
     stdout.join(timeout=5)
-    if seen["interrupted"]:
+    if report.interrupted:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED
     if code in (0, USAGE):
         return code
-    if not seen["error"]:
-        print(f"error: {_death(hydra, ranks, code)}", file=sys.stderr)
+    if not report.errors:
+        print(report.failure(code), file=sys.stderr)
     return RUNTIME
 
 
@@ -136,20 +172,6 @@ def _hydra(line: str) -> bool:
     """A line of mpiexec's own failure report."""
     return (line.startswith(("=", "YOUR APPLICATION", "This typically", "Please see"))
             or bool(_HYDRA_DEATH.search(line) or _HYDRA_EXIT.search(line)))
-
-
-def _death(hydra: list[str], ranks: dict[str, tuple[str, str]], code: int) -> str:
-    """mpiexec's report ("PID 123 RUNNING AT host", "EXIT CODE: 9") in the project's words."""
-    text = "".join(hydra)
-    death, exit_ = _HYDRA_DEATH.search(text), _HYDRA_EXIT.search(text)
-    if death is None:
-        return f"a device process failed (mpiexec exited with code {code})"
-    rank, host = ranks.get(death.group(1), ("?", death.group(2)))
-    cause = exit_.group(1).strip() if exit_ else f"code {code}"
-    if cause.isdigit():
-        number = int(cause)
-        cause = f"killed by {signal.Signals(number).name}" if 0 < number < 32 and number != 1 else f"exit code {number}"
-    return f"rank {rank} (host {host}) died ({cause}); mpiexec ended the other devices"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,105 @@
+"""The benchmark's device-runtime rows (``decnn edge``: ONNX Runtime + MPI, no torch on the devices).
+
+The models are the torch rows' very models (the same seeded random init), exported once per benchmark with
+``decnn export --onnx``. On loopback, ``decnn edge`` starts the devices on this host (MPI over shared
+memory); over an emulated link, mpiexec starts each device in its host's namespace: MPICH's launcher reaches
+other hosts through ssh, and ``-launcher-exec`` replaces ssh with a script called as ``SCRIPT [-x] HOST
+COMMAND...`` that runs COMMAND inside HOST's namespace on a core of its own (host i: core i, as the torch
+rows over links are pinned), so the activations cross the shaped veth links over TCP as between boards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from decnn.bench.links import EmulatedLink
+from decnn.bench.plan import BASELINE, DECNN, BenchConfig
+from decnn.bench.run import RunFailed, check
+from decnn.record import RunRecord
+
+
+def export_models(configs: list[BenchConfig], folder: Path) -> dict[tuple, Path]:
+    """Export folders for the edge configurations, by (model name, devices): the torch rows' weights."""
+    from decnn.export import main as export_main
+    from decnn.inference.config import InferConfig
+    from decnn.inference.spec import resolve_model
+    from decnn.train.checkpoint import save_checkpoint
+
+    wanted = {(c.name.split()[1], 1 if c.mode == "single" else c.devices) for c in configs if c.runtime == "edge"}
+    folders = {}
+    for name, devices in sorted(wanted):
+        m = BASELINE if name == "resnet34" else DECNN
+        spec = resolve_model(InferConfig(random_init=True, model=m["model"], groups=m["groups"], width=m["width"]))
+        checkpoint = folder / f"{name}.pt"
+        if not checkpoint.exists():
+            save_checkpoint(checkpoint, {"model": spec.build().state_dict(), "model_name": spec.name,
+                                         "model_kwargs": spec.kwargs,
+                                         "config": {"data": {"image_size": spec.input_size}}})
+        out = folder / f"{name}-d{devices}"
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = export_main([str(checkpoint), "--devices", str(devices), "--out", str(out), "--onnx"])
+        if code:
+            raise RunFailed(f"decnn export of {name} for {devices} device(s) failed")
+        folders[(name, devices)] = out
+    return folders
+
+
+def run_edge(config: BenchConfig, folders: dict[tuple, Path], link: EmulatedLink | None, images: int, warmup: int,
+             timeout: float) -> RunRecord:
+    """One ``decnn edge`` run of ``config``; its record."""
+    name = config.name.split()[1]
+    folder = folders[(name, 1 if config.mode == "single" else config.devices)]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "report.json"
+        args = ["--batch", str(config.batch), "--images", str(images), "--warmup", str(warmup), "--threads", "1",
+                "--timeout", str(timeout), "--overlap", str(config.overlap), "--exchange-dtype",
+                config.exchange_dtype, "--out", str(out)]
+        if link is None:
+            argv = [sys.executable, "-m", "decnn.edge.launch", str(folder), *args]
+            argv += ["--single"] if config.mode == "single" else ["--devices", str(config.devices)]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout * 4 + 120)
+        else:
+            script = write_launcher_exec(link, Path(tmp) / "netns-exec")
+            proc = link.run(0, edge_argv(link, script, folder, args), capture_output=True, text=True,
+                            timeout=timeout * 4 + 120)
+        check(proc, proc.stdout + proc.stderr, config)
+        return RunRecord.from_dict(json.loads(out.read_text()))
+
+
+def write_launcher_exec(link: EmulatedLink, path: str | Path) -> Path:
+    """An executable script at ``path`` that runs a command in the namespace of the host with its address."""
+    cores = sorted(os.sched_getaffinity(0))
+    cases = "\n".join(f"  {h.address}) ns={h.netns} core={cores[h.index % len(cores)]};;" for h in link.hosts)
+    path = Path(path)
+    path.write_text(
+        "#!/bin/sh\n"
+        "# mpiexec -launcher ssh -launcher-exec THIS: called as THIS [-x] HOST COMMAND...\n"
+        '[ "$1" = "-x" ] && shift\n'
+        "host=$1; shift\n"
+        f"case $host in\n{cases}\n"
+        '  *) echo "no emulated host $host" >&2; exit 1;;\n'
+        "esac\n"
+        'exec ip netns exec "$ns" taskset -c "$core" sh -c "$*"\n'
+    )
+    path.chmod(0o755)
+    return path
+
+
+def tx_bytes(link: EmulatedLink) -> list[int]:
+    """Bytes each host has sent through its link so far (the veth's counter inside its namespace)."""
+    return [int(link.run(h.index, ["cat", f"/sys/class/net/{h.ifname}/statistics/tx_bytes"], capture_output=True,
+                         text=True, check=True).stdout) for h in link.hosts]
+
+
+def edge_argv(link: EmulatedLink, script: Path, directory: str | Path, run_args: list[str]) -> list[str]:
+    """``decnn edge`` over the link's hosts, one device each, through ``script``."""
+    hosts = ",".join(h.address for h in link.hosts)
+    return [sys.executable, "-m", "decnn.edge.launch", str(directory), "--hosts", hosts, "--launcher-exec", str(script),
+            "--iface", link.hosts[0].ifname, *run_args]
