@@ -66,9 +66,13 @@ def split(
     stages). ``placement``: groups per device, e.g. ``"0,1,2/3"`` (default: even, or the shards').
     ``overlap``: branch mode, slices of a batch in flight; pipeline mode, micro-batches per batch.
     ``backend="onnxruntime"``: the branches run as ONNX graphs (a shard folder exported with ``--onnx``);
-    torch.distributed still exchanges the activations.
+    torch.distributed still exchanges the activations. ``backend="edge"``: the device runtime serves the
+    same folder, ONNX Runtime computing and MPI exchanging, with no torch in the devices' processes
+    (:mod:`decnn.edge`; ``devices`` must be the export's, ``mode`` branch).
     Bad settings raise :class:`ConfigError` before any process starts.
     """
+    if backend == "edge":
+        return _edge_split(source, devices, mode, placement, exchange_dtype, overlap, threads, timeout, model_kwargs)
     if mode not in SPLIT_MODES:
         raise ConfigError(f"mode {mode!r}: a split model runs mode 'branch' or 'pipeline', e.g. mode='branch'")
     common = dict(mode=mode, devices=devices, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, placement=placement,
@@ -93,6 +97,53 @@ def split(
         raise ConfigError(f"backend='onnxruntime' needs a shard folder with ONNX graphs, not {source!r}: "
                           "export one with `decnn export CHECKPOINT --devices N --out DIR --onnx`")
     return SplitModel(cfg, spec)
+
+
+def _edge_split(source, devices, mode, placement, exchange_dtype, overlap, threads, timeout, model_kwargs):
+    from decnn.edge.bundle import BundleError
+    from decnn.edge.service import EdgeService, ServiceError
+
+    example = "e.g. decnn.split('shards/', devices=2, backend='edge')"
+    if mode != "branch" or placement is not None or model_kwargs or isinstance(source, nn.Module):
+        raise ConfigError(f"backend='edge' runs the branches of a folder from `decnn export --onnx` as exported "
+                          f"(mode='branch', no placement or model arguments); {example}")
+    try:
+        return EdgeSplitModel(EdgeService(source, devices, exchange_dtype, overlap, threads, timeout))
+    except BundleError as e:
+        raise ConfigError(str(e)) from None
+    except ServiceError as e:
+        raise WorkerError(str(e)) from None
+
+
+class EdgeSplitModel:
+    """A split served by the device runtime (:class:`decnn.edge.service.EdgeService`), with the interface of
+    :class:`SplitModel`: torch tensors in and out."""
+
+    mode = "branch"
+
+    def __init__(self, service):
+        self.service, self.workers = service, service.workers
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        from decnn.edge.service import ServiceError
+
+        array = check_images(images, self.service.closed).detach().cpu().contiguous().numpy()
+        try:
+            return torch.from_numpy(self.service(array))
+        except ServiceError as e:
+            raise WorkerError(str(e)) from None
+
+    def stats(self) -> list[dict]:
+        return self.service.stats()
+
+    def close(self) -> None:
+        self.service.close()
+
+    def __enter__(self) -> EdgeSplitModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class SplitModel:
@@ -125,26 +176,12 @@ class SplitModel:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, classes]`` of uint8 images ``[B, 3, H, W]`` (0..255) or float32 normalised inputs."""
-        array = self._check(images).detach().cpu().contiguous().numpy()
+        array = check_images(images, self._closed).detach().cpu().contiguous().numpy()
         return torch.from_numpy(self._request(worker.RUN, array))
 
     def stats(self) -> list[dict]:
         """Per rank, now: host, pid, parameter bytes held and peak RSS."""
         return self._request(worker.STATS)
-
-    def _check(self, images) -> torch.Tensor:
-        if self._closed:
-            raise WorkerError("this split model is closed; start a new one with decnn.split(...)")
-        example = "e.g. a uint8 tensor of shape [8, 3, 64, 64]"
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"expected a torch.Tensor of images, got {type(images).__name__}; {example}")
-        if images.dtype not in worker.DTYPES:
-            raise TypeError(f"images of dtype {images.dtype}: pass uint8 images (0..255) or float32 normalised "
-                            f"inputs; {example}")
-        if images.dim() != 4 or images.shape[0] < 1 or images.shape[1] != 3 or min(images.shape[2:]) < 8:
-            raise ValueError(f"images of shape {list(images.shape)}: expected [B, 3, H, W] with B >= 1 and "
-                             f"H, W >= 8; {example}")
-        return images
 
     def _request(self, op: int, array=None):
         if self._closed:
@@ -195,6 +232,22 @@ class SplitModel:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def check_images(images, closed: bool) -> torch.Tensor:
+    """The images of a call, or a clear error: closed, not a tensor, another dtype or shape."""
+    if closed:
+        raise WorkerError("this split model is closed; start a new one with decnn.split(...)")
+    example = "e.g. a uint8 tensor of shape [8, 3, 64, 64]"
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor of images, got {type(images).__name__}; {example}")
+    if images.dtype not in worker.DTYPES:
+        raise TypeError(f"images of dtype {images.dtype}: pass uint8 images (0..255) or float32 normalised "
+                        f"inputs; {example}")
+    if images.dim() != 4 or images.shape[0] < 1 or images.shape[1] != 3 or min(images.shape[2:]) < 8:
+        raise ValueError(f"images of shape {list(images.shape)}: expected [B, 3, H, W] with B >= 1 and "
+                         f"H, W >= 8; {example}")
+    return images
 
 
 def _kill(pid: int) -> None:

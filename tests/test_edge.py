@@ -210,3 +210,22 @@ def test_make_edge_installs_a_device_without_torch_that_runs_the_split(g4, tmp_p
     run = subprocess.run([python, "-m", "decnn.edge.launch", str(tmp / "shards"), "--images", "4", "--verify"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and "top-1 agreement 100.00%" in run.stdout, run.stderr
+
+
+def test_decnn_split_serves_the_export_through_the_device_runtime(g4):
+    import decnn
+    from decnn.runtime import WorkerError
+
+    model, tmp = g4
+    images = torch.from_numpy(np.load(tmp / "inputs.npz")["images"])
+    expected = reference(model, tmp)
+    with decnn.split(tmp / "shards", devices=2, backend="edge", overlap=2, threads=1) as split_model:
+        for batch in (1, 3, 8):  # the devices stay up between calls, any batch size
+            out = split_model(images[:batch])
+            assert (out - expected[:batch]).abs().max() <= 1e-4
+        pids = [w["pid"] for w in split_model.stats()]
+        assert all(w["param_bytes"] < sum(p.numel() * 4 for p in model.parameters()) * 0.6 for w in split_model.stats())
+        os.kill(pids[1], signal.SIGKILL)
+        with pytest.raises(WorkerError, match=r"rank 1 \(host .*\) died"):
+            split_model(images[:1])
+    assert not leftovers(tmp / "shards")

@@ -90,7 +90,10 @@ class Report:
         self.interrupted = False
 
     def feed(self, line: str) -> str | None:
-        """The line to show (None: keep it off the console)."""
+        """The line (or lines) to show; None: keep it off the console."""
+        if line.count("\n") > 1:
+            shown = [self.feed(part) for part in line.splitlines(keepends=True)]
+            return "".join(s for s in shown if s) or None
         for rank, pid, host in _IDENTITY.findall(line):
             self.ranks[pid] = (rank, host)
         line = _IDENTITY.sub("", line)

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = read_manifest(args.directory)
         images = _Images(args, manifest)
     except (BundleError, ValueError, OSError) as e:
-        return _fail(f"error: {e}", USAGE)
+        return exit_now(f"error: {e}", USAGE)
     try:
         comm = MpiComm(args.timeout)
         if os.environ.get("DECNN_EDGE_LAUNCHER"):
@@ -71,13 +71,13 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
         record = run(args, comm, manifest, images)
     except KeyboardInterrupt:
-        return _fail("interrupted", INTERRUPTED)
+        return exit_now("interrupted", INTERRUPTED)
     except BundleError as e:
-        return _fail(f"error: rank {comm.rank}: {e}", USAGE)
+        return exit_now(f"error: rank {comm.rank}: {e}", USAGE)
     except PeerError as e:
-        return _fail(f"error: {e}" if comm.first_survivor(e) else "", RUNTIME)
+        return exit_now(f"error: {e}" if comm.first_survivor(e) else "", RUNTIME)
     except Exception as e:
-        return _fail(f"error: rank {comm.rank} (host {comm.hosts[comm.rank]}) failed: {type(e).__name__}: {e}",
+        return exit_now(f"error: rank {comm.rank} (host {comm.hosts[comm.rank]}) failed: {type(e).__name__}: {e}",
                      RUNTIME)
     if record is not None:
         write(record, args)
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args, comm: MpiComm, manifest: dict, images: _Images) -> RunRecord | None:
     """This rank's part: load, warm up, time every batch, gather the stats; the record on rank 0."""
     inject_fault(comm.rank, "setup")
-    cores = _pin(args.threads, args.pin_cores)
+    cores = pin_cores(args.threads, args.pin_cores)
     threads = args.threads or len(cores)
     devices = 1 if args.single else len(manifest["placement"])
     if comm.size != devices:
@@ -212,7 +212,7 @@ def write(record: RunRecord, args) -> None:
     print(format_table(record), flush=True)
 
 
-def _pin(threads: int | None, pin: bool) -> list[int]:
+def pin_cores(threads: int | None, pin: bool) -> list[int]:
     """This rank's share of the host's cores (MPICH says how many ranks share the host), pinned if each gets
     cores of its own."""
     local, local_ranks = int(os.environ.get("MPI_LOCALRANKID", 0)), int(os.environ.get("MPI_LOCALNRANKS", 1))
@@ -225,7 +225,7 @@ def _pin(threads: int | None, pin: bool) -> list[int]:
     return cores
 
 
-def _fail(line: str, code: int) -> int:
+def exit_now(line: str, code: int) -> int:
     if line:
         print(line, file=sys.stderr, flush=True)
     # MPI_Finalize would wait for peers that may never come: leave at once, mpiexec ends the other ranks.

@@ -18,7 +18,8 @@ from decnn.timing import Clock
 
 
 class Normalize:
-    """uint8 images -> float inputs: ``(x / 255 - mean) / std`` per channel, as the PyTorch runtime computes it."""
+    """uint8 images -> float inputs: ``(x / 255 - mean) / std`` per channel, as the PyTorch runtime computes it;
+    float inputs are already normalised and pass unchanged."""
 
     def __init__(self, mean: list[float], std: list[float]):
         std_ = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
@@ -26,6 +27,8 @@ class Normalize:
         self.shift = np.asarray(mean, np.float32).reshape(1, -1, 1, 1) / std_
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        if images.dtype == np.float32:
+            return images
         x = images.astype(np.float32)
         x *= self.scale
         x -= self.shift
