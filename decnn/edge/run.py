@@ -12,6 +12,7 @@ tensorboard package is installed).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import json
 import os
@@ -99,6 +100,7 @@ def run(args, comm: MpiComm, manifest: dict, images: _Images) -> RunRecord | Non
     else:
         bundle = DeviceBundle(args.directory, comm.rank, threads)
         mode, param_bytes = EdgeSplit(bundle, comm, make_codec(args.exchange_dtype), args.overlap), bundle.param_bytes
+    release_freed_memory()
     sizes = [min(args.batch, images.count - i) for i in range(0, images.count, args.batch)]
     steps = [sizes[i:i + mode.batches_per_step] for i in range(0, len(sizes), mode.batches_per_step)]
     size = images.size
@@ -210,6 +212,15 @@ def write(record: RunRecord, args) -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
     print(format_table(record), flush=True)
+
+
+def release_freed_memory() -> None:
+    """Hand the heap that loading the graphs freed back to the system (glibc keeps it otherwise): the
+    protobufs and the initializers' first copies, which ONNX Runtime drops once the session is built."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to hand back this way
 
 
 def pin_cores(threads: int | None, pin: bool) -> list[int]:
