@@ -39,7 +39,10 @@ LABELS = {"decnn 2dev": "DeCNN ResNet-34 G4, 2 devices", "decnn 1dev": "DeCNN Re
           "resnet34 1dev": "ResNet-34, 1 device"}
 BENCH_LABELS = {"decnn branch fp32": "DeCNN ResNet-34 G4 x1.5, 2 devices", "decnn single": "DeCNN ResNet-34 G4 x1.5, "
                 "1 device", "resnet34 single": "ResNet-34, 1 device", "resnet34 pipeline": "ResNet-34 layer-wise "
-                "pipeline, 2 devices", "resnet34 data": "ResNet-34 data-parallel, 2 devices"}
+                "pipeline, 2 devices", "resnet34 data": "ResNet-34 data-parallel, 2 devices",
+                "edge decnn branch fp32": "DeCNN ResNet-34 G4 x1.5, 2 devices without torch (ONNX Runtime + MPI)",
+                "edge decnn single": "DeCNN ResNet-34 G4 x1.5, 1 device, ONNX Runtime",
+                "edge resnet34 single": "ResNet-34, 1 device, ONNX Runtime"}
 
 
 def step(title: str) -> None:
@@ -88,7 +91,7 @@ def summarize(out: Path) -> str:
                      f"| {max(r['params_per_rank']) / 2**20:.2f} |")
     lines += ["", "Timed only (full size: x1.5 DeCNN vs x1.0 ResNet-34, 64x64 inputs, random weights, batch 1; "
               "one round of the benchmark):", "",
-              "| model | p50 latency ms | latency vs ResNet-34 |", "|---|---:|---:|"]
+              "| model | p50 latency ms | latency vs ResNet-34 (same runtime) |", "|---|---:|---:|"]
     for label, r in _full_size(out):
         lines.append(f"| {label} | {r['latency_ms']['p50']:.1f} | {r['latency_ratio_vs_resnet34']:.2f}x |")
     lines += ["", "At demo size the layers are so small that per-operation and communication overheads dominate:"

@@ -23,7 +23,7 @@ import numpy as np
 from decnn.edge.bundle import BundleError, DeviceBundle, read_manifest
 from decnn.edge.codec import EXCHANGE_DTYPES, make_codec
 from decnn.edge.launch import Report, mpiexec_command
-from decnn.edge.run import IDENTITY, exit_now, pin_cores
+from decnn.edge.run import IDENTITY, exit_now, pin_cores, release_freed_memory
 from decnn.edge.split import EdgeSplit
 from decnn.edge.transport import MpiComm, PeerError
 from decnn.exitcodes import INTERRUPTED, RUNTIME, USAGE
@@ -141,6 +141,7 @@ def serve(args, comm: MpiComm) -> None:
     cores = pin_cores(args.threads, args.pin_cores)
     bundle = DeviceBundle(args.directory, comm.rank, args.threads or len(cores))
     split = EdgeSplit(bundle, comm, make_codec(args.exchange_dtype), args.overlap)
+    release_freed_memory()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     header = np.zeros(_HEADER, np.int64)
     while True:

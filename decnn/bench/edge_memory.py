@@ -1,0 +1,68 @@
+"""``python -m decnn.bench.edge_memory``: what a device of the device runtime holds, against the whole model.
+
+    python -m decnn.bench.edge_memory --out results/edge_memory.json
+
+Exports a random-init DeCNN ResNet-34 (G4 x1.5) for 2 devices, then measures peak RSS in fresh processes:
+an idle device (numpy, ONNX Runtime, mpi4py and the runtime imported, MPI initialised, no graph), each device
+of the split and the whole model's graph on one device, at each batch size; and the branch's RSS above the
+idle process as a fraction of the whole model's above it. Memory is not noisy: one run of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from decnn.bench.edge import export_models
+from decnn.bench.plan import BenchConfig
+
+IDLE = ("from mpi4py import MPI; import numpy, onnxruntime; import decnn.edge.run; "
+        "from decnn.timing import peak_rss_bytes; print(peak_rss_bytes())")
+
+
+def measure(folders: dict, batches: list[int], images: int) -> dict:
+    mpiexec = str(Path(sys.executable).parent / "mpiexec")
+    idle = int(subprocess.run([mpiexec, "-n", "1", sys.executable, "-c", IDLE], capture_output=True, text=True,
+                              check=True).stdout) / 2**20
+    rows = {"idle_mib": idle, "batches": {}}
+    for batch in batches:
+        row = {}
+        for name, key, extra in (("branch", ("decnn", 2), []), ("whole", ("decnn", 1), ["--single"])):
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "r.json"
+                subprocess.run([sys.executable, "-m", "decnn.edge.launch", str(folders[key]), *extra, "--batch",
+                                str(batch), "--images", str(images), "--threads", "1", "--out", str(out)],
+                               check=True, capture_output=True, text=True)
+                row[f"{name}_peak_mib_per_rank"] = [b / 2**20 for b in json.loads(out.read_text())["peak_rss_per_rank"]]
+        branch, whole = max(row["branch_peak_mib_per_rank"]), row["whole_peak_mib_per_rank"][0]
+        row["branch_above_idle_vs_whole"] = (branch - idle) / (whole - idle)
+        rows["batches"][str(batch)] = row
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m decnn.bench.edge_memory", description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--images", type=int, default=16)
+    p.add_argument("--out", default="results/edge_memory.json")
+    args = p.parse_args(argv)
+    configs = [BenchConfig("edge decnn branch fp32", "branch", 2, 1, runtime="edge"),
+               BenchConfig("edge decnn single", "single", 1, 1, runtime="edge")]
+    with tempfile.TemporaryDirectory() as tmp:
+        result = measure(export_models(configs, Path(tmp)), args.batch, args.images)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"idle device runtime: {result['idle_mib']:.1f} MiB")
+    for batch, row in result["batches"].items():
+        print(f"batch {batch}: branch {max(row['branch_peak_mib_per_rank']):.1f} MiB per device, whole model "
+              f"{row['whole_peak_mib_per_rank'][0]:.1f} MiB; branch above idle / whole above idle "
+              f"{row['branch_above_idle_vs_whole']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
