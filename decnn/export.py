@@ -7,7 +7,8 @@ Shards (``device<d>.pt``) are what ``decnn.split("shards/", ...)`` and ``infer_d
 shards/`` load. With ``--onnx`` each device also gets ``device<d>.seg<i>.onnx`` (segment i; segment 0 starts
 with the stem) and ``device<d>.head.onnx`` (its partial logits): between segments, the activations are
 exchanged with the plans in the device's shard, and the partial logits of all devices are summed; device 0's
-``device0.tail.onnx`` turns that sum into the logits.
+``device0.tail.onnx`` turns that sum into the logits. ``--quantize int8`` then quantizes each device's segments
+(``device<d>.seg<i>.int8.onnx``, see ``decnn.quantize``) and lists those for the devices to run.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import torch
 from torch import nn
 
 from decnn.partition import Branch, Placement
+from decnn.quantize import DEFAULT_IMAGES, DEFAULT_MIN_AGREEMENT, SCHEMES, quantize_shards
 from decnn.shards import MANIFEST, ShardError, export_shards, load_shard_branch, meta_model
 from decnn.train.checkpoint import CheckpointError, load_checkpoint
 
 EXAMPLES = """examples:
   decnn export runs/train/<run>/best.pt --placement 0,1/2,3 --out shards/
   decnn export runs/train/<run>/best.pt --devices 2 --out shards/ --onnx
+  decnn export runs/train/<run>/best.pt --devices 2 --out shards/ --onnx --quantize int8 --calibration DATA_ROOT
 """
 
 
@@ -80,11 +83,24 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--devices", type=int, help="spread the groups evenly over this many devices")
     p.add_argument("--out", required=True, help="folder for the shards (created if missing)")
     p.add_argument("--onnx", action="store_true", help="also write each device's segments and head as ONNX")
+    g = p.add_argument_group("quantization (with --onnx)")
+    g.add_argument("--quantize", choices=SCHEMES, help="quantize each device's segments (static, calibrated)")
+    g.add_argument("--calibration", metavar="DATA_ROOT", help="dataset folder whose training images calibrate "
+                   "the quantization and measure its agreement with fp32 (the model's own dataset)")
+    g.add_argument("--calibration-images", type=int, default=DEFAULT_IMAGES, metavar="K",
+                   help="calibration images, evenly spaced over the training split (default %(default)s)")
+    g.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
+                   help="refuse a quantization whose top-1 agreement with fp32 on the calibration images is "
+                   "under this fraction (default %(default)s)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.quantize and not (args.onnx and args.calibration):
+        print(f"error: --quantize {args.quantize} quantizes the ONNX graphs with calibration images: add --onnx "
+              "and --calibration DATA_ROOT", file=sys.stderr)
+        return 2
     try:
         ckpt = load_checkpoint(args.checkpoint)
         groups = meta_model(ckpt["model_name"], ckpt["model_kwargs"]).groups
@@ -94,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.onnx:
             manifest["onnx"] = export_onnx(args.out, manifest)
             (Path(args.out) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if args.quantize:
+            manifest = quantize_shards(args.out, manifest, args.calibration, args.calibration_images,
+                                       args.min_agreement)
     except (FileNotFoundError, CheckpointError, ShardError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
