@@ -1,7 +1,6 @@
 """int8 against fp32 for one device's ONNX branch: latency, size, memory, agreement and accuracy; writes JSON.
 
-    /work/tools/cpu-measure python -m decnn.bench.quantized --data-root DATA_ROOT [--checkpoint best.pt] \\
-        --out results/quantized.json
+    python -m decnn.bench.quantized --data-root DATA_ROOT [--checkpoint best.pt] --out results/quantized.json
 
 Device 0's branch of 2 (even placement), exported with ``decnn export --onnx`` and quantized with
 ``decnn.quantize`` in each setting of ``--variants`` (the first is what ``decnn export --quantize int8`` uses;
@@ -67,11 +66,14 @@ def calibrate_batch_norms(model: nn.Module, images: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
-def val_set(root: str, image_size: int, mean, std, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def val_set(root: str, manifest: dict, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The val split at the exported model's image size, prepared as the trainer's evaluation prepares it."""
     from decnn.data import dataset_class
     from decnn.train.transforms import eval_transform
 
-    dataset = dataset_class(root)(root, split="val", transform=eval_transform(image_size, mean, std))
+    pretrained = meta_model(manifest["model_name"], manifest["model_kwargs"]).pretrained_cfg
+    transform = eval_transform(manifest["image_size"], pretrained["mean"], pretrained["std"])
+    dataset = dataset_class(root)(root, split="val", transform=transform)
     items = [dataset[i] for i in range(min(limit or len(dataset), len(dataset)))]
     return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
 
@@ -95,9 +97,9 @@ def quantized_copies(fp32_dir: Path, root: Path, data_root: str, images: int, va
     return out
 
 
-def quality(fp32_dir: Path, root: Path, manifests: dict, val: tuple[torch.Tensor, torch.Tensor]) -> dict:
+def quality(fp32_dir: Path, root: Path, manifests: dict, data_root: str, limit: int | None) -> dict:
     """Per variant: agreement with fp32 over the val images (all devices, reference exchange) and top-1 of each."""
-    x, labels = val
+    x, labels = val_set(data_root, json.loads((fp32_dir / MANIFEST).read_text()), limit)
     devices = range(len(manifests[next(iter(manifests))]["onnx"]))
     reference = run_split([OnnxBranch(fp32_dir, d) for d in devices], x)
     rows = {"fp32": {"top1": (reference.argmax(1) == labels).float().mean().item()}}
@@ -158,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     calibrate_batch_norms(model, calibration_images(args.data_root, args.image_size, mean, std,
                                                     args.calibration_images)[0])
-    val = val_set(args.data_root, args.image_size, mean, std, args.val_images)
     report = {"model": args.model, "model_kwargs": args.model_kwargs, "image_size": args.image_size,
               "device": 0, "devices": 2, "threads": 1, "rounds": args.rounds, "iters": args.iters,
               "calibration_images": args.calibration_images,
@@ -173,14 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         fp32 = _export(tmp / "random" / "model.pt", fp32_dir, 2)
         manifests = quantized_copies(fp32_dir, tmp / "random", args.data_root, args.calibration_images,
                                      args.variants)
-        report["random_init"] = quality(fp32_dir, tmp / "random", manifests, val)
+        report["random_init"] = quality(fp32_dir, tmp / "random", manifests, args.data_root, args.val_images)
         if args.checkpoint:
             trained_dir = tmp / "trained" / "fp32"
             _export(Path(args.checkpoint), trained_dir, 2)
             trained = quantized_copies(trained_dir, tmp / "trained", args.data_root, args.calibration_images,
                                        args.variants[:1])
             report["trained"] = {"checkpoint": args.checkpoint, **quality(trained_dir, tmp / "trained", trained,
-                                                                          val)}
+                                                                          args.data_root, args.val_images)}
         dirs = {"fp32": (fp32_dir, fp32["onnx"][0]), **{n: (tmp / "random" / n, m["onnx"][0])
                                                         for n, m in manifests.items()}}
         report["size"] = {n: sum((d / g).stat().st_size for g in graphs) for n, (d, graphs) in dirs.items()}
