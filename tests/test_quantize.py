@@ -1,6 +1,9 @@
 """decnn export --quantize int8: int8 graphs per device, calibrated on the stand-in, guarded by their agreement."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -19,6 +22,7 @@ from decnn.train.checkpoint import save_checkpoint
 
 pytest.importorskip("onnxruntime")
 
+ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
 CALIBRATION = 64
 BOUND = 0.9  # top-1 agreement of the int8 split with fp32 on stand-in images (a random model: near-ties)
@@ -111,3 +115,23 @@ def test_quantize_needs_onnx_and_calibration_images(tmp_path, capsys):
                         "int8"]) == 2
     assert "add --onnx and --calibration DATA_ROOT" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_and_reports_each_variant(standin, tmp_path):
+    """In its own process, as users run it (it pins itself to one core and thread)."""
+    from decnn.bench.quantized import VARIANTS
+
+    _checkpoint(tmp_path / "best.pt")
+    out = tmp_path / "quantized.json"
+    args = ["--data-root", str(standin), "--checkpoint", str(tmp_path / "best.pt"), "--model", "decnn_resnet18",
+            "--model-kwargs", '{"width": 0.5, "num_classes": 10}', "--image-size", str(SIZE), "--rounds", "1",
+            "--iters", "1", "--calibration-images", "16", "--val-images", "16", "--out", str(out)]
+    subprocess.run([sys.executable, "-m", "decnn.bench.quantized", *args], cwd=ROOT, check=True, capture_output=True)
+    r = json.loads(out.read_text())
+    names = ["fp32", *VARIANTS]
+    assert sorted((row["variant"], row["batch"]) for row in r["rows"]) == sorted((n, b) for n in names for b in (1, 8))
+    assert all(r["size"][n] < 0.35 * r["size"]["fp32"] for n in VARIANTS)
+    assert "QLinearConv" in r["kernels_ms"]["int8"] and "QLinearConv" not in r["kernels_ms"]["fp32"]
+    assert r["memory"]["int8"]["load_and_run_bytes"] > 0
+    assert set(r["random_init"]["rows"]) == set(names) and set(r["trained"]["rows"]) == {"fp32", "int8"}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import timm
 import torch
 from torch import nn
 
-from decnn.bench.one_branch import median_ms, one_pinned_thread
+from decnn.bench.one_branch import interleaved_rounds, one_pinned_thread
 from decnn.export import export_onnx
 from decnn.inference.metrics import agreement
 from decnn.onnx_branch import OnnxBranch
@@ -44,13 +43,8 @@ VARIANTS = {
     "per-tensor": Settings(per_channel=False),
     "s8s8": Settings(activation_type="QInt8"),
     "no-preprocess": Settings(preprocess=False),
+    "fp32-stem": Settings(fp32_stem=True),
 }
-
-
-def _chain(branch, x: torch.Tensor) -> torch.Tensor:
-    for i in range(len(branch.segments)):
-        x = branch.segment(i, x)
-    return branch.head(x)
 
 
 @torch.no_grad()
@@ -188,18 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         report["memory"] = {n: peak_rss(d, graphs, args.image_size) for n, (d, graphs) in dirs.items()}
         report["kernels_ms"] = {n: kernel_times(d, graphs, args.image_size) for n, (d, graphs) in dirs.items()}
         branches = {"fp32": OnnxBranch(fp32_dir, 0), **{n: OnnxBranch(tmp / "random" / n, 0) for n in manifests}}
-        runs = {(b, n): [] for n in args.batches for b in branches}
-        with torch.inference_mode():
-            inputs = {n: torch.randn(n, 3, args.image_size, args.image_size) for n in args.batches}
-            for branch in branches.values():  # warm-up
-                for x in inputs.values():
-                    _chain(branch, x)
-            for _ in range(args.rounds):
-                for n, x in inputs.items():
-                    for name, branch in branches.items():
-                        runs[name, n].append(median_ms(lambda t, b=branch: _chain(b, t), x, args.iters))
-    report["rows"] = [{"variant": b, "batch": n, "median_ms": statistics.median(r), "min_ms": min(r),
-                       "max_ms": max(r), "rounds_ms": r} for (b, n), r in runs.items()]
+        inputs = {n: torch.randn(n, 3, args.image_size, args.image_size) for n in args.batches}
+        report["rows"] = [{"variant": row.pop("backend"), **row}
+                          for row in interleaved_rounds(branches, inputs, args.rounds, args.iters)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     _print(report)
