@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from decnn.partition import Branch, Placement
-from decnn.quantize import DEFAULT_IMAGES, DEFAULT_MIN_AGREEMENT, SCHEMES, quantize_shards
+from decnn.quantize import DEFAULT_IMAGES, DEFAULT_MIN_AGREEMENT, SCHEMES, quantize_shards, summary
 from decnn.shards import MANIFEST, ShardError, export_shards, load_shard_branch, meta_model
 from decnn.train.checkpoint import CheckpointError, load_checkpoint
 
@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     for d, dev in enumerate(manifest["devices"]):
         print(f"device {d}: groups {manifest['placement'][d]}, {dev['param_bytes'] / 2**20:.1f} MiB of parameters "
               f"-> {Path(args.out) / dev['file']}")
+    if args.quantize:
+        print(summary(manifest))
     return 0
 
 

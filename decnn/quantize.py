@@ -169,6 +169,15 @@ def quantize_shards(out: str | Path, manifest: dict, data_root: str | Path, num_
     return manifest
 
 
+def summary(manifest: dict) -> str:
+    """One line: the quantization's agreement with fp32 and the graphs each device runs."""
+    q = manifest["quantization"]
+    graphs = "; ".join(f"device {d}: {', '.join(names)}" for d, names in enumerate(manifest["onnx"]))
+    return (f"{q['scheme']}: top-1 agreement with fp32 {q['agreement']['top1_agreement']:.2%} on "
+            f"{q['calibration']['images']} calibration images (max |dlogit| {q['agreement']['max_abs_diff']:.3g}, "
+            f"--min-agreement {q['min_agreement']:g}); {graphs}")
+
+
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)

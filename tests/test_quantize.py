@@ -1,5 +1,7 @@
 """decnn export --quantize int8: int8 graphs per device, calibrated on the stand-in, guarded by their agreement."""
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -45,8 +47,9 @@ def _export(tmp, standin, *extra):
 def quantized(tmp_path_factory, standin):
     tmp = tmp_path_factory.mktemp("quantized")
     model = _checkpoint(tmp / "best.pt")
-    assert _export(tmp, standin, "--min-agreement", str(BOUND)) == 0
-    return model, tmp / "shards"
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert _export(tmp, standin, "--min-agreement", str(BOUND)) == 0
+    return model, tmp / "shards", printed.getvalue()
 
 
 def _val(standin, model, count=64):
@@ -55,9 +58,10 @@ def _val(standin, model, count=64):
 
 
 def test_the_manifest_lists_int8_segments_and_records_the_calibration_and_agreement(quantized, standin):
-    _, shards = quantized
+    _, shards, printed = quantized
     manifest = read_manifest(shards)
     q = manifest["quantization"]
+    assert f"top-1 agreement with fp32 {q['agreement']['top1_agreement']:.2%} on {CALIBRATION} calibration" in printed
     assert manifest["onnx"] == [[name.replace(".onnx", ".int8.onnx") if ".seg" in name
                                  else name for name in names] for names in q["fp32_onnx"]]
     assert manifest["onnx"][0][-2:] == ["device0.head.onnx", "device0.tail.onnx"]  # the partial logits stay fp32
@@ -71,7 +75,7 @@ def test_the_manifest_lists_int8_segments_and_records_the_calibration_and_agreem
 
 
 def test_the_int8_split_with_the_reference_exchange_agrees_with_the_fp32_whole_model(quantized, standin):
-    model, shards = quantized
+    model, shards, _ = quantized
     x = _val(standin, model)
     out = run_branches_locally([OnnxBranch(shards, d) for d in range(2)], x)
     with torch.inference_mode():
@@ -82,7 +86,7 @@ def test_the_int8_split_with_the_reference_exchange_agrees_with_the_fp32_whole_m
 
 
 def test_the_split_runs_quantized_shards_and_verify_reports_their_distance_from_fp32(quantized, standin, tmp_path):
-    model, shards = quantized
+    model, shards, _ = quantized
     report = tmp_path / "report.json"
     assert infer_main(["--checkpoint", str(shards), "--backend", "onnxruntime", "--devices", "2", "--data-root",
                        str(standin), "--num-images", "32", "--batch", "8", "--warmup", "0", "--threads", "1",
