@@ -22,7 +22,14 @@ import torch
 from torch import nn
 
 from decnn.partition import Branch, Placement
-from decnn.quantize import DEFAULT_IMAGES, DEFAULT_MIN_AGREEMENT, SCHEMES, quantize_shards, summary
+from decnn.quantize import (
+    DEFAULT_IMAGES,
+    DEFAULT_MIN_AGREEMENT,
+    SCHEMES,
+    check_calibration,
+    quantize_shards,
+    summary,
+)
 from decnn.shards import MANIFEST, ShardError, export_shards, load_shard_branch, meta_model
 from decnn.train.checkpoint import CheckpointError, load_checkpoint
 
@@ -102,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
               "and --calibration DATA_ROOT", file=sys.stderr)
         return 2
     try:
+        if args.quantize:
+            check_calibration(args.calibration, args.calibration_images)
         ckpt = load_checkpoint(args.checkpoint)
         groups = meta_model(ckpt["model_name"], ckpt["model_kwargs"]).groups
         del ckpt

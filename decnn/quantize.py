@@ -49,15 +49,23 @@ class Settings:
     fp32_stem: bool = False  # keep the convolution on the image in fp32 (a common choice; measured as a variant)
 
 
+def check_calibration(root: str | Path, count: int) -> None:
+    """Fail before any export work on a calibration set that cannot be read (DatasetNotFoundError, ValueError)."""
+    from decnn.data import dataset_class
+
+    if count < 1:
+        raise ValueError(f"--calibration-images {count}: give at least 1 (default {DEFAULT_IMAGES})")
+    dataset_class(root)(root, split="train")
+
+
 def calibration_images(root: str | Path, image_size: int, mean, std, count: int) -> tuple[torch.Tensor, list[int]]:
     """``count`` images of the training split, evenly spaced over it (every class when it is sorted by class),
     prepared as the trainer's evaluation prepares them; and their indices."""
     from decnn.data import dataset_class
     from decnn.train.transforms import eval_transform
 
+    check_calibration(root, count)
     dataset = dataset_class(root)(root, split="train", transform=eval_transform(image_size, mean, std))
-    if count < 1:
-        raise ValueError(f"--calibration-images {count}: give at least 1 (default {DEFAULT_IMAGES})")
     count = min(count, len(dataset))
     indices = np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist()
     return torch.stack([dataset[i][0] for i in indices]), indices
@@ -160,7 +168,8 @@ def quantize_shards(out: str | Path, manifest: dict, data_root: str | Path, num_
         raise
     manifest = {**manifest, "onnx": int8, "quantization": {
         "scheme": "int8", "method": "onnxruntime.quantization.quantize_static", **asdict(settings),
-        "fp32_graphs": "head and tail (each device's partial FC product, summed over devices in fp32)",
+        "fp32_graphs": "head and tail (each device's partial FC product, summed over devices in fp32)"
+                       + (", the stem's convolution" if settings.fp32_stem else ""),
         "fp32_onnx": fp32,
         "calibration": {"root": str(data_root), "split": "train", "images": len(indices),
                         "selection": "evenly spaced indices"},

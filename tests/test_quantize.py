@@ -113,12 +113,18 @@ def test_a_quantization_under_the_threshold_is_refused_and_the_folder_no_longer_
         decnn.split(tmp_path / "shards", devices=2, backend="onnxruntime")
 
 
-def test_quantize_needs_onnx_and_calibration_images(tmp_path, capsys):
+def test_quantize_needs_onnx_and_readable_calibration_images(tmp_path, standin, capsys):
     _checkpoint(tmp_path / "best.pt")
     assert export_main([str(tmp_path / "best.pt"), "--devices", "2", "--out", str(tmp_path / "s"), "--quantize",
                         "int8"]) == 2
     assert "add --onnx and --calibration DATA_ROOT" in capsys.readouterr().err
-    assert not (tmp_path / "s").exists()
+    for bad, message in ((["--calibration", str(tmp_path / "nowhere")], "nowhere"),
+                         (["--calibration", str(standin), "--calibration-images", "0"], "give at least 1")):
+        assert export_main([str(tmp_path / "best.pt"), "--devices", "2", "--out", str(tmp_path / "s"), "--onnx",
+                            "--quantize", "int8", *bad]) == 2
+        err = capsys.readouterr().err  # a missing dataset's error goes on to show the layouts it reads
+        assert err.startswith("error: ") and message in err.splitlines()[0]
+    assert not (tmp_path / "s").exists()  # checked before anything is written
 
 
 @pytest.mark.slow
