@@ -9,6 +9,8 @@ with the stem) and ``device<d>.head.onnx`` (its partial logits): between segment
 exchanged with the plans in the device's shard, and the partial logits of all devices are summed; device 0's
 ``device0.tail.onnx`` turns that sum into the logits; ``model.onnx`` is the whole model. A device that runs
 without torch (``decnn edge``) needs only ``manifest.json``, its ``device<d>.plans.json`` and its graphs.
+``--quantize int8`` then quantizes each device's segments (``device<d>.seg<i>.int8.onnx``, see
+``decnn.quantize``) and lists those for the devices to run.
 """
 
 from __future__ import annotations
@@ -25,12 +27,21 @@ from torch import nn
 
 from decnn.edge.bundle import MANIFEST, WHOLE_MODEL
 from decnn.partition import Branch, Placement
+from decnn.quantize import (
+    DEFAULT_IMAGES,
+    DEFAULT_MIN_AGREEMENT,
+    SCHEMES,
+    check_calibration,
+    quantize_shards,
+    summary,
+)
 from decnn.shards import ShardError, export_shards, load_shard_branch, meta_model
 from decnn.train.checkpoint import CheckpointError, load_checkpoint, load_weights
 
 EXAMPLES = """examples:
   decnn export runs/train/<run>/best.pt --placement 0,1/2,3 --out shards/
   decnn export runs/train/<run>/best.pt --devices 2 --out shards/ --onnx
+  decnn export runs/train/<run>/best.pt --devices 2 --out shards/ --onnx --quantize int8 --calibration DATA_ROOT
 """
 
 
@@ -97,12 +108,27 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--devices", type=int, help="spread the groups evenly over this many devices")
     p.add_argument("--out", required=True, help="folder for the shards (created if missing)")
     p.add_argument("--onnx", action="store_true", help="also write each device's segments and head as ONNX")
+    g = p.add_argument_group("quantization (with --onnx)")
+    g.add_argument("--quantize", choices=SCHEMES, help="quantize each device's segments (static, calibrated)")
+    g.add_argument("--calibration", metavar="DATA_ROOT", help="dataset folder whose training images calibrate "
+                   "the quantization and measure its agreement with fp32 (the model's own dataset)")
+    g.add_argument("--calibration-images", type=int, default=DEFAULT_IMAGES, metavar="K",
+                   help="calibration images, evenly spaced over the training split (default %(default)s)")
+    g.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
+                   help="refuse a quantization whose top-1 agreement with fp32 on the calibration images is "
+                   "under this fraction (default %(default)s)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.quantize and not (args.onnx and args.calibration):
+        print(f"error: --quantize {args.quantize} quantizes the ONNX graphs with calibration images: add --onnx "
+              "and --calibration DATA_ROOT", file=sys.stderr)
+        return 2
     try:
+        if args.quantize:
+            check_calibration(args.calibration, args.calibration_images)
         ckpt = load_checkpoint(args.checkpoint)
         groups = meta_model(ckpt["model_name"], ckpt["model_kwargs"]).groups
         del ckpt
@@ -111,12 +137,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.onnx:
             manifest["onnx"] = export_onnx(args.out, manifest)
             (Path(args.out) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if args.quantize:
+            manifest = quantize_shards(args.out, manifest, args.calibration, args.calibration_images,
+                                       args.min_agreement)
     except (FileNotFoundError, CheckpointError, ShardError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for d, dev in enumerate(manifest["devices"]):
         print(f"device {d}: groups {manifest['placement'][d]}, {dev['param_bytes'] / 2**20:.1f} MiB of parameters "
               f"-> {Path(args.out) / dev['file']}")
+    if args.quantize:
+        print(summary(manifest))
     return 0
 
 

@@ -15,9 +15,10 @@ from decnn.shards import read_manifest, shard_file
 
 
 class OnnxBranch:
-    """Device ``device``'s segments and head as ONNX Runtime sessions of ``threads`` threads each."""
+    """Device ``device``'s segments and head as ONNX Runtime sessions of ``threads`` threads each: the graphs
+    the manifest lists for it, or ``graphs`` (file names in the folder, in the same order)."""
 
-    def __init__(self, directory: str | Path, device: int, threads: int = 1):
+    def __init__(self, directory: str | Path, device: int, threads: int = 1, graphs: list[str] | None = None):
         import onnxruntime as ort
 
         manifest = read_manifest(directory)
@@ -27,9 +28,9 @@ class OnnxBranch:
         self.plans = [ExchangePlan(**plan) for plan in shard["plans"]]
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        names = graphs or manifest["onnx"][device]
         self.sessions = [ort.InferenceSession(str(Path(directory) / name), options, providers=["CPUExecutionProvider"])
-                         for name in manifest["onnx"][device]]
-        names = manifest["onnx"][device]
+                         for name in names]
         self.segments = [s for s, name in zip(self.sessions, names) if ".seg" in name]
         self._head = self.sessions[len(self.segments)]
         self._tail = self.sessions[-1] if names[-1].endswith(".tail.onnx") else None

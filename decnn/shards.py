@@ -19,7 +19,7 @@ from torch import nn
 
 from decnn.edge.bundle import FORMAT, MANIFEST, BundleError, plans_file
 from decnn.edge.bundle import read_manifest as read_bundle_manifest
-from decnn.partition import Branch, ExchangePlan, Placement, extract_branch
+from decnn.partition import Branch, ExchangePlan, Placement, extract_branch, run_branches_locally
 from decnn.train.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 
 
@@ -110,6 +110,20 @@ def load_shard_branch(directory: str | Path, placement: Placement, device: int) 
     branch.plans = [ExchangePlan(**{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in plan.items()})
                     for plan in shard["plans"]]
     return branch.eval()
+
+
+class ShardedModel(nn.Module):
+    """The whole model from a shard folder: every device's fp32 branch in this process, joined by the reference
+    exchange (the whole model's logits to float rounding). What ``--verify`` compares a run of shards with."""
+
+    def __init__(self, directory: str | Path):
+        super().__init__()
+        exported = read_manifest(directory)["placement"]
+        placement = Placement(sum(map(len, exported)), tuple(map(tuple, exported)))
+        self.branches = nn.ModuleList(load_shard_branch(directory, placement, d) for d in range(len(exported)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return run_branches_locally(list(self.branches), x)
 
 
 def load_checkpoint_branch(checkpoint: str | Path, placement: Placement, device: int) -> Branch:

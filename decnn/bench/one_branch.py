@@ -1,4 +1,5 @@
-"""What the single-branch measurements (``kernels``, ``onnx_branch``) share: one pinned thread, and a median."""
+"""What the single-branch measurements (``kernels``, ``onnx_branch``, ``quantized``) share: one pinned thread, a
+median, a branch run without its exchange, and interleaved rounds."""
 
 from __future__ import annotations
 
@@ -27,3 +28,26 @@ def median_ms(fn: Callable[[torch.Tensor], object], x: torch.Tensor, iters: int)
         fn(x)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
+
+
+def chain(branch, x: torch.Tensor) -> torch.Tensor:
+    """A branch's segments in turn, then its head, without the exchange (it keeps the shapes)."""
+    for i in range(len(branch.segments)):
+        x = branch.segment(i, x)
+    return branch.head(x)
+
+
+def interleaved_rounds(branches: dict, inputs: dict[int, torch.Tensor], rounds: int, iters: int) -> list[dict]:
+    """Each branch chained on each input, after one warm-up pass of each: every round times each batch size
+    and branch in turn. One row per (branch, batch): the per-round medians, their median and spread."""
+    runs = {(name, n): [] for n in inputs for name in branches}
+    with torch.inference_mode():
+        for branch in branches.values():
+            for x in inputs.values():
+                chain(branch, x)
+        for _ in range(rounds):
+            for n, x in inputs.items():
+                for name, branch in branches.items():
+                    runs[name, n].append(median_ms(lambda t, b=branch: chain(b, t), x, iters))
+    return [{"backend": name, "batch": n, "median_ms": statistics.median(r), "min_ms": min(r), "max_ms": max(r),
+             "rounds_ms": r} for (name, n), r in runs.items()]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -20,19 +19,13 @@ from pathlib import Path
 import timm
 import torch
 
-from decnn.bench.one_branch import median_ms, one_pinned_thread
+from decnn.bench.one_branch import chain, interleaved_rounds, one_pinned_thread
 from decnn.export import export_onnx
 from decnn.inference.optimize import prepare_for_inference
 from decnn.onnx_branch import OnnxBranch
 from decnn.partition import Placement
 from decnn.shards import export_shards, load_shard_branch
 from decnn.train.checkpoint import save_checkpoint
-
-
-def _chain(branch, x: torch.Tensor) -> torch.Tensor:
-    for i in range(len(branch.segments)):
-        x = branch.segment(i, x)
-    return branch.head(x)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,19 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         (Path(tmp) / "manifest.json").write_text(json.dumps(manifest))
         backends = {"torch": prepare_for_inference(load_shard_branch(tmp, placement, 0)),
                     "onnxruntime": OnnxBranch(tmp, 0, threads=1)}
-        runs = {(b, n): [] for n in args.batches for b in backends}
+        inputs = {n: torch.randn(n, 3, args.image_size, args.image_size) for n in args.batches}
         with torch.inference_mode():
-            inputs = {n: torch.randn(n, 3, args.image_size, args.image_size) for n in args.batches}
-            diff = (_chain(backends["torch"], inputs[1]) - _chain(backends["onnxruntime"], inputs[1])).abs().max()
-            for branch in backends.values():  # warm-up
-                for x in inputs.values():
-                    _chain(branch, x)
-            for _ in range(args.rounds):
-                for n, x in inputs.items():
-                    for name, branch in backends.items():
-                        runs[name, n].append(median_ms(lambda t, b=branch: _chain(b, t), x, args.iters))
-    rows = [{"backend": b, "batch": n, "median_ms": statistics.median(r), "min_ms": min(r), "max_ms": max(r),
-             "rounds_ms": r} for (b, n), r in runs.items()]
+            diff = (chain(backends["torch"], inputs[1]) - chain(backends["onnxruntime"], inputs[1])).abs().max()
+        rows = interleaved_rounds(backends, inputs, args.rounds, args.iters)
     report = {"model": args.model, "image_size": args.image_size, "device": 0, "placement": placement.as_lists(),
               "threads": 1, "rounds": args.rounds, "iters": args.iters, "max_abs_diff": diff.item(), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

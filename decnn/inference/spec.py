@@ -43,10 +43,13 @@ class ModelSpec:
     module: nn.Module | None = None
 
     def build(self, device: torch.device | None = None) -> nn.Module:
-        """The whole model in eval mode (the same weights on every rank)."""
+        """The whole model in eval mode (the same weights on every rank); from shards, all their fp32 branches."""
         if self.exported_placement is not None:
-            raise ConfigError(f"{self.checkpoint} holds per-device shards, not the whole model: give the checkpoint")
-        if self.module is not None:
+            try:
+                model = shards.ShardedModel(self.checkpoint)
+            except shards.ShardError as e:
+                raise ConfigError(str(e)) from None
+        elif self.module is not None:
             model = self.module
         elif self.checkpoint is not None:
             model, _ = load_model(self.checkpoint, expected_name=self.name)
@@ -123,9 +126,9 @@ def resolve_model(cfg: InferConfig) -> ModelSpec:
             manifest = shards.read_manifest(cfg.checkpoint)
         except shards.ShardError as e:
             raise ConfigError(str(e)) from None
-        if cfg.mode != "branch" or cfg.verify:
-            raise ConfigError(f"{cfg.checkpoint} holds branches for mode branch; mode {cfg.mode} and --verify need "
-                              "the whole model: give the checkpoint")
+        if cfg.mode != "branch":
+            raise ConfigError(f"{cfg.checkpoint} holds branches for mode branch; mode {cfg.mode} needs the whole "
+                              "model: give the checkpoint")
         name, kwargs, trained_size = manifest["model_name"], dict(manifest["model_kwargs"]), manifest["image_size"]
         exported = tuple(tuple(dev) for dev in manifest["placement"])
         if cfg.model is not None and cfg.model != name:
