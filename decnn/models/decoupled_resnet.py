@@ -15,8 +15,6 @@ stem="imagenet", num_classes=1000)`` is their ``resnet34_s3_x15`` (``width=1.75`
 ``resnet50_s3_addchannel175``. The defaults (``stem="tiny"``, 200 classes) adapt them to Tiny-ImageNet.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch
@@ -204,9 +202,10 @@ class DecoupledResNet(DecoupledNet):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new classifier for ``num_classes`` (0: none); ``global_pool`` (when given) replaces the pooling."""
-        if global_pool is not None:
-            self.global_pool = make_global_pool(global_pool)
-        self.num_classes = num_classes
+        pool = self.global_pool if global_pool is None else make_global_pool(global_pool)
+        if num_classes and not pool.pool_type:  # timm's rule: a linear classifier needs pooled features
+            raise ValueError(f"global_pool='' (no pooling) needs num_classes=0, got {num_classes}")
+        self.global_pool, self.num_classes = pool, num_classes
         features = self.num_features * self.global_pool.feat_mult()
         self.fc = nn.Linear(features, num_classes) if num_classes else nn.Identity()
 
