@@ -7,6 +7,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -38,6 +39,21 @@ def worker_environment(local: bool) -> Iterator[None]:
     finally:
         for name in added:
             os.environ.pop(name, None)
+
+
+def check_main_reimportable(what: str) -> None:
+    """Raise RuntimeError, in one line, if the worker processes could not re-import the main script.
+
+    multiprocessing's forkserver re-runs the caller's main script by its path in every worker; a script read
+    from standard input (``python - <<EOF``) has the path ``<stdin>``, which no worker can open.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if getattr(main, "__spec__", None) is None and path is not None and not os.path.exists(path):
+        raise RuntimeError(
+            f"{what} cannot start its worker processes from a script read from {path}: they re-import the main "
+            "script; save it to a file and run `python FILE.py`, or pass it with `python -c`"
+        )
 
 
 def start_worker_server(module: str, local: bool) -> None:

@@ -9,11 +9,12 @@ from PIL import Image
 from test_trainer import tiny_overrides
 
 from decnn.data import DatasetCorruptError, DatasetNotFoundError, ImageFolderTree, TinyImageNet, dataset_class
+from decnn.errors import ConfigError
 from decnn.inference.config import InferConfig
 from decnn.inference.spec import resolve_model
 from decnn.models.reference import REFERENCE_ZOO
 from decnn.train.checkpoint import save_checkpoint
-from decnn.train.config import ConfigError, load_config
+from decnn.train.config import load_config
 from decnn.train.trainer import Trainer, build_optimizer, build_scheduler, model_kwargs
 
 REPO = Path(__file__).resolve().parents[1]

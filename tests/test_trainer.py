@@ -16,8 +16,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
+from decnn.errors import ConfigError
 from decnn.train.checkpoint import CheckpointError, load_checkpoint
-from decnn.train.config import ConfigError, load_config
+from decnn.train.config import load_config
 from decnn.train.logger import NullLogger, make_logger
 from decnn.train.trainer import Trainer, build_optimizer, build_scheduler, evaluate_checkpoint, train
 

@@ -26,8 +26,9 @@ from decnn.comm import (
     threads_and_cores_restored,
     under_launcher,
 )
+from decnn.errors import ConfigError
 from decnn.inference.build import build_mode
-from decnn.inference.config import DEFAULT_DATA_ROOT, ConfigError, InferConfig
+from decnn.inference.config import DEFAULT_DATA_ROOT, InferConfig
 from decnn.inference.inputs import Normalize, SyntheticImages, ValImages, batch_sizes
 from decnn.inference.metrics import agreement, peak_rss_bytes, reset_peak_rss, synced_time, topk_accuracy
 from decnn.inference.mode import Clock, Mode

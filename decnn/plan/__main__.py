@@ -15,7 +15,8 @@ from pathlib import Path
 
 from decnn.bench.links import LinkError
 from decnn.comm import LaunchError, PeerError, launch, under_launcher
-from decnn.inference.config import ConfigError, InferConfig
+from decnn.errors import ConfigError
+from decnn.inference.config import InferConfig
 from decnn.plan.hetero import format_side_by_side, side_by_side
 from decnn.plan.planner import OBJECTIVES, format_plans, plan
 from decnn.plan.profile import Profile, ProfileArgs, profile_rank

@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 from decnn.comm import launch, under_launcher
-from decnn.inference.config import ConfigError, InferConfig
+from decnn.errors import ConfigError
+from decnn.inference.config import InferConfig
 from decnn.inference.runner import preflight, run_rank
 from decnn.plan.planner import MODES, Plan, format_plans, plan
 from decnn.plan.profile import Profile, ProfileArgs, profile_rank

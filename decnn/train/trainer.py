@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from decnn.comm import backend_for
 from decnn.data import dataset_class, make_standin
+from decnn.errors import ConfigError
 from decnn.models import count_flops, count_params
 from decnn.train.checkpoint import (
     check_architecture,
@@ -38,7 +39,7 @@ from decnn.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from decnn.train.config import ConfigError, DataConfig, ModelConfig, OptimConfig, TrainingConfig
+from decnn.train.config import DataConfig, ModelConfig, OptimConfig, TrainingConfig
 from decnn.train.logger import make_logger
 from decnn.train.meters import Progress, topk_correct
 from decnn.train.transforms import batch_mixer, eval_transform, train_transform
