@@ -20,8 +20,8 @@ from conftest import randomize_
 from decnn.bench.links import EmulatedLink, links_available
 from decnn.comm import Communicator, launch
 from decnn.export import main as export_main
+from decnn.inference.__main__ import main
 from decnn.inference.branch_mode import BranchMode
-from decnn.inference.cli import main
 from decnn.inference.codec import make_codec
 from decnn.inference.inputs import Normalize
 from decnn.inference.optimize import prepare_for_inference

@@ -147,7 +147,7 @@ def test_an_unknown_keyword_is_named_with_the_valid_ones(source, checkpoint):
     with pytest.raises(TypeError, match=r"'exchange_dtpye'; valid: devices, mode, placement, exchange_dtype"):
         decnn.split(src, devices=2, exchange_dtpye="int8")
     if source == "module":  # built already: its model settings cannot apply
-        with pytest.raises(TypeError, match="'width'.*do not apply"):
+        with pytest.raises(TypeError, match=r"'width'.*do not apply"):
             decnn.split(src, devices=2, width=0.5)
 
 

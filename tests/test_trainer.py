@@ -174,7 +174,7 @@ def test_cli_missing_dataset(tmp_path):
                        f"run.out_dir={tmp_path / 'runs'}")
     assert out.returncode == 2
     assert out.stderr.startswith(f"error: No dataset at {tmp_path / 'nothing'}")
-    assert "python -m decnn.data download" in out.stderr and "Traceback" not in out.stderr
+    assert "decnn data download" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "runs").exists()
 
 

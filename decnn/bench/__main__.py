@@ -1,15 +1,16 @@
-"""``python -m decnn.bench``: DeCNN split inference against the alternatives, side by side, in one run.
+"""DeCNN split inference against the alternatives, side by side, in one run (``decnn bench``).
 
 Rounds interleave every configuration (round 1 runs each once, then round 2, ...) so that machine noise
 hits all alike; each reported figure is the median over rounds, and ratios are taken within a round.
+``decnn bench TOOL`` runs one stand-alone measurement instead (see ``decnn --help``).
 
-    python -m decnn.bench                                   # batch 1 and 8, 2 devices, loopback
-    sudo .venv/bin/python -m decnn.bench --link 1gbit 100mbit 20mbit --batch 1
+    decnn bench                                             # batch 1 and 8, 2 devices, loopback
+    sudo .venv/bin/decnn bench --link 1gbit 100mbit 20mbit --batch 1
+    decnn bench paper --bench results/bench.json --runs runs
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -25,6 +26,7 @@ from decnn.bench.plan import DECNN, BenchConfig, plan
 from decnn.bench.predict import measure_profiles, predictions
 from decnn.bench.run import RunFailed, run_local, run_over_link
 from decnn.bench.summary import BASELINES, bench_table, crossovers, format_crossovers, format_errors, summarize, write
+from decnn.command import job_parser
 from decnn.exitcodes import run_main
 from decnn.record import RunRecord
 
@@ -32,7 +34,7 @@ ELEMENT_SIZE = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m decnn.bench", description=__doc__.splitlines()[0])
+    p = job_parser("bench", __doc__)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
     p.add_argument("--devices", type=int, nargs="+", default=[2],
                    help="device counts for the split runs (those dividing 4 groups; default 2)")

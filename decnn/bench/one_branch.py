@@ -1,4 +1,4 @@
-"""What the single-branch measurements (``kernels``, ``onnx_branch``) share: one pinned thread, and a median."""
+"""What the single-branch measurements (``kernels``, ``onnx_vs_torch``) share: one pinned thread, and a median."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The benchmark's cost-model predictions: one profile per (link, devices, batch), measured over that very
-setup with ``python -m decnn.plan profile``, then the planner's formulas for every branch configuration."""
+setup with ``decnn plan profile``, then the planner's formulas for every branch configuration."""
 
 from __future__ import annotations
 

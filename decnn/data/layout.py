@@ -25,9 +25,9 @@ LAYOUT = """\
   <root>/test/images/test_<i>.JPEG            unlabelled test images (optional)"""
 
 HOW_TO_GET = """\
-  python -m decnn.data download                  # from Kaggle (needs Kaggle credentials)
-  python -m decnn.data download --from-zip PATH  # from a tiny-imagenet-200.zip fetched by hand
-  python -m decnn.data standin                   # offline stand-in from scikit-learn's digits"""
+  decnn data download                  # from Kaggle (needs Kaggle credentials)
+  decnn data download --from-zip PATH  # from a tiny-imagenet-200.zip fetched by hand
+  decnn data standin                   # offline stand-in from scikit-learn's digits"""
 
 
 class DatasetNotFoundError(FileNotFoundError):

@@ -61,7 +61,7 @@ def open_inputs(cfg: InferConfig, spec: ModelSpec):
     try:
         return ValImages(cfg.data_root or DEFAULT_DATA_ROOT, cfg.num_images, spec.input_size)
     except DatasetNotFoundError as e:
-        raise ConfigError(f"{e} (prepare it with `python -m decnn.data`, or pass --data-root)") from None
+        raise ConfigError(f"{e} (prepare it with `decnn data`, or pass --data-root)") from None
 
 
 def preflight(cfg: InferConfig, rank: int = 0) -> tuple[ModelSpec, object]:

@@ -6,7 +6,7 @@ processes run ``fraction`` of one core's time in every 10 ms period: a board tha
 the others, with the same kernels. The period is short so that the throttling is smooth at the scale of
 one segment (milliseconds), not a stall of 100 ms now and then.
 
-    sudo python -m decnn.plan hetero --slow-host 1 --cpu 0.4 --batch 1
+    sudo .venv/bin/decnn plan hetero --slow-host 1 --cpu 0.4 --batch 1
 """
 
 from __future__ import annotations

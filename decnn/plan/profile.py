@@ -95,7 +95,7 @@ class Profile:
         data = json.loads(text)
         if data.get("version") != PROFILE_VERSION:
             raise ValueError(f"profile version {data.get('version')!r} is not {PROFILE_VERSION}: measure it again "
-                             "with `python -m decnn.plan profile`")
+                             "with `decnn plan profile`")
         data["devices"] = [DeviceProfile(**d) for d in data["devices"]]
         data["links"] = LinkProfile(**data["links"])
         return cls(**data)
@@ -110,7 +110,7 @@ class Profile:
             return cls.from_json(Path(path).read_text())
         except FileNotFoundError:
             raise ValueError(f"no profile at {path}; measure one with "
-                             "`python -m decnn.plan profile --devices 2 --out profile.json`") from None
+                             "`decnn plan profile --devices 2 --out profile.json`") from None
 
 
 def _median_time(fn, repeats: int = _REPEATS) -> float:
