@@ -28,11 +28,11 @@ import torch
 from torch import nn
 
 from decnn import worker
-from decnn.comm import LOCAL_ENDPOINT, launch
+from decnn.distributed.launcher import launch
+from decnn.distributed.process import LOCAL_ENDPOINT, check_main_reimportable
 from decnn.errors import ConfigError, python_syntax
 from decnn.inference.config import InferConfig
 from decnn.inference.spec import ModelSpec, describe, resolve_model
-from decnn.process import check_main_reimportable
 from decnn.shards import read_manifest
 
 __all__ = ["SplitModel", "WorkerError", "split"]

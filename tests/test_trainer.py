@@ -17,10 +17,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from decnn.errors import ConfigError
+from decnn.train.builders import build_optimizer, build_scheduler
 from decnn.train.checkpoint import CheckpointError, load_checkpoint
 from decnn.train.config import load_config
+from decnn.train.evaluate import evaluate_checkpoint
 from decnn.train.logger import NullLogger, make_logger
-from decnn.train.trainer import Trainer, build_optimizer, build_scheduler, evaluate_checkpoint, train
+from decnn.train.trainer import Trainer, train
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT_KEYS = {"model", "model_name", "model_kwargs", "config", "optimizer", "scheduler", "scaler", "epoch",

@@ -20,13 +20,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-import decnn  # noqa: F401  (registers the models)
-from decnn.bench.links import EmulatedLink, links_available, parse_rate
-from decnn.bench.plan import DECNN, BenchConfig, plan
+from decnn.bench.configurations import DECNN, BenchConfig, configurations
 from decnn.bench.predict import measure_profiles, predictions
 from decnn.bench.run import RunFailed, run_local, run_over_link
 from decnn.bench.summary import BASELINES, bench_table, crossovers, format_crossovers, format_errors, summarize, write
 from decnn.command import job_parser
+from decnn.distributed.emulated_link import EmulatedLink
+from decnn.distributed.netns import links_available
+from decnn.distributed.rates import parse_rate
 from decnn.exitcodes import run_main
 from decnn.record import RunRecord
 
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
         if not ok:
             print(f"emulated links unavailable ({reason}); running on loopback only", file=sys.stderr)
             links = [None]
-    configs = plan(args.batch, args.devices, links, args.exchange_dtype, args.overlap, args.link_batch)
+    configs = configurations(args.batch, args.devices, links, args.exchange_dtype, args.overlap, args.link_batch)
     skipped = [n for n in args.devices if DECNN["groups"] % n]
     if skipped:
         print(f"skipping --devices {skipped}: {DECNN['groups']} groups do not split evenly", file=sys.stderr)

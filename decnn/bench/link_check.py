@@ -14,8 +14,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from decnn.bench.links import EmulatedLink, links_available, parse_rate
 from decnn.command import job_parser
+from decnn.distributed.emulated_link import EmulatedLink
+from decnn.distributed.netns import links_available
+from decnn.distributed.rates import parse_rate
 from decnn.exitcodes import run_main
 
 UNSHAPED_BYTES = 200_000_000

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from decnn.bench.plan import DECNN, BenchConfig
+from decnn.bench.configurations import DECNN, BenchConfig
 from decnn.partition import Placement
 from decnn.plan.hetero import run_on_hosts
 from decnn.plan.planner import predict_branch

@@ -12,10 +12,10 @@ import argparse
 import dataclasses
 import sys
 
+from decnn.distributed.process import LOCAL_ENDPOINT, is_local_launch, start_worker_server, under_launcher
 from decnn.errors import ConfigError
 from decnn.exitcodes import run_main
 from decnn.inference.config import BACKENDS, DEFAULT_DATA_ROOT, EXCHANGE_DTYPES, MODES, InferConfig
-from decnn.process import LOCAL_ENDPOINT, is_local_launch, start_worker_server, under_launcher
 
 EXAMPLES = """examples:
   # DeCNN ResNet-34 (G4, x1.5) split over 2 local processes, checked against the whole model
@@ -106,14 +106,15 @@ def main(argv: list[str] | None = None, prog: str = "decnn infer") -> int:
         return 2
     if not planned and not under_launcher() and cfg.world_size > 1:
         start_worker_server("decnn.inference.runner", is_local_launch(cfg.nnodes, cfg.rdzv_endpoint))
-    from decnn.comm import LaunchError, PeerError
+    from decnn.distributed.communicator import PeerError
+    from decnn.distributed.launcher import LaunchError
 
     return run_main(lambda: _run(cfg, planned, objective), usage_errors=(ConfigError,),
                     runtime_errors=(PeerError, LaunchError))
 
 
 def _run(cfg: InferConfig, planned: str | None, objective: str) -> None:
-    from decnn.comm import launch
+    from decnn.distributed.launcher import launch
     from decnn.inference.runner import preflight, run_rank
 
     if planned:

@@ -9,8 +9,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from decnn.distributed.process import LOCAL_ENDPOINT, under_launcher
 from decnn.errors import ConfigError, option
-from decnn.process import LOCAL_ENDPOINT, under_launcher
 
 MODES = ("branch", "single", "data", "pipeline")
 BACKENDS = ("torch", "onnxruntime")  # what computes a branch; torch.distributed exchanges either way

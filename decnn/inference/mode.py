@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-from decnn.comm import Pending
+from decnn.distributed.communicator import Pending
 
 
 class Mode(Protocol):

@@ -18,14 +18,11 @@ from pathlib import Path
 
 import torch
 
-from decnn.comm import (
-    Communicator,
-    configure_threads,
-    exit_with_launcher,
-    inject_fault,
-    threads_and_cores_restored,
-    under_launcher,
-)
+from decnn.distributed.communicator import Communicator
+from decnn.distributed.faults import inject_fault
+from decnn.distributed.launcher import exit_with_launcher
+from decnn.distributed.pinning import configure_threads, threads_and_cores_restored
+from decnn.distributed.process import under_launcher
 from decnn.errors import ConfigError
 from decnn.inference.build import build_mode
 from decnn.inference.config import DEFAULT_DATA_ROOT, InferConfig
@@ -204,11 +201,6 @@ def _quality(cfg, spec: ModelSpec, normalize, source, sizes, timing: Timing) -> 
                 start += n
         quality.update(agreement(logits, torch.cat(refs)))
     return quality
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class _Progress:

@@ -12,7 +12,6 @@ import timm
 import torch
 from torch import nn
 
-import decnn  # noqa: F401  (registers the models with timm)
 from decnn import shards
 from decnn.errors import ConfigError, option
 from decnn.inference.config import InferConfig

@@ -22,6 +22,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 from decnn.models.decoupled import ChannelShuffle, DecoupledNet, HeadParts, make_global_pool
+from decnn.normalization import TINY_MEAN, TINY_STD
 
 __all__ = ["BasicBlock", "Bottleneck", "DecoupledResNet"]
 
@@ -215,8 +216,8 @@ def _cfg(**kwargs) -> dict:
         "num_classes": 200,
         "input_size": (3, 64, 64),
         "pool_size": (8, 8),
-        "mean": (0.480, 0.448, 0.398),
-        "std": (0.277, 0.269, 0.282),
+        "mean": TINY_MEAN,
+        "std": TINY_STD,
         "first_conv": "stem.0",
         "classifier": "fc",
         **kwargs,

@@ -11,7 +11,6 @@ import json
 
 import timm
 
-import decnn  # noqa: F401  (registers the models)
 from decnn.command import job_parser
 from decnn.models.decoupled_resnet import STEMS, DecoupledResNet
 from decnn.models.stats import GOLDEN_PATH, count_flops, count_params, golden_stats, model_names

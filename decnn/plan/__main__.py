@@ -13,9 +13,11 @@ import json
 import sys
 from pathlib import Path
 
-from decnn.bench.links import LinkError
-from decnn.comm import LaunchError, PeerError, launch, under_launcher
 from decnn.command import job_parser
+from decnn.distributed.communicator import PeerError
+from decnn.distributed.launcher import LaunchError, launch
+from decnn.distributed.netns import LinkError
+from decnn.distributed.process import under_launcher
 from decnn.errors import ConfigError
 from decnn.inference.config import InferConfig
 from decnn.plan.hetero import format_side_by_side, side_by_side

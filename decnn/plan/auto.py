@@ -15,7 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from decnn.comm import launch, under_launcher
+from decnn.distributed.launcher import launch
+from decnn.distributed.process import under_launcher
 from decnn.errors import ConfigError
 from decnn.inference.config import InferConfig
 from decnn.inference.runner import preflight, run_rank

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from decnn.comm import Communicator, configure_threads
+from decnn.distributed.communicator import Communicator
+from decnn.distributed.pinning import configure_threads
 from decnn.inference.branch_mode import ShuffleExchange
 from decnn.inference.codec import EXCHANGE_DTYPES, make_codec
 from decnn.inference.config import InferConfig
@@ -111,15 +112,6 @@ class Profile:
         except FileNotFoundError:
             raise ValueError(f"no profile at {path}; measure one with "
                              "`decnn plan profile --devices 2 --out profile.json`") from None
-
-
-def _median_time(fn, repeats: int = _REPEATS) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 class _NoWire:

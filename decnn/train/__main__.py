@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from decnn.errors import ConfigError
     from decnn.train.checkpoint import CheckpointError, load_checkpoint
     from decnn.train.config import load_config
-    from decnn.train.trainer import evaluate_checkpoint, train
+    from decnn.train.evaluate import evaluate_checkpoint
+    from decnn.train.trainer import train
 
     def run() -> None:
         base = load_checkpoint(checkpoint)["config"] if checkpoint and not args.config else None
