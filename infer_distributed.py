@@ -1,4 +1,4 @@
-"""Split inference of a decoupled CNN across devices (one process per device).
+"""Split inference of a decoupled CNN across devices (one process per device): ``decnn infer`` as a script.
 
     python infer_distributed.py --random-init --devices 2 --verify
     torchrun --nproc-per-node 2 infer_distributed.py --random-init
@@ -8,7 +8,7 @@ See ``python infer_distributed.py --help``; the work is done in ``decnn.inferenc
 
 import sys
 
-from decnn.inference.cli import main
+from decnn.inference.__main__ import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="infer_distributed.py"))

@@ -1,12 +1,21 @@
-"""The ``decnn`` console script: one entry point for the package's commands.
+"""decnn: decoupled CNNs for split inference across edge devices. One command, one job each.
 
-    decnn models [...]     the model table (python -m decnn.models)
-    decnn convert [...]    a checkpoint of the authors' training code as a decnn checkpoint
-    decnn compare [...]    training and inference runs side by side (table + plot)
-    decnn bench [...]      the side-by-side benchmark (python -m decnn.bench)
-    decnn data [...]       download, check, prepare Tiny-ImageNet or make the stand-in (python -m decnn.data)
-    decnn export [...]     a checkpoint as per-device shards, optionally ONNX graphs (python -m decnn.export)
-    decnn edge [...]       a split run by devices without torch: ONNX Runtime + MPI (python -m decnn.edge.launch)
+usage: decnn <job> [--help] [...]
+
+jobs:
+  train     train a model on Tiny-ImageNet, resume a run, or evaluate a checkpoint (= train.py)
+  infer     split inference across processes or hosts, and its baselines (= infer_distributed.py)
+  plan      profile devices and links, rank every way to split, emulate uneven devices
+  bench     the side-by-side benchmark; `decnn bench TOOL` for one measurement: {tools}
+  export    a checkpoint as per-device shards, optionally ONNX graphs
+  convert   a checkpoint of the authors' training code as a decnn checkpoint
+  compare   training and inference runs side by side (table + plot)
+  data      download, check or prepare Tiny-ImageNet, or write the offline stand-in
+  models    the model table: params and FLOPs, whole and per device
+  edge      run an export on devices without torch: ONNX Runtime computes, MPI exchanges (mpiexec)
+
+`decnn <job> --help` lists a job's options with examples. Exit codes, for every job: 0 done, 1 runtime
+failure, 2 usage or input error (one line: `error: ...`), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -16,23 +25,48 @@ import sys
 
 from decnn.exitcodes import USAGE, run_main
 
-COMMANDS = {
-    "models": "decnn.models.table",
+JOBS = {
+    "train": "decnn.train.__main__",
+    "infer": "decnn.inference.__main__",
+    "plan": "decnn.plan.__main__",
+    "bench": "decnn.bench.__main__",
+    "export": "decnn.export",
     "convert": "decnn.train.convert",
     "compare": "decnn.bench.compare",
-    "bench": "decnn.bench.__main__",
     "data": "decnn.data.__main__",
-    "export": "decnn.export",
+    "models": "decnn.models.table",
     "edge": "decnn.edge.launch",
+}
+BENCH_TOOLS = {  # `decnn bench TOOL`: the stand-alone measurements
+    "paper": "decnn.bench.paper",
+    "kernels": "decnn.bench.kernels",
+    "onnx": "decnn.bench.onnx_vs_torch",
+    "shard-memory": "decnn.bench.shard_memory",
+    "data-loading": "decnn.bench.data_loading",
+    "links": "decnn.bench.link_check",
+    "edge-memory": "decnn.bench.edge_memory",
+    "quantized": "decnn.bench.quantized",
 }
 
 
-def main(argv=None) -> None:
+def usage() -> str:
+    return __doc__.format(tools=", ".join(BENCH_TOOLS)).strip()
+
+
+def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in COMMANDS:
-        print(__doc__.strip(), file=sys.stderr)
-        sys.exit(0 if argv and argv[0] in ("-h", "--help") else USAGE)
-    sys.exit(run_main(lambda: importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])))
+    if not argv or argv[0] not in JOBS:
+        asked = bool(argv) and argv[0] in ("-h", "--help")
+        if argv and not asked:
+            print(f"error: unknown job {argv[0]!r}; choose one of {', '.join(JOBS)}, e.g. decnn train --help",
+                  file=sys.stderr)
+        print(usage(), file=sys.stdout if asked else sys.stderr)
+        sys.exit(0 if asked else USAGE)
+    job, args = argv[0], argv[1:]
+    module = JOBS[job]
+    if job == "bench" and args and args[0] in BENCH_TOOLS:
+        module, args = BENCH_TOOLS[args[0]], args[1:]
+    sys.exit(run_main(lambda: importlib.import_module(module).main(args)))
 
 
 if __name__ == "__main__":

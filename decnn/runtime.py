@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import inspect
 import multiprocessing
 import os
 import signal
@@ -27,14 +28,17 @@ import torch
 from torch import nn
 
 from decnn import worker
-from decnn.comm import LOCAL_ENDPOINT, launch
-from decnn.inference.config import ConfigError, InferConfig
+from decnn.distributed.launcher import launch
+from decnn.distributed.process import LOCAL_ENDPOINT, check_main_reimportable
+from decnn.errors import ConfigError, python_syntax
+from decnn.inference.config import InferConfig
 from decnn.inference.spec import ModelSpec, describe, resolve_model
 from decnn.shards import read_manifest
 
 __all__ = ["SplitModel", "WorkerError", "split"]
 
 SPLIT_MODES = ("branch", "pipeline")
+MODEL_KEYWORDS = ("groups", "width", "stem")  # settings of the model a timm name or checkpoint source builds
 _STOP_GRACE_S = 10.0  # for the workers to finish a step in flight and leave on their own
 
 
@@ -61,7 +65,8 @@ def split(
     """Start a split model on ``devices`` worker processes (per host, of ``nnodes``) and return it.
 
     ``source``: a checkpoint file, a folder of shards from ``decnn export``, a DeCNN ``nn.Module``, or a
-    timm name (random weights from ``seed``; ``model_kwargs`` such as ``width=0.5`` go to timm).
+    timm name (random weights from ``seed``; ``model_kwargs``: ``groups``, ``width``, ``stem``, which a
+    checkpoint's model must match).
     ``mode``: ``"branch"`` (DeCNN: each device runs its channel groups) or ``"pipeline"`` (layer-wise
     stages). ``placement``: groups per device, e.g. ``"0,1,2/3"`` (default: even, or the shards').
     ``overlap``: branch mode, slices of a batch in flight; pipeline mode, micro-batches per batch.
@@ -69,15 +74,38 @@ def split(
     torch.distributed still exchanges the activations. ``backend="edge"``: the device runtime serves the
     same folder, ONNX Runtime computing and MPI exchanging, with no torch in the devices' processes
     (:mod:`decnn.edge`; ``devices`` must be the export's, ``mode`` branch).
-    Bad settings raise :class:`ConfigError` before any process starts.
+    Bad settings raise :class:`ConfigError` (an unknown keyword TypeError) before any process starts, naming
+    settings as Python keywords.
     """
+    check_main_reimportable("decnn.split")
+    _check_keywords(source, model_kwargs)
     if backend == "edge":
         return _edge_split(source, devices, mode, placement, exchange_dtype, overlap, threads, timeout, model_kwargs)
+    with python_syntax():
+        cfg, spec = _resolve(source, model_kwargs, dict(
+            mode=mode, devices=devices, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, placement=placement,
+            exchange_dtype=exchange_dtype, backend=backend, overlap=overlap, threads=threads, timeout=timeout,
+            seed=seed, batch=overlap, warmup=0, log_dir=None))  # batch: checked to split into overlap
+    return SplitModel(cfg, spec)
+
+
+def _check_keywords(source, model_kwargs: dict) -> None:
+    """An unknown keyword is a TypeError naming the valid ones (a typo must not run other settings)."""
+    is_module = isinstance(source, nn.Module)
+    unknown = sorted(model_kwargs) if is_module else sorted(set(model_kwargs) - set(MODEL_KEYWORDS))
+    if unknown:
+        valid = [name for name in inspect.signature(split).parameters if name not in ("source", "model_kwargs")]
+        model = ("; an nn.Module source is built already, so groups, width and stem do not apply" if is_module
+                 else f", and for the model {', '.join(MODEL_KEYWORDS)}")
+        raise TypeError(f"decnn.split() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+                        f"valid: {', '.join(valid)}{model}")
+
+
+def _resolve(source, model_kwargs: dict, common: dict) -> tuple[InferConfig, ModelSpec]:
+    """The checked settings and the model of a split, from ``split``'s arguments (``common``)."""
+    mode, placement, backend = common["mode"], common["placement"], common["backend"]
     if mode not in SPLIT_MODES:
-        raise ConfigError(f"mode {mode!r}: a split model runs mode 'branch' or 'pipeline', e.g. mode='branch'")
-    common = dict(mode=mode, devices=devices, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, placement=placement,
-                  exchange_dtype=exchange_dtype, backend=backend, overlap=overlap, threads=threads, timeout=timeout,
-                  seed=seed, batch=overlap, warmup=0, log_dir=None)  # batch: checked to split into overlap
+        raise ConfigError(f"mode {mode!r}: a split model runs mode 'branch' or 'pipeline', e.g. mode=\"branch\"")
     module = source if isinstance(source, nn.Module) else None
     if module is not None:
         cfg = InferConfig(random_init=True, **common).check()
@@ -96,7 +124,7 @@ def split(
     if backend == "onnxruntime" and (spec.exported_placement is None or not read_manifest(source).get("onnx")):
         raise ConfigError(f"backend='onnxruntime' needs a shard folder with ONNX graphs, not {source!r}: "
                           "export one with `decnn export CHECKPOINT --devices N --out DIR --onnx`")
-    return SplitModel(cfg, spec)
+    return cfg, spec
 
 
 def _edge_split(source, devices, mode, placement, exchange_dtype, overlap, threads, timeout, model_kwargs):

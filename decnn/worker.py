@@ -20,7 +20,8 @@ import sys
 
 import torch
 
-from decnn.comm import Communicator, configure_threads
+from decnn.distributed.communicator import Communicator
+from decnn.distributed.pinning import configure_threads
 from decnn.inference.build import build_mode
 from decnn.inference.config import InferConfig
 from decnn.inference.inputs import Normalize

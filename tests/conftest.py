@@ -10,8 +10,9 @@ from torch import nn
 import decnn  # noqa: F401  (registers the models with timm)
 from decnn.data import make_standin
 
-# decnn.comm.launch starts its processes with "forkserver": have the server import decnn (torch, timm) once,
-# so that the processes the tests launch fork ready instead of importing it afresh, seconds each time.
+# decnn.distributed.launcher.launch starts its processes with "forkserver": have the server import decnn
+# (torch, timm) once, so that the processes the tests launch fork ready instead of importing it afresh, seconds
+# each time.
 multiprocessing.set_forkserver_preload(["decnn"])
 
 # Small enough for fast tests: the VGG's default MLP alone holds 120M parameters.

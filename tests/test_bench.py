@@ -3,14 +3,14 @@
 import pytest
 
 from decnn.bench.__main__ import main as bench_main
-from decnn.bench.plan import plan
+from decnn.bench.configurations import configurations
 from decnn.bench.summary import bench_table, read, summarize, write
 from decnn.plan.costmodel import Prediction
 from decnn.record import Latency, RunRecord
 
 
 def test_plan_has_baselines_once_and_each_split_per_link_and_dtype():
-    configs = plan(batches=[1, 8], devices=[2, 3, 4], links=[None, "20mbit"], dtypes=["fp32", "fp16"])
+    configs = configurations(batches=[1, 8], devices=[2, 3, 4], links=[None, "20mbit"], dtypes=["fp32", "fp16"])
     labels = [c.label() for c in configs]
     assert len(labels) == len(set(labels))
     singles = [c for c in configs if c.mode == "single"]
@@ -25,8 +25,8 @@ def test_plan_has_baselines_once_and_each_split_per_link_and_dtype():
 
 
 def test_edge_rows_come_with_baselines_of_their_own_runtime():
-    configs = plan(batches=[1], devices=[2], links=[None, "20mbit"], dtypes=["fp32", "int8"],
-                   runtimes=("torch", "edge"))
+    configs = configurations(batches=[1], devices=[2], links=[None, "20mbit"], dtypes=["fp32", "int8"],
+                             runtimes=("torch", "edge"))
     edge = {c.label() for c in configs if c.runtime == "edge"}
     assert {"edge resnet34 single x1 b1", "edge decnn single x1 b1", "edge decnn branch int8 x2 b1 @20mbit",
             "edge decnn branch int8 overlap x2 b1 @20mbit"} <= edge
@@ -41,7 +41,8 @@ def test_edge_rows_come_with_baselines_of_their_own_runtime():
 
 
 def test_branch_args_reach_infer_distributed():
-    config = next(c for c in plan([8], [2], [None], ["fp16"], overlap=3) if c.overlap == 3 and c.mode == "branch")
+    config = next(c for c in configurations([8], [2], [None], ["fp16"], overlap=3)
+                  if c.overlap == 3 and c.mode == "branch")
     args = config.infer_args()
     assert args[args.index("--exchange-dtype") + 1] == "fp16"
     assert args[args.index("--overlap") + 1] == "3"
@@ -56,7 +57,7 @@ def _report(p50, ips):
 
 
 def test_ratios_are_taken_within_each_round_then_medianed(tmp_path):
-    config = plan([1], [2], [None], ["fp32"])[2]
+    config = configurations([1], [2], [None], ["fp32"])[2]
     reports = [_report(20, 50), _report(40, 25), _report(30, 30)]
     # Round 2 was slow for everyone: within-round ratios stay 2x, 2x, 2x against ResNet-34.
     baselines = [{"resnet34 single": _report(40, 25), "decnn single": _report(30, 33)},

@@ -1,4 +1,4 @@
-"""decnn.comm on CPU/gloo: uneven all-to-all, async handles, counted collectives, timeouts that name the peer."""
+"""decnn.distributed on CPU/gloo: uneven all-to-all, async handles, counted collectives, timeouts that name the peer."""
 
 import os
 import time
@@ -7,7 +7,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from decnn.comm import Communicator, LaunchError, backend_for, configure_threads, launch, under_launcher
+from decnn.distributed.communicator import Communicator, backend_for
+from decnn.distributed.launcher import LaunchError, launch
+from decnn.distributed.pinning import configure_threads
+from decnn.distributed.process import under_launcher
 
 
 def _collectives_worker() -> dict:

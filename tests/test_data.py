@@ -94,9 +94,9 @@ def test_missing_dataset_names_layout_and_commands(tmp_path):
         "wnids.txt",
         "val/val_annotations.txt",
         "train/<wnid>/images",
-        "python -m decnn.data download",
+        "decnn data download",
         "--from-zip",
-        "python -m decnn.data standin",
+        "decnn data standin",
     ]:
         assert text in message
 
@@ -265,7 +265,7 @@ def test_missing_kaggle_credentials_give_a_clear_message(tmp_path, monkeypatch):
         "KAGGLE_KEY",
         "--from-zip",
         "tiny-imagenet-200.zip",
-        "python -m decnn.data standin",
+        "decnn data standin",
     ]:
         assert text in message
     assert connections == [] and not (tmp_path / "data" / "tiny-imagenet-200").exists()
@@ -283,4 +283,4 @@ def test_cli_check_and_prepare(copy, tmp_path, capsys):
         "val_labels.npy",
     }
     assert cli.main(["check", "--root", str(tmp_path / "nowhere")]) == 2  # an input error
-    assert "python -m decnn.data standin" in capsys.readouterr().err
+    assert "decnn data standin" in capsys.readouterr().err

@@ -175,7 +175,8 @@ def test_bad_folders_are_one_line_and_exit_2(g4, g8, tmp_path):
 @pytest.mark.netns
 def test_devices_in_two_namespaces_exchange_over_tcp(g4, tmp_path):
     from decnn.bench.edge import edge_argv, tx_bytes, write_launcher_exec
-    from decnn.bench.links import EmulatedLink, links_available
+    from decnn.distributed.emulated_link import EmulatedLink
+    from decnn.distributed.netns import links_available
 
     ok, reason = links_available()
     if not ok:

@@ -10,8 +10,8 @@ from conftest import randomize_
 
 import decnn
 from decnn.bench.shard_memory import measure
+from decnn.errors import ConfigError
 from decnn.export import main as export_main
-from decnn.inference.config import ConfigError
 from decnn.partition import Placement, run_branches_locally
 from decnn.shards import load_checkpoint_branch, load_shard_branch
 from decnn.train.checkpoint import save_checkpoint

@@ -334,7 +334,8 @@ def test_a_live_run_folder_is_locked(tmp_path):
 @pytest.mark.netns
 def test_a_dead_link_ends_both_hosts_in_time_naming_the_other(tmp_path):
     """Two hosts (network namespaces, one torchrun each); the veth of host 1 goes down mid-run."""
-    from decnn.bench.links import EmulatedLink, links_available
+    from decnn.distributed.emulated_link import EmulatedLink
+    from decnn.distributed.netns import links_available
 
     ok, reason = links_available()
     if not ok:

@@ -17,18 +17,21 @@ import torch
 import torch.distributed as dist
 from conftest import randomize_
 
-from decnn.bench.links import EmulatedLink, links_available
-from decnn.comm import Communicator, launch
+from decnn.distributed.communicator import Communicator
+from decnn.distributed.emulated_link import EmulatedLink
+from decnn.distributed.launcher import launch
+from decnn.distributed.netns import links_available
 from decnn.export import main as export_main
+from decnn.inference.__main__ import main
 from decnn.inference.branch_mode import BranchMode
-from decnn.inference.cli import main
 from decnn.inference.codec import make_codec
 from decnn.inference.inputs import Normalize
 from decnn.inference.optimize import prepare_for_inference
 from decnn.partition import Placement, extract_branch
 from decnn.record import RunRecord
 from decnn.train.config import load_config
-from decnn.train.trainer import evaluate_checkpoint, train
+from decnn.train.evaluate import evaluate_checkpoint
+from decnn.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--model", "decnn_resnet18", "--width", "0.5"]

@@ -8,7 +8,8 @@ import timm
 import torch
 from conftest import randomize_
 
-from decnn.comm import Communicator, launch
+from decnn.distributed.communicator import Communicator
+from decnn.distributed.launcher import launch
 from decnn.inference.inputs import Normalize
 from decnn.inference.optimize import prepare_for_inference
 from decnn.inference.pipeline_mode import (

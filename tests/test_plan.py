@@ -110,7 +110,7 @@ def test_profile_of_another_version_is_refused(tmp_path):
     path.write_text(synthetic().to_json().replace('"version": 1', '"version": 0'))
     with pytest.raises(ValueError, match="measure it again"):
         Profile.load(path)
-    with pytest.raises(ValueError, match=r"python -m decnn\.plan profile"):
+    with pytest.raises(ValueError, match=r"decnn plan profile"):
         Profile.load(tmp_path / "missing.json")
 
 
@@ -130,7 +130,7 @@ def test_local_run_hook_sees_every_step_and_keeps_the_result():
 def test_profile_over_two_processes_then_plan_runs_and_reports(tmp_path, capsys):
     import json
 
-    from decnn.inference.cli import main as infer_main
+    from decnn.inference.__main__ import main as infer_main
     from decnn.plan.__main__ import main as plan_main
 
     path = tmp_path / "profile.json"

@@ -17,8 +17,8 @@ import torch
 from conftest import randomize_
 
 import decnn
+from decnn.errors import ConfigError
 from decnn.export import main as export_main
-from decnn.inference.config import ConfigError
 from decnn.inference.inputs import Normalize
 from decnn.runtime import WorkerError
 from decnn.train.checkpoint import save_checkpoint
@@ -138,6 +138,36 @@ def test_bad_settings_fail_before_any_process_starts(checkpoint):
         decnn.split("no/such/best.pt", devices=2)
     with pytest.raises(ConfigError, match="3 devices cannot share 4 groups"):
         decnn.split(checkpoint, devices=3)
+
+
+@pytest.mark.parametrize("source", ["module", "name", "checkpoint"])
+def test_an_unknown_keyword_is_named_with_the_valid_ones(source, checkpoint):
+    src = {"module": lambda: timm.create_model("decnn_resnet18", width=0.5), "name": lambda: "decnn_resnet18",
+           "checkpoint": lambda: checkpoint}[source]()
+    with pytest.raises(TypeError, match=r"'exchange_dtpye'; valid: devices, mode, placement, exchange_dtype"):
+        decnn.split(src, devices=2, exchange_dtpye="int8")
+    if source == "module":  # built already: its model settings cannot apply
+        with pytest.raises(TypeError, match=r"'width'.*do not apply"):
+            decnn.split(src, devices=2, width=0.5)
+
+
+def test_errors_name_settings_in_python_syntax(checkpoint):
+    with pytest.raises(ConfigError, match=r'^placement="0,1/2/3" names 3 devices, .* e\.g\. placement="0,1,2/3"$'):
+        decnn.split(checkpoint, devices=2, placement="0,1/2/3")
+    with pytest.raises(ConfigError, match=r"^overlap must be >= 1, e\.g\. overlap=2; got 0$"):
+        decnn.split(checkpoint, devices=2, overlap=0)
+    with pytest.raises(ConfigError, match=r'cannot read placement="0;1/2,3": .* e\.g\. placement="0,1,2/3"'):
+        decnn.split(checkpoint, devices=2, placement="0;1/2,3")
+
+
+def test_a_script_on_standard_input_is_told_what_to_do(checkpoint):
+    script = f"import decnn\ndecnn.split({str(checkpoint)!r}, devices=2)\n"
+    res = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: decnn.split cannot start its worker processes from a script read from "
+                           "<stdin>") and "python -c" in last, res.stderr
 
 
 def _alive(pid: int) -> bool:

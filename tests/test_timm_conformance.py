@@ -1,8 +1,10 @@
 """timm's own model expectations (its tests/test_models.py), checked for every ``timm.list_models("decnn_*")``.
 
 Mirrored: forward, backward with a gradient for every parameter, default_cfg fields against the model,
-forward_features / forward_head(pre_logits), reset_classifier(num_classes, global_pool), features_only
-through feature_info, forward_intermediates, TorchScript, and torch.fx tracing (forward and backward).
+forward_features / forward_head(pre_logits), reset_classifier(num_classes, global_pool) including
+``reset_classifier(0, "")`` (the unpooled feature map, which timm asks of every model that is not one of its own
+early-pooling classes), features_only through feature_info, forward_intermediates, TorchScript, torch.fx
+tracing (forward and backward) and the fx graph scripted with TorchScript.
 Inputs are small (32-96 px) and the VGG's fixed-size parts are shrunk where timm's default would not matter,
 so that the whole file stays fast.
 """
@@ -22,7 +24,7 @@ from decnn.partition import Placement, extract_branches, run_branches_locally
 
 NAMES = model_names()
 ONE_PER_FAMILY = list({timm.models.model_entrypoint(n).__module__: n for n in reversed(NAMES)}.values())
-EARLY_POOL = ("decnn_vgg16_bn",)  # an MLP head needs its 7x7 grid: no pass-through pooling (timm exempts VGG too)
+GRID_POOL = ("decnn_vgg16_bn",)  # an MLP head pools to a 7x7 grid: "avg" or "max" only (or "" without a head)
 
 
 def small(name: str, **kwargs):
@@ -55,24 +57,29 @@ def test_default_cfg_describes_the_model(name):
         model.reset_classifier(0)
         assert model.num_classes == 0
         assert torch.equal(model(x), pre_logits)
-        if name in EARLY_POOL:
-            with pytest.raises(ValueError, match="needs a 7x7 grid"):
-                model.reset_classifier(0, "")
-            return
         model.reset_classifier(0, "")
-        assert model(x).shape == features.shape
+        assert torch.equal(model(x), features)
         unpooled = small(name, num_classes=0, global_pool="").eval()
         assert unpooled(x).shape == features.shape
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_a_classifier_needs_pooling(name):
+    with pytest.raises(ValueError, match="num_classes=0"):
+        small(name, num_classes=10, global_pool="")
+    model = small(name, num_classes=0, global_pool="")
+    with pytest.raises(ValueError, match="num_classes=0"):
+        model.reset_classifier(10)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_reset_classifier_sets_pooling_and_classes(name):
     model = small(name).eval()
-    model.reset_classifier(5, "max" if name in EARLY_POOL else "catavgmax")
+    model.reset_classifier(5, "max" if name in GRID_POOL else "catavgmax")
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         features = model.forward_features(x)
-        if name in EARLY_POOL:  # the pooling to the MLP's grid
+        if name in GRID_POOL:  # the pooling to the MLP's grid
             got, expected = model.head_parts().pool(features), F.adaptive_max_pool2d(features, 7).flatten(1)
         else:
             got = model.forward_head(features, pre_logits=True)
@@ -85,7 +92,7 @@ def test_reset_classifier_sets_pooling_and_classes(name):
 def test_branches_follow_a_reset_pooling(name):
     """The head's split is derived from the pooling, so a new global_pool still splits exactly."""
     model = small(name, num_classes=10)
-    model.reset_classifier(10, "avgmax" if name not in EARLY_POOL else "max")
+    model.reset_classifier(10, "avgmax" if name not in GRID_POOL else "max")
     randomize_(model)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -152,3 +159,14 @@ def test_fx_forward_and_backward(name):
     outputs.mean().backward()
     assert outputs.shape == (2, 42)
     assert all(p.grad is not None for p in traced.parameters())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fx_graph_scripts_with_torchscript(name):
+    """timm scripts the fx graph: the annotations fx copies into its generated code must be real types."""
+    with timm.set_scriptable(True):
+        model = small(name).eval()
+    x = torch.randn(1, 3, 32, 32)
+    scripted = torch.jit.script(_fx(model))
+    with torch.no_grad():
+        assert torch.allclose(next(iter(scripted(x).values())), model(x), atol=1e-5)

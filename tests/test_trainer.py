@@ -16,10 +16,13 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
+from decnn.errors import ConfigError
+from decnn.train.builders import build_optimizer, build_scheduler
 from decnn.train.checkpoint import CheckpointError, load_checkpoint
-from decnn.train.config import ConfigError, load_config
+from decnn.train.config import load_config
+from decnn.train.evaluate import evaluate_checkpoint
 from decnn.train.logger import NullLogger, make_logger
-from decnn.train.trainer import Trainer, build_optimizer, build_scheduler, evaluate_checkpoint, train
+from decnn.train.trainer import Trainer, train
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT_KEYS = {"model", "model_name", "model_kwargs", "config", "optimizer", "scheduler", "scaler", "epoch",
@@ -173,7 +176,7 @@ def test_cli_missing_dataset(tmp_path):
                        f"run.out_dir={tmp_path / 'runs'}")
     assert out.returncode == 2
     assert out.stderr.startswith(f"error: No dataset at {tmp_path / 'nothing'}")
-    assert "python -m decnn.data download" in out.stderr and "Traceback" not in out.stderr
+    assert "decnn data download" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "runs").exists()
 
 

@@ -1,15 +1,16 @@
-"""``python -m decnn.bench``: DeCNN split inference against the alternatives, side by side, in one run.
+"""DeCNN split inference against the alternatives, side by side, in one run (``decnn bench``).
 
 Rounds interleave every configuration (round 1 runs each once, then round 2, ...) so that machine noise
 hits all alike; each reported figure is the median over rounds, and ratios are taken within a round.
+``decnn bench TOOL`` runs one stand-alone measurement instead (see ``decnn --help``).
 
-    python -m decnn.bench                                   # batch 1 and 8, 2 devices, loopback
-    sudo .venv/bin/python -m decnn.bench --link 1gbit 100mbit 20mbit --batch 1
+    decnn bench                                             # batch 1 and 8, 2 devices, loopback
+    sudo .venv/bin/decnn bench --link 1gbit 100mbit 20mbit --batch 1
+    decnn bench paper --bench results/bench.json --runs runs
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -20,10 +21,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-import decnn  # noqa: F401  (registers the models)
+from decnn.bench.configurations import DECNN, BenchConfig, configurations
 from decnn.bench.edge import export_models, run_edge
-from decnn.bench.links import EmulatedLink, links_available, parse_rate
-from decnn.bench.plan import DECNN, BenchConfig, plan
 from decnn.bench.predict import measure_profiles, predictions
 from decnn.bench.run import RunFailed, run_local, run_over_link
 from decnn.bench.summary import (
@@ -36,6 +35,10 @@ from decnn.bench.summary import (
     summarize,
     write,
 )
+from decnn.command import job_parser
+from decnn.distributed.emulated_link import EmulatedLink
+from decnn.distributed.netns import links_available
+from decnn.distributed.rates import parse_rate
 from decnn.exitcodes import run_main
 from decnn.record import RunRecord
 
@@ -43,7 +46,7 @@ ELEMENT_SIZE = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m decnn.bench", description=__doc__.splitlines()[0])
+    p = job_parser("bench", __doc__)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
     p.add_argument("--devices", type=int, nargs="+", default=[2],
                    help="device counts for the split runs (those dividing 4 groups; default 2)")
@@ -92,7 +95,8 @@ def main(argv=None) -> int:
     if "edge" in runtimes and not edge_available():
         print("decnn edge needs onnxruntime and mpi4py (pip install -e '.[dev]'): torch rows only", file=sys.stderr)
         runtimes = tuple(r for r in runtimes if r != "edge")
-    configs = plan(args.batch, args.devices, links, args.exchange_dtype, args.overlap, args.link_batch, runtimes)
+    configs = configurations(args.batch, args.devices, links, args.exchange_dtype, args.overlap, args.link_batch,
+                             runtimes)
     skipped = [n for n in args.devices if DECNN["groups"] % n]
     if skipped:
         print(f"skipping --devices {skipped}: {DECNN['groups']} groups do not split evenly", file=sys.stderr)

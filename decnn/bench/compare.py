@@ -9,7 +9,6 @@ always show the same numbers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from decnn.command import job_parser
 from decnn.exitcodes import run_main
 from decnn.record import RecordError, RunRecord
 
@@ -120,7 +120,7 @@ def plot(rows: list[dict], path: str | Path) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="decnn compare", description="Compare training and inference runs.")
+    p = job_parser("compare", __doc__)
     p.add_argument("runs", nargs="?", default="runs", help="folder with the runs (default: runs)")
     p.add_argument("--plot", metavar="FILE.png", help="also draw accuracy vs latency")
     p.add_argument("--json", action="store_true", help="print JSON rows instead of Markdown")

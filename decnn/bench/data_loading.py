@@ -1,6 +1,6 @@
 """Images/s from decoding the JPEG folder (PIL) vs reading the prepared cache, in one run.
 
-    python -m decnn.bench.data_loading [--root R] [--split train] [--repeats 5] [--out FILE]
+    decnn bench data-loading [--root R] [--split train] [--repeats 5] [--out FILE]
 
 Without --root it uses the digits stand-in (written first if missing). Each method makes
 ``--repeats`` full passes over the split, producing the same uint8 [3, 64, 64] tensors; the median
@@ -8,7 +8,6 @@ pass is reported. Files are in the OS page cache after the first pass, so this m
 and copying, not the disk.
 """
 
-import argparse
 import json
 import os
 import platform
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from decnn.command import job_parser
 from decnn.data import STANDIN_ROOT, TinyImageNet, cache, make_standin
 from decnn.data.images import read_image
 from decnn.data.layout import scan
@@ -54,7 +54,7 @@ def timed(fn, repeats: int) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = job_parser("bench data-loading", __doc__)
     parser.add_argument("--root", type=Path, help=f"dataset folder (default: the stand-in, {STANDIN_ROOT})")
     parser.add_argument("--split", default="train", choices=["train", "val"])
     parser.add_argument("--repeats", type=int, default=5)

@@ -19,9 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from decnn.bench.links import EmulatedLink
-from decnn.bench.plan import BASELINE, DECNN, BenchConfig
+from decnn.bench.configurations import BASELINE, DECNN, BenchConfig
 from decnn.bench.run import RunFailed, check
+from decnn.distributed.emulated_link import EmulatedLink
 from decnn.record import RunRecord
 
 

@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from decnn.bench.configurations import BenchConfig
 from decnn.bench.edge import export_models
-from decnn.bench.plan import BenchConfig
 
 IDLE = ("from mpi4py import MPI; import numpy, onnxruntime; import decnn.edge.run; "
         "from decnn.timing import peak_rss_bytes; print(peak_rss_bytes())")

@@ -1,6 +1,6 @@
 """Which kernel a branch's grouped convolutions should use, measured per layer shape (1 thread); writes JSON.
 
-    /work/tools/cpu-measure python -m decnn.bench.kernels --out results/kernels.json [--compile]
+    decnn bench kernels --out results/kernels.json [--compile]       # on an otherwise idle machine
 
 Device 0's branch of the model (2 devices, even placement), prepared as the workers prepare it (BN folded,
 channels-last). Every distinct grouped convolution in it runs three ways on the same weights: the grouped
@@ -12,7 +12,6 @@ medians, their median and spread, and each way's ratio to the grouped conv.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import statistics
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from decnn.bench.one_branch import median_ms, one_pinned_thread
+from decnn.command import job_parser
 from decnn.inference.optimize import prepare_for_inference
 from decnn.partition import Placement, extract_branch
 
@@ -88,7 +88,7 @@ def _summary(rounds: list[float]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m decnn.bench.kernels", description=__doc__.split("\n\n")[0])
+    p = job_parser("bench kernels", __doc__)
     p.add_argument("--model", default="decnn_resnet34")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])

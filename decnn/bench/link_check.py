@@ -1,21 +1,23 @@
 """Check emulated edge links: TCP throughput host 0 -> host 1 per rate, optionally a gloo all_to_all.
 
-    sudo .venv/bin/python -m decnn.bench.link_check [--rates 20mbit 100mbit 1gbit unshaped]
-        [--seconds 1.0] [--gloo-kb 200] [--out FILE]
+    sudo .venv/bin/decnn bench links [--rates 20mbit 100mbit 1gbit unshaped]
+    sudo .venv/bin/decnn bench links --rates 20mbit --seconds 1.0 --gloo-kb 200 --out FILE
 
 Each rate gets a fresh two-host EmulatedLink; the transfer is sized to take about ``--seconds`` at
 that rate (unshaped: 200 MB). With ``--gloo-kb`` each link also runs two torchrun nodes that time an
 ``all_to_all_single`` of that many KB per rank (median of 20 after 3 warm-ups). Needs root.
 """
 
-import argparse
 import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from decnn.bench.links import EmulatedLink, links_available, parse_rate
+from decnn.command import job_parser
+from decnn.distributed.emulated_link import EmulatedLink
+from decnn.distributed.netns import links_available
+from decnn.distributed.rates import parse_rate
 from decnn.exitcodes import run_main
 
 UNSHAPED_BYTES = 200_000_000
@@ -51,13 +53,13 @@ def gloo_all_to_all_ms(link: EmulatedLink, kb: int, workdir: Path) -> float:
     return float(line.split()[1])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    ap = job_parser("bench links", __doc__)
     ap.add_argument("--rates", nargs="+", default=["20mbit", "100mbit", "1gbit", "unshaped"])
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--gloo-kb", type=int, default=0)
     ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     ok, reason = links_available()
     if not ok:
         sys.exit(reason)

@@ -1,5 +1,5 @@
-"""What the single-branch measurements (``kernels``, ``onnx_branch``, ``quantized``) share: one pinned thread, a
-median, a branch run without its exchange, and interleaved rounds."""
+"""What the single-branch measurements (``kernels``, ``onnx_vs_torch``, ``quantized``) share: one pinned thread,
+a median, a branch run without its exchange, and interleaved rounds."""
 
 from __future__ import annotations
 

@@ -3,12 +3,11 @@
 The report's prose stays as written; only the blocks between ``<!-- decnn:begin NAME -->`` and
 ``<!-- decnn:end NAME -->`` are replaced:
 
-    python -m decnn.bench.paper --bench results/bench.json --runs runs
+    decnn bench paper --bench results/bench.json --runs runs
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from decnn.bench.compare import load_runs
 from decnn.bench.summary import bench_table
 from decnn.bench.summary import read as read_bench
+from decnn.command import job_parser
 from decnn.exitcodes import run_main
 from decnn.record import MB, RunRecord
 
@@ -40,15 +40,15 @@ def replace_block(text: str, name: str, body: str) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m decnn.bench.paper", description=__doc__.splitlines()[0])
-    p.add_argument("--bench", help="benchmark JSON (python -m decnn.bench --out ...)")
+    p = job_parser("bench paper", __doc__)
+    p.add_argument("--bench", help="benchmark JSON (decnn bench --out ...)")
     p.add_argument("--runs", help="runs folder with training runs, for the accuracy table")
     p.add_argument("--report", type=Path, default=REPORT)
     args = p.parse_args(argv)
     text = args.report.read_text()
     if args.bench:
         meta, records = read_bench(args.bench)
-        note = (f"_Measured {meta['started']} with `python -m decnn.bench {' '.join(meta['argv'])}` "
+        note = (f"_Measured {meta['started']} with `decnn bench {' '.join(meta['argv'])}` "
                 f"({meta['cores']} cores, torch {meta['torch']}, 1 thread per process)._\n\n")
         text = replace_block(text, "bench", note + bench_table(records))
     if args.runs:

@@ -1,5 +1,5 @@
 """The benchmark's cost-model predictions: one profile per (link, devices, batch), measured over that very
-setup with ``python -m decnn.plan profile``, then the planner's formulas for every branch configuration."""
+setup with ``decnn plan profile``, then the planner's formulas for every branch configuration."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from decnn.bench.plan import DECNN, BenchConfig
+from decnn.bench.configurations import DECNN, BenchConfig
 from decnn.partition import Placement
 from decnn.plan.hetero import run_on_hosts
 from decnn.plan.planner import predict_branch

@@ -13,8 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from decnn.bench.links import EmulatedLink
-from decnn.bench.plan import BenchConfig
+from decnn.bench.configurations import BenchConfig
+from decnn.distributed.emulated_link import EmulatedLink
 from decnn.record import RunRecord
 
 INFER = [sys.executable, "-m", "decnn.inference"]

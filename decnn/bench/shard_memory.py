@@ -1,6 +1,6 @@
 """Peak memory of loading one device's branch: the whole model then slicing it, a shard, a mapped checkpoint.
 
-    python -m decnn.bench.shard_memory CHECKPOINT SHARD_DIR --out results/shard_memory.json
+    decnn bench shard-memory CHECKPOINT SHARD_DIR --out results/shard_memory.json
 
 Each load runs in a fresh process (``--one``) that reports its peak RSS after imports, after the load (every
 weight read) and after the worker's preparation (BN folding, channels-last): what each step cost this device.
@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from decnn.command import job_parser
 from decnn.exitcodes import run_main
 
 HOWS = ("whole", "shard", "checkpoint")
@@ -60,7 +61,7 @@ def measure(checkpoint: str, shards: str, device: int, how: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m decnn.bench.shard_memory", description=__doc__.split("\n\n")[0])
+    p = job_parser("bench shard-memory", __doc__)
     p.add_argument("checkpoint")
     p.add_argument("shards", help="the checkpoint's shards (decnn export)")
     p.add_argument("--one", choices=HOWS, help=argparse.SUPPRESS)

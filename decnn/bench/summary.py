@@ -14,8 +14,8 @@ import re
 import statistics
 from pathlib import Path
 
-from decnn.bench.links import parse_rate
-from decnn.bench.plan import BenchConfig
+from decnn.bench.configurations import BenchConfig
+from decnn.distributed.rates import parse_rate
 from decnn.record import Latency, RunRecord
 from decnn.train.logger import make_logger
 

@@ -1,9 +1,17 @@
-"""Command line: ``python -m decnn.data {download,standin,check,prepare} [--root R]``."""
+"""Get, check and prepare Tiny-ImageNet, or write the offline stand-in (``decnn data``).
+
+    decnn data download --root data                      # Kaggle (competition tiny-imagenet)
+    decnn data download --root data --from-zip tiny-imagenet-200.zip
+    decnn data standin                                   # offline stand-in: data/standin-digits
+    decnn data check --root data/tiny-imagenet-200
+    decnn data prepare --root data/tiny-imagenet-200     # decode once into a uint8 cache
+"""
 
 import argparse
 import sys
 from pathlib import Path
 
+from decnn.command import job_parser
 from decnn.data import cache
 from decnn.data.download import KaggleUnavailableError, download, unpack_zip
 from decnn.data.layout import DEFAULT_ROOT, STANDIN_ROOT, DatasetCorruptError, scan
@@ -29,7 +37,7 @@ def _download(args) -> str:
         layout = unpack_zip(args.from_zip, args.root / DEFAULT_ROOT.name)
     else:
         layout = download(args.root)
-    return f"{layout.summary()}\nNext: python -m decnn.data prepare --root {layout.root}"
+    return f"{layout.summary()}\nNext: decnn data prepare --root {layout.root}"
 
 
 def _standin(args) -> str:
@@ -48,9 +56,7 @@ def _prepare(args) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m decnn.data", description="Get, check and prepare Tiny-ImageNet, or write the offline stand-in."
-    )
+    parser = job_parser("data", __doc__)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     p = commands.add_parser("download", help="fetch Tiny-ImageNet from Kaggle, or unpack a zip")

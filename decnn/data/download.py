@@ -25,8 +25,8 @@ def kaggle_help(data_dir: Path) -> str:
         f"https://www.kaggle.com/c/{COMPETITION}.\n"
         f"Without Kaggle: download {ZIP_NAME} by hand (e.g. from "
         f"http://cs231n.stanford.edu/{ZIP_NAME}) and run\n"
-        f"  python -m decnn.data download --root {data_dir} --from-zip PATH/TO/{ZIP_NAME}\n"
-        "To try the code offline: python -m decnn.data standin"
+        f"  decnn data download --root {data_dir} --from-zip PATH/TO/{ZIP_NAME}\n"
+        "To try the code offline: decnn data standin"
     )
 
 

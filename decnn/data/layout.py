@@ -11,8 +11,6 @@ DEFAULT_ROOT = Path("data/tiny-imagenet-200")
 STANDIN_ROOT = Path("data/standin-digits")
 IMAGE_SIZE = 64
 SPLITS = ("train", "val")
-# Tiny-ImageNet's per-channel statistics (the models' default configs state the same numbers).
-TINY_MEAN, TINY_STD = (0.480, 0.448, 0.398), (0.277, 0.269, 0.282)
 _DIGITS = re.compile(r"(\d+)")
 
 LAYOUT = """\
@@ -25,9 +23,9 @@ LAYOUT = """\
   <root>/test/images/test_<i>.JPEG            unlabelled test images (optional)"""
 
 HOW_TO_GET = """\
-  python -m decnn.data download                  # from Kaggle (needs Kaggle credentials)
-  python -m decnn.data download --from-zip PATH  # from a tiny-imagenet-200.zip fetched by hand
-  python -m decnn.data standin                   # offline stand-in from scikit-learn's digits"""
+  decnn data download                  # from Kaggle (needs Kaggle credentials)
+  decnn data download --from-zip PATH  # from a tiny-imagenet-200.zip fetched by hand
+  decnn data standin                   # offline stand-in from scikit-learn's digits"""
 
 
 class DatasetNotFoundError(FileNotFoundError):

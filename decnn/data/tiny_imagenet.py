@@ -7,7 +7,8 @@ import torch
 from torch.utils.data import Dataset
 
 from decnn.data import cache
-from decnn.data.layout import TINY_MEAN, TINY_STD, scan
+from decnn.data.layout import scan
+from decnn.normalization import TINY_MEAN, TINY_STD
 
 
 class TinyImageNet(Dataset):

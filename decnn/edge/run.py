@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from decnn.distributed.faults import inject_fault
 from decnn.edge.bundle import BundleError, DeviceBundle, read_manifest, whole_model
 from decnn.edge.codec import EXCHANGE_DTYPES, make_codec
 from decnn.edge.split import EdgeSplit, EdgeWhole
 from decnn.edge.transport import MpiComm, PeerError
 from decnn.exitcodes import INTERRUPTED, RUNTIME, USAGE
-from decnn.faults import inject_fault
 from decnn.record import MB, Latency, RunRecord, format_table
 from decnn.timing import breakdowns, peak_rss_bytes, percentiles_ms, reset_peak_rss
 

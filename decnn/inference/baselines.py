@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from decnn.comm import Communicator
+from decnn.distributed.communicator import Communicator
 from decnn.inference.inputs import Normalize
 from decnn.timing import Clock
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from decnn.comm import Communicator
+from decnn.distributed.communicator import Communicator
 from decnn.inference.codec import Codec
 from decnn.inference.inputs import Normalize
 from decnn.partition import Branch, ExchangePlan

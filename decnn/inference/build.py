@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from decnn.comm import Communicator
+from decnn.distributed.communicator import Communicator
 from decnn.inference.baselines import DataMode, SingleMode
 from decnn.inference.branch_mode import BranchMode
 from decnn.inference.codec import make_codec

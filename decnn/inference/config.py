@@ -9,8 +9,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from decnn.errors import ConfigError
-from decnn.process import LOCAL_ENDPOINT, under_launcher
+from decnn.distributed.process import LOCAL_ENDPOINT, under_launcher
+from decnn.errors import ConfigError, option
 
 MODES = ("branch", "single", "data", "pipeline")
 BACKENDS = ("torch", "onnxruntime")  # what computes a branch; torch.distributed exchanges either way
@@ -62,7 +62,8 @@ class InferConfig:
             if not ok:
                 raise ConfigError(message)
 
-        need(self.mode in MODES, f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}, e.g. --mode branch")
+        need(self.mode in MODES,
+             f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}, e.g. {option('mode', 'branch')}")
         need(self.random_init != (self.checkpoint is not None),
              "give either --checkpoint PATH (val images) or --random-init (synthetic images), "
              "e.g. --random-init --devices 2")
@@ -70,32 +71,38 @@ class InferConfig:
              "--image-size applies to synthetic images (--random-init); val images keep their training size")
         need(self.data_root is None or not self.random_init,
              "--data-root applies to --checkpoint runs (val images); --random-init runs on synthetic images")
-        need(self.backend in BACKENDS, f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        need(self.backend in BACKENDS, f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}, "
+             f"e.g. {option('backend', 'onnxruntime')}")
         need(self.backend == "torch" or (self.mode == "branch" and self.checkpoint is not None),
-             "--backend onnxruntime runs the ONNX graphs of shards: mode branch with --checkpoint SHARD_DIR "
+             f"{option('backend', 'onnxruntime')} runs the ONNX graphs of shards: mode branch with a shard folder "
              "(from `decnn export CHECKPOINT --out SHARD_DIR --onnx`)")
         need(self.exchange_dtype in EXCHANGE_DTYPES,
-             f"unknown exchange dtype {self.exchange_dtype!r}; choose one of {', '.join(EXCHANGE_DTYPES)}")
-        examples = {"batch": 8, "nnodes": 2, "overlap": 2, "devices": 2, "num_images": 64, "threads": 1}
+             f"unknown exchange dtype {self.exchange_dtype!r}; choose one of {', '.join(EXCHANGE_DTYPES)}, "
+             f"e.g. {option('exchange_dtype', 'int8')}")
+        # overlap before batch: decnn.split sets batch to overlap, and its caller gave overlap
+        examples = {"overlap": 2, "batch": 8, "nnodes": 2, "devices": 2, "num_images": 64, "threads": 1}
         for name, example in examples.items():
             value = getattr(self, name)
-            flag = f"--{name.replace('_', '-')}"
-            need(value is None or value >= 1, f"{flag} must be >= 1, e.g. {flag} {example}; got {value}")
+            need(value is None or value >= 1, f"{option(name)} must be >= 1, e.g. {option(name, example)}; got {value}")
         need(self.image_size is None or self.image_size >= 8, f"--image-size must be >= 8, e.g. --image-size 64; "
              f"got {self.image_size}")
         need(self.warmup >= 0, f"--warmup must be >= 0, e.g. --warmup 3; got {self.warmup}")
-        need(self.timeout > 0, f"--timeout must be > 0 seconds, e.g. --timeout 60; got {self.timeout:g}")
+        need(self.timeout > 0,
+             f"{option('timeout')} must be > 0 seconds, e.g. {option('timeout', 60)}; got {self.timeout:g}")
         need(not (under_launcher() and self.devices is not None),
-             "under torchrun the launcher starts the processes: drop --devices (use torchrun's --nproc-per-node)")
+             f"under torchrun the launcher starts the processes: drop {option('devices')} "
+             "(use torchrun's --nproc-per-node)")
         need(self.mode != "single" or self.world_size == 1,
              f"mode single runs the whole model in one process, not {self.world_size}: drop --devices")
-        need(self.mode == "branch" or self.placement is None, "--placement applies to mode branch")
+        need(self.mode == "branch" or self.placement is None, f"{option('placement')} applies to mode branch")
         need(self.placement is None or bool(_PLACEMENT.match(self.placement)),
-             f"cannot read --placement {self.placement!r}: give each device's groups, devices separated by '/', "
-             "groups by ',', e.g. --placement 0,1,2/3 (4 groups: 3 on the first device, 1 on the second)")
-        need(self.mode == "branch" or self.exchange_dtype == "fp32", "--exchange-dtype applies to mode branch")
+             f"cannot read {option('placement', self.placement)}: give each device's groups, devices separated by "
+             f"'/', groups by ',', e.g. {option('placement', '0,1,2/3')} (4 groups: 3 on the first device, 1 on the "
+             "second)")
+        need(self.mode == "branch" or self.exchange_dtype == "fp32",
+             f"{option('exchange_dtype')} applies to mode branch")
         need(self.mode in ("branch", "pipeline") or self.overlap == 1,
-             "--overlap applies to modes branch (batches in flight) and pipeline (micro-batches)")
+             f"{option('overlap')} applies to modes branch (batches in flight) and pipeline (micro-batches)")
         need(self.device in ("cpu", "cuda"), f"unknown device {self.device!r}; choose cpu or cuda")
         if self.device == "cuda":
             import torch

@@ -5,8 +5,8 @@ Device 0 runs the first layers, device 1 the next ones, and so on. The model is 
 the units' measured times. Cuts fall on residual-block boundaries only, so every skip connection stays
 inside one stage. Each batch is split into micro-batches that flow through the stages (GPipe's forward):
 while stage 1 computes micro-batch m, stage 0 computes m+1. Activations travel point to point through the
-run's :class:`~decnn.comm.Communicator` (timeouts, a named dead peer, counted messages), channels-last as
-they come out of the prepared model; the last stage sends the logits back to rank 0.
+run's :class:`~decnn.distributed.communicator.Communicator` (timeouts, a named dead peer, counted
+messages), channels-last as they come out of the prepared model; the last stage sends the logits back to rank 0.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from decnn.comm import Communicator
+from decnn.distributed.communicator import Communicator
 from decnn.inference.inputs import Normalize
 from decnn.inference.metrics import synced_time
 from decnn.models import DecoupledModelError, DecoupledNet

@@ -18,16 +18,14 @@ from pathlib import Path
 
 import torch
 
-from decnn.comm import (
-    Communicator,
-    configure_threads,
-    exit_with_launcher,
-    threads_and_cores_restored,
-    under_launcher,
-)
-from decnn.faults import inject_fault
+from decnn.distributed.communicator import Communicator
+from decnn.distributed.faults import inject_fault
+from decnn.distributed.launcher import exit_with_launcher
+from decnn.distributed.pinning import configure_threads, threads_and_cores_restored
+from decnn.distributed.process import under_launcher
+from decnn.errors import ConfigError
 from decnn.inference.build import build_mode
-from decnn.inference.config import DEFAULT_DATA_ROOT, ConfigError, InferConfig
+from decnn.inference.config import DEFAULT_DATA_ROOT, InferConfig
 from decnn.inference.inputs import Normalize, SyntheticImages, ValImages, batch_sizes
 from decnn.inference.metrics import agreement, synced_time, topk_accuracy
 from decnn.inference.mode import Mode
@@ -61,7 +59,7 @@ def open_inputs(cfg: InferConfig, spec: ModelSpec):
     try:
         return ValImages(cfg.data_root or DEFAULT_DATA_ROOT, cfg.num_images, spec.input_size)
     except DatasetNotFoundError as e:
-        raise ConfigError(f"{e} (prepare it with `python -m decnn.data`, or pass --data-root)") from None
+        raise ConfigError(f"{e} (prepare it with `decnn data`, or pass --data-root)") from None
 
 
 def preflight(cfg: InferConfig, rank: int = 0) -> tuple[ModelSpec, object]:
@@ -204,11 +202,6 @@ def _quality(cfg, spec: ModelSpec, normalize, source, sizes, timing: Timing) -> 
                 start += n
         quality.update(agreement(logits, torch.cat(refs)))
     return quality
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class _Progress:

@@ -12,9 +12,9 @@ import timm
 import torch
 from torch import nn
 
-import decnn  # noqa: F401  (registers the models with timm)
 from decnn import shards
-from decnn.inference.config import ConfigError, InferConfig
+from decnn.errors import ConfigError, option
+from decnn.inference.config import InferConfig
 from decnn.models import DecoupledModelError, verify_decoupled
 from decnn.partition import Branch, Placement, extract_branch
 from decnn.train.checkpoint import CheckpointError, load_checkpoint, load_model
@@ -82,13 +82,13 @@ class ModelSpec:
             else:
                 placement = Placement.even(self.groups, num_devices)
         except ValueError as e:
-            reason = str(e).split("; use")[0].split(", e.g.")[0]  # drop the hint in Python syntax: ours follows
-            raise ConfigError(f"{'--placement ' + spec if spec else 'placement'}: {reason}; "
-                              f"e.g. --placement {_example_placement(self.groups, num_devices)}") from None
+            reason = str(e).split("; use")[0].split(", e.g.")[0]  # drop Placement's own hint: ours follows
+            raise ConfigError(f"{option('placement', spec) if spec else 'placement'}: {reason}; "
+                              f"e.g. {option('placement', _example_placement(self.groups, num_devices))}") from None
         if placement.num_devices != num_devices:
-            raise ConfigError(f"--placement {spec or placement.as_lists()} names {placement.num_devices} devices, "
-                              f"but the run has {num_devices}; "
-                              f"e.g. --placement {_example_placement(self.groups, num_devices)}")
+            raise ConfigError(f"{option('placement', spec or placement.as_lists())} names {placement.num_devices} "
+                              f"devices, but the run has {num_devices}; "
+                              f"e.g. {option('placement', _example_placement(self.groups, num_devices))}")
         if self.exported_placement is not None:
             try:
                 shards.check_shards(self.checkpoint, placement)

@@ -1,4 +1,4 @@
-"""``python -m decnn.models``: the model table (see decnn.models.table)."""
+"""``python -m decnn.models``, the same as ``decnn models``: the model table (see decnn.models.table)."""
 
 import sys
 

@@ -17,8 +17,8 @@ Partitioning, split inference and the pipeline cutter read a model through this 
 ``verify_decoupled``; none of them knows a particular architecture.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` in the model files: torch.fx copies forward's annotations into the
+# code it generates, and TorchScript cannot resolve them as strings (timm's fx -> TorchScript test).
 from dataclasses import dataclass
 
 import torch

@@ -15,8 +15,6 @@ stem="imagenet", num_classes=1000)`` is their ``resnet34_s3_x15`` (``width=1.75`
 ``resnet50_s3_addchannel175``. The defaults (``stem="tiny"``, 200 classes) adapt them to Tiny-ImageNet.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch
@@ -24,6 +22,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 from decnn.models.decoupled import ChannelShuffle, DecoupledNet, HeadParts, make_global_pool
+from decnn.normalization import TINY_MEAN, TINY_STD
 
 __all__ = ["BasicBlock", "Bottleneck", "DecoupledResNet"]
 
@@ -204,9 +203,10 @@ class DecoupledResNet(DecoupledNet):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new classifier for ``num_classes`` (0: none); ``global_pool`` (when given) replaces the pooling."""
-        if global_pool is not None:
-            self.global_pool = make_global_pool(global_pool)
-        self.num_classes = num_classes
+        pool = self.global_pool if global_pool is None else make_global_pool(global_pool)
+        if num_classes and not pool.pool_type:  # timm's rule: a linear classifier needs pooled features
+            raise ValueError(f"global_pool='' (no pooling) needs num_classes=0, got {num_classes}")
+        self.global_pool, self.num_classes = pool, num_classes
         features = self.num_features * self.global_pool.feat_mult()
         self.fc = nn.Linear(features, num_classes) if num_classes else nn.Identity()
 
@@ -216,8 +216,8 @@ def _cfg(**kwargs) -> dict:
         "num_classes": 200,
         "input_size": (3, 64, 64),
         "pool_size": (8, 8),
-        "mean": (0.480, 0.448, 0.398),
-        "std": (0.277, 0.269, 0.282),
+        "mean": TINY_MEAN,
+        "std": TINY_STD,
         "first_conv": "stem.0",
         "classifier": "fc",
         **kwargs,

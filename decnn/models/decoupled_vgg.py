@@ -5,7 +5,8 @@ VGG-16's thirteen 3x3 convolutions, each followed by batch norm and ReLU, with a
 groups and ``width`` times VGG-16's channels (64/128/256/512), except the last, which narrows to
 ``num_features`` channels so that the classifier keeps VGG-16's size. A channel shuffle follows the convs
 listed in ``shuffle_after`` (0-based). The head is VGG's: an adaptive average pool to 7x7 (the identity at
-224x224), then the MLP 512*7*7 -> 4096 -> 4096 -> classes with ReLU and dropout.
+224x224), then the MLP 512*7*7 -> 4096 -> 4096 -> classes with ReLU and dropout. ``global_pool=""`` (only
+without a classifier, as in timm) passes the feature map through: no grid, so no MLP either.
 
 For split inference the MLP's first layer is split by its input features (each device multiplies its own
 channels' 49 columns each); the partial products are summed before its ReLU, and the rest of the MLP runs
@@ -16,8 +17,6 @@ default (200 classes, 64x64 input) is the Tiny-ImageNet adaptation. ``groups=1, 
 is torchvision's ``vgg16_bn``.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch
@@ -25,6 +24,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 from decnn.models.decoupled import ChannelShuffle, DecoupledNet, HeadParts
+from decnn.normalization import TINY_MEAN, TINY_STD
 
 __all__ = ["DecoupledVGG"]
 
@@ -46,7 +46,8 @@ class DecoupledVGG(DecoupledNet):
         num_classes: classifier outputs (0: no classifier, ``forward`` returns the MLP's last hidden layer).
         in_chans: input channels.
         drop_rate: dropout after each hidden layer of the MLP.
-        global_pool: ``"avg"`` or ``"max"``: how the feature map is pooled to the MLP's 7x7 grid.
+        global_pool: ``"avg"`` or ``"max"``: how the feature map is pooled to the MLP's 7x7 grid; ``""`` (with
+            ``num_classes=0``): no head, ``forward`` returns the feature map.
     """
 
     def __init__(
@@ -109,10 +110,10 @@ class DecoupledVGG(DecoupledNet):
         self.shuffles = nn.ModuleList(shuffles)
         self.num_features, self.head_hidden_size = num_features, mlp_hidden
 
-        self.pool = _grid_pool(global_pool)
         self.fc1 = nn.Linear(num_features * GRID * GRID, mlp_hidden)
         self.mlp = _Hidden(mlp_hidden, drop_rate)
-        self.reset_classifier(num_classes)
+        self.pool_type = "avg"
+        self.reset_classifier(num_classes, global_pool)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -129,10 +130,14 @@ class DecoupledVGG(DecoupledNet):
                 nn.init.zeros_(m.bias)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if not self.pool_type:
+            return x
         x = self.mlp(self.fc1(self.pool(x)))
         return x if pre_logits else self.fc(x)
 
     def head_parts(self) -> HeadParts:
+        if not self.pool_type:  # no head: nothing for the branches to split (verify names the remedy)
+            return HeadParts(pool=self.pool, linear=self.fc, tail=nn.Identity())
         return HeadParts(pool=self.pool, linear=self.fc1, tail=nn.Sequential(self.mlp, self.fc))
 
     def get_classifier(self) -> nn.Module:
@@ -140,8 +145,13 @@ class DecoupledVGG(DecoupledNet):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new classifier for ``num_classes`` (0: none); ``global_pool`` (when given) replaces the pooling."""
-        if global_pool is not None:
-            self.pool = _grid_pool(global_pool)
+        pool_type = self.pool_type if global_pool is None else global_pool
+        if pool_type not in POOL_TYPES and not (pool_type == "" and num_classes == 0):
+            raise ValueError(
+                f"global_pool={pool_type!r}: the VGG's MLP needs a {GRID}x{GRID} grid; choose one of {POOL_TYPES}, "
+                "or '' (no head) with num_classes=0"
+            )
+        self.pool_type, self.pool = pool_type, _grid_pool(pool_type)
         self.num_classes = num_classes
         self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes else nn.Identity()
 
@@ -160,11 +170,9 @@ class _Hidden(nn.Module):
         return self.drop(self.act(self.fc2(x)))
 
 
-def _grid_pool(pool_type: str) -> nn.Sequential:
-    if pool_type not in POOL_TYPES:
-        raise ValueError(
-            f"global_pool={pool_type!r}: the VGG's MLP needs a {GRID}x{GRID} grid; choose one of {POOL_TYPES}"
-        )
+def _grid_pool(pool_type: str) -> nn.Module:
+    if not pool_type:
+        return nn.Identity()
     pool = nn.AdaptiveAvgPool2d(GRID) if pool_type == "avg" else nn.AdaptiveMaxPool2d(GRID)
     return nn.Sequential(pool, nn.Flatten(1))
 
@@ -174,8 +182,8 @@ default_cfgs = generate_default_cfgs({
         "num_classes": 200,
         "input_size": (3, 64, 64),
         "pool_size": (2, 2),
-        "mean": (0.480, 0.448, 0.398),
-        "std": (0.277, 0.269, 0.282),
+        "mean": TINY_MEAN,
+        "std": TINY_STD,
         "first_conv": "stem.0",
         "classifier": "fc",
     }

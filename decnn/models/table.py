@@ -1,18 +1,17 @@
-"""The model table: params and GFLOPs at 64x64, whole model and per device (``python -m decnn.models``).
+"""The model table: params and GFLOPs at 64x64, whole model and per device (``decnn models``).
 
-    python -m decnn.models                      # the README's table
-    python -m decnn.models --groups 8 --width 1.75 --devices 2 4
-    python -m decnn.models --write-golden       # refresh decnn/models/golden.json after an intended change
+    decnn models                      # the README's table
+    decnn models --groups 8 --width 1.75 --devices 2 4
+    decnn models --write-golden       # refresh decnn/models/golden.json after an intended change
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import timm
 
-import decnn  # noqa: F401  (registers the models)
+from decnn.command import job_parser
 from decnn.models.decoupled_resnet import STEMS, DecoupledResNet
 from decnn.models.stats import GOLDEN_PATH, count_flops, count_params, golden_stats, model_names
 from decnn.partition import Placement, extract_branches
@@ -64,7 +63,7 @@ def model_table(rows: list[dict], size: int) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m decnn.models", description=__doc__.splitlines()[0])
+    p = job_parser("models", __doc__)
     p.add_argument("--models", nargs="+", default=None, help="registered names (default: all decnn_*)")
     p.add_argument("--groups", type=int, nargs="+", help="with --width (default: 1 and each model's own)")
     p.add_argument("--width", type=float, nargs="+", help="width multipliers, one per --groups value")

@@ -1,28 +1,32 @@
-"""``python -m decnn.plan profile|plan``: measure a profile over the process group; plan a split from one.
+"""Measure a profile over the process group, plan a split from one, or emulate uneven devices (``decnn plan``).
 
-    python -m decnn.plan profile --devices 2 --batch 1 --out results/profile.json
+    decnn plan profile --devices 2 --batch 1 --out results/profile.json
     torchrun --nnodes 2 ... -m decnn.plan profile --batch 1 --out profile.json     # one process per host
-    python -m decnn.plan plan results/profile.json --objective throughput
+    decnn plan plan results/profile.json --objective throughput
+    sudo .venv/bin/decnn plan hetero --slow-host 1 --cpu 0.4
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from decnn.bench.links import LinkError
-from decnn.comm import LaunchError, PeerError, launch, under_launcher
-from decnn.inference.config import ConfigError, InferConfig
+from decnn.command import job_parser
+from decnn.distributed.communicator import PeerError
+from decnn.distributed.launcher import LaunchError, launch
+from decnn.distributed.netns import LinkError
+from decnn.distributed.process import under_launcher
+from decnn.errors import ConfigError
+from decnn.inference.config import InferConfig
 from decnn.plan.hetero import format_side_by_side, side_by_side
 from decnn.plan.planner import OBJECTIVES, format_plans, plan
 from decnn.plan.profile import Profile, ProfileArgs, profile_rank
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m decnn.plan", description=__doc__.splitlines()[0])
+    p = job_parser("plan", __doc__)
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser("profile", help="measure every device's segment times and every link over the group")
     m.add_argument("--devices", type=int, help="local processes to start (leave out under torchrun)")

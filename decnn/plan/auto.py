@@ -15,8 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from decnn.comm import launch, under_launcher
-from decnn.inference.config import ConfigError, InferConfig
+from decnn.distributed.launcher import launch
+from decnn.distributed.process import under_launcher
+from decnn.errors import ConfigError
+from decnn.inference.config import InferConfig
 from decnn.inference.runner import preflight, run_rank
 from decnn.plan.planner import MODES, Plan, format_plans, plan
 from decnn.plan.profile import Profile, ProfileArgs, profile_rank

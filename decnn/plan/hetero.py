@@ -1,12 +1,12 @@
 """Heterogeneous devices, emulated: one host's CPU slowed by a cgroup bandwidth quota, one host's link slowed
-by tbf in both directions, on the namespaces of :class:`decnn.bench.links.EmulatedLink`.
+by tbf in both directions, on the namespaces of :class:`decnn.distributed.emulated_link.EmulatedLink`.
 
 A CPU quota (cgroup v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us`` where only v1 is mounted) lets a host's
 processes run ``fraction`` of one core's time in every 10 ms period: a board that many times slower than
 the others, with the same kernels. The period is short so that the throttling is smooth at the scale of
 one segment (milliseconds), not a stall of 100 ms now and then.
 
-    sudo python -m decnn.plan hetero --slow-host 1 --cpu 0.4 --batch 1
+    sudo .venv/bin/decnn plan hetero --slow-host 1 --cpu 0.4 --batch 1
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from decnn.bench.links import EmulatedLink, LinkError, parse_rate
+from decnn.distributed.emulated_link import EmulatedLink
+from decnn.distributed.netns import LinkError
+from decnn.distributed.rates import parse_rate
 from decnn.partition import Placement
 from decnn.plan.planner import Plan, plan, predict_branch, predict_single
 from decnn.plan.profile import Profile
@@ -70,7 +72,7 @@ def shape_host(link: EmulatedLink, host: int, rate: str) -> None:
     bits = int(parse_rate(rate))
     burst = str(max(64 * 1024, bits // 8 // 1000))
     h = link.hosts[host]
-    for netns, dev in ((h.netns, h.ifname), (link.bridge_netns, f"h{host}")):  # links.py names ports h<i>
+    for netns, dev in ((h.netns, h.ifname), (link.bridge_netns, f"h{host}")):  # emulated_link.py names ports h<i>
         subprocess.run(["tc", "-n", netns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", f"{bits}bit",
                         "burst", burst, "latency", "100ms"], check=True, capture_output=True)
 

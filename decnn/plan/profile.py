@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from decnn.comm import Communicator, configure_threads
+from decnn.distributed.communicator import Communicator
+from decnn.distributed.pinning import configure_threads
 from decnn.inference.branch_mode import ShuffleExchange
 from decnn.inference.codec import EXCHANGE_DTYPES, make_codec
 from decnn.inference.config import InferConfig
@@ -95,7 +96,7 @@ class Profile:
         data = json.loads(text)
         if data.get("version") != PROFILE_VERSION:
             raise ValueError(f"profile version {data.get('version')!r} is not {PROFILE_VERSION}: measure it again "
-                             "with `python -m decnn.plan profile`")
+                             "with `decnn plan profile`")
         data["devices"] = [DeviceProfile(**d) for d in data["devices"]]
         data["links"] = LinkProfile(**data["links"])
         return cls(**data)
@@ -110,16 +111,7 @@ class Profile:
             return cls.from_json(Path(path).read_text())
         except FileNotFoundError:
             raise ValueError(f"no profile at {path}; measure one with "
-                             "`python -m decnn.plan profile --devices 2 --out profile.json`") from None
-
-
-def _median_time(fn, repeats: int = _REPEATS) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+                             "`decnn plan profile --devices 2 --out profile.json`") from None
 
 
 class _NoWire:

@@ -25,6 +25,8 @@ import timm
 import torch
 from torch import nn
 
+from decnn.distributed.procfs import pid_alive
+
 REQUIRED_KEYS = ("model", "model_name", "model_kwargs")
 
 
@@ -59,18 +61,9 @@ def _remove_orphans(path: Path) -> None:
     each is as large as a checkpoint. A live writer's file is kept."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user's process
-        pass
-    return True
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -1,15 +1,17 @@
-"""``decnn convert REF.pth OUT.pt``: a checkpoint of the authors' training code as a decnn checkpoint.
+"""A checkpoint of the authors' training code as a decnn checkpoint (``decnn convert REF.pth OUT.pt``).
 
 Reads what their ``main.py`` saves (``{'arch', 'state_dict', 'epoch', 'best_prec1', ...}``) or a bare state
 dict, with or without DataParallel's ``module.`` prefix; the architecture comes from the checkpoint's
 ``arch`` or ``--arch``, the number of classes from its classifier. Writes ``{model, model_name,
-model_kwargs, config}`` (decnn's format, see decnn.train.checkpoint), which ``train.py --eval-only`` and
-``infer_distributed.py --checkpoint`` read.
+model_kwargs, config}`` (decnn's format, see decnn.train.checkpoint), which ``decnn train --eval-only`` and
+``decnn infer --checkpoint`` read.
+
+    decnn convert resnet34_s3_x15.pth runs/converted/resnet34_s3_x15.pt
+    decnn convert state_dict.pth runs/converted/vgg16.pt --arch vgg16_bn_s3_addchannel_v2
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 import timm
 import torch
 
+from decnn.command import job_parser
 from decnn.data.folder import ImageFolderTree
 from decnn.models.reference import REFERENCE_ZOO, ReferenceFormatError, to_decnn_state_dict
 from decnn.train.checkpoint import normalization_kwargs, save_checkpoint
@@ -79,9 +82,7 @@ def convert(path: str | Path, out: str | Path, arch: str | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="decnn convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = job_parser("convert", __doc__)
     parser.add_argument("reference", help="checkpoint written by the authors' Training/main.py (or a state dict)")
     parser.add_argument("out", help="where to write the decnn checkpoint")
     parser.add_argument("--arch", choices=list(REFERENCE_ZOO), help="their -a ARCH, if the checkpoint lacks 'arch'")

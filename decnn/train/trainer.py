@@ -10,156 +10,44 @@ from __future__ import annotations
 import fcntl
 import math
 import os
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import timm
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from timm.optim import param_groups_weight_decay
 from timm.utils import distribute_bn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from decnn.comm import backend_for
-from decnn.data import dataset_class, make_standin
+from decnn.data import dataset_class
+from decnn.errors import ConfigError
 from decnn.models import count_flops, count_params
+from decnn.train.builders import (
+    amp_dtype,
+    build_dataset,
+    build_optimizer,
+    build_scheduler,
+    build_val_set,
+    dataset_root,
+    init_distributed,
+    model_kwargs,
+    seed_everything,
+)
 from decnn.train.checkpoint import (
     check_architecture,
     load_checkpoint,
-    load_model,
     load_weights,
-    normalization_kwargs,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from decnn.train.config import ConfigError, DataConfig, ModelConfig, OptimConfig, TrainingConfig
+from decnn.train.config import TrainingConfig
+from decnn.train.evaluate import autocast, evaluate
 from decnn.train.logger import make_logger
-from decnn.train.meters import Progress, topk_correct
-from decnn.train.transforms import batch_mixer, eval_transform, train_transform
-
-TORCH_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # config.AMP_DTYPES but "none"
-
-
-def pick_device(device: str, local_rank: int = 0) -> torch.device:
-    """``train.device`` resolved: "auto" is CUDA when there is one."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda, but CUDA is not available")
-    if device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    torch.cuda.set_device(local_rank)
-    return torch.device("cuda", local_rank)
-
-
-def init_distributed(device: str) -> tuple[int, int, torch.device]:
-    """Join torchrun's process group when there is one; return (rank, world size, this process's device)."""
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    target = pick_device(device, int(os.environ.get("LOCAL_RANK", 0)))
-    if world_size == 1:
-        return 0, 1, target
-    cuda = target.type == "cuda"
-    dist.init_process_group(backend_for(target), device_id=target if cuda else None)
-    return dist.get_rank(), world_size, target
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)  # a few CUDA kernels have no deterministic twin
-    torch.backends.cudnn.benchmark = not deterministic
-
-
-def build_dataset(root: str | Path, split: str, transform, limit: int = 0) -> tuple[Dataset, int]:
-    """A split (a fixed random subset of ``limit`` images when 0 < limit < its size) and its number of classes."""
-    ds = dataset_class(root)(root, split, transform)
-    if not 0 < limit < len(ds):
-        return ds, ds.num_classes
-    # Seeded apart from train.seed, so that runs with different seeds see the same images.
-    keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:limit]
-    return Subset(ds, keep.tolist()), ds.num_classes
-
-
-def dataset_root(cfg: DataConfig) -> str | Path:
-    return make_standin(cfg.root) if cfg.standin else cfg.root
-
-
-def model_kwargs(cfg: ModelConfig, num_classes: int, normalize: tuple | None = None) -> dict:
-    """The ``timm.create_model`` arguments a checkpoint records (the stem, its width and the init only where
-    set).
-
-    ``normalize``: the (mean, std) the training data is normalised with. Where it is not the model's default
-    (an ImageNet folder tree, not Tiny-ImageNet) it is recorded as the model's ``pretrained_cfg``, which
-    inference, shards and ``decnn.split`` read, so that they normalise as training did."""
-    kwargs = {"num_classes": num_classes, "groups": cfg.groups, "width": cfg.width}
-    if cfg.stem:
-        kwargs["stem"] = cfg.stem
-    if cfg.zero_init_last:
-        kwargs["zero_init_last"] = True
-    if cfg.stem_width:
-        kwargs["stem_width"] = cfg.stem_width
-    if normalize is not None:
-        kwargs.update(normalization_kwargs(cfg.name, *normalize))
-    return kwargs
-
-
-def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
-    if cfg.decay_norm_and_bias:
-        params = [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
-    else:
-        params = param_groups_weight_decay(model, cfg.weight_decay)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    return torch.optim.AdamW(params, lr=cfg.lr)
-
-
-def build_scheduler(cfg: TrainingConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """Per-step linear warmup to ``optim.lr``, then cosine decay to ``schedule.min_lr`` or (``decay: step``)
-    a tenth of the rate every ``step_epochs`` epochs, counted from the start as in the authors' code."""
-    warmup = cfg.schedule.warmup_epochs * steps_per_epoch
-    total = cfg.schedule.epochs * steps_per_epoch
-    floor = cfg.schedule.min_lr / cfg.optim.lr
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if cfg.schedule.decay == "step":
-            return 0.1 ** (step // steps_per_epoch // cfg.schedule.step_epochs)
-        progress = (step - warmup) / max(1, total - warmup)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None = None,
-             memory_format: torch.memory_format = torch.preserve_format) -> dict[str, float]:
-    """Loss and top-1/top-5 accuracy (%) over the loader, summed over all processes when distributed."""
-    model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1 hits, top-5 hits, count
-    for images, labels in loader:
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
-        labels = labels.to(device, non_blocking=True)
-        with autocast(device, amp_dtype):
-            logits = model(images).float()
-        totals[0] += F.cross_entropy(logits, labels, reduction="sum")
-        totals[1:3] += topk_correct(logits, labels, (1, 5))
-        totals[3] += len(labels)
-    if dist.is_initialized():
-        dist.all_reduce(totals)
-    loss, top1, top5, count = totals.tolist()
-    return {"loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count}
+from decnn.train.meters import Progress
+from decnn.train.transforms import batch_mixer, train_transform
 
 
 def lock_run_dir(run_dir: Path):
@@ -189,7 +77,7 @@ class Trainer:
         self.is_main = self.rank == 0
         seed_everything(cfg.train.seed + self.rank, cfg.train.deterministic)
         cuda = self.device.type == "cuda"
-        self.amp_dtype = TORCH_AMP_DTYPES.get(cfg.train.amp) if cuda else None
+        self.amp_dtype = amp_dtype(cfg.train.amp, self.device)
         self.memory_format = torch.channels_last if cfg.train.channels_last and cuda else torch.preserve_format
         if not cuda and (cfg.train.amp != "none" or cfg.train.channels_last):
             self._say("note: train.amp and train.channels_last apply on CUDA only; this run is fp32 on the CPU")
@@ -200,8 +88,7 @@ class Trainer:
         stats = dataset_class(root)
         train_tf = train_transform(cfg.augment, d.image_size, stats.mean, stats.std)
         self.train_set, num_classes = build_dataset(root, "train", train_tf, d.max_train_images)
-        val_tf = eval_transform(d.image_size, stats.mean, stats.std, d.crop_pct)
-        self.val_set, _ = build_dataset(root, "val", val_tf, d.max_val_images)
+        self.val_set, _ = build_val_set(d)
         m = cfg.model
         self.model_kwargs = model_kwargs(m, num_classes, (stats.mean, stats.std))
         if ckpt is not None:
@@ -418,17 +305,3 @@ def train(cfg: TrainingConfig) -> dict:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def evaluate_checkpoint(path: str | Path, cfg: TrainingConfig) -> dict[str, float]:
-    """Val loss and top-1/top-5 (%) of a checkpoint on ``cfg``'s val set, in one process."""
-    device = pick_device(cfg.train.device)
-    model, ckpt = load_model(path, expected_name=cfg.model.name)
-    d, root = cfg.data, dataset_root(cfg.data)
-    stats = dataset_class(root)
-    val_tf = eval_transform(d.image_size, stats.mean, stats.std, d.crop_pct)
-    val_set, num_classes = build_dataset(root, "val", val_tf, d.max_val_images)
-    check_architecture(ckpt, cfg.model.name, model_kwargs(cfg.model, num_classes), where=str(path))
-    loader = DataLoader(val_set, d.batch_size, num_workers=d.workers)
-    amp_dtype = TORCH_AMP_DTYPES.get(cfg.train.amp) if device.type == "cuda" else None
-    return evaluate(model.to(device), loader, device, amp_dtype)

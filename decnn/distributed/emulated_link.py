@@ -1,4 +1,4 @@
-"""Emulated edge links: network namespaces joined by a bridge, with tbf-shaped egress.
+"""Emulated edge links: network namespaces joined by a bridge, with tbf-shaped egress; the processes in them.
 
 Each emulated device is a network namespace with one veth interface plugged into a bridge that lives in
 a namespace of its own, so nothing touches the host's network. Every host's egress is shaped with
@@ -14,12 +14,10 @@ namespace the machine's hostname still resolves to 127.0.0.1, which gloo would o
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import itertools
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,16 +25,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from decnn.process import die_with_parent
+from decnn.distributed import procfs
+from decnn.distributed.netns import LinkError, cleanup_stale, command, namespace_name
+from decnn.distributed.process import die_with_parent
+from decnn.distributed.rates import parse_rate
 
-__all__ = [
-    "EmulatedLink",
-    "Host",
-    "LinkError",
-    "cleanup_stale",
-    "links_available",
-    "parse_rate",
-]
+__all__ = ["EmulatedLink", "Host"]
 
 IFNAME = "veth0"  # the interface inside every host namespace
 DEFAULT_SUBNET = "10.213.0.0/24"
@@ -45,133 +39,6 @@ _MIN_BURST = 64 * 1024  # bytes; at least one full GSO segment so large skbs are
 _BURST_SECONDS = 0.001  # and at least 1 ms worth of the rate
 _LATENCY = "100ms"  # longest a packet may wait in the tbf queue before it is dropped
 _STOP_TIMEOUT = 5.0
-
-_RATE_UNITS = {
-    "bit": 1,
-    "kbit": 10**3,
-    "mbit": 10**6,
-    "gbit": 10**9,
-    "tbit": 10**12,
-    "bps": 8,
-    "kbps": 8 * 10**3,
-    "mbps": 8 * 10**6,
-    "gbps": 8 * 10**9,
-    "tbps": 8 * 10**12,
-}
-_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
-_RATE_FORMS = (
-    "a positive number with a tc unit: bit, kbit, mbit, gbit, tbit (bits/s, powers of 1000) or "
-    "bps, kbps, mbps, gbps, tbps (bytes/s), e.g. '20mbit', '1gbit', '12.5mbps'; a bare number is bits/s"
-)
-_ids = itertools.count()
-
-_PORT = 5201  # the throughput probe's port, inside the namespaces only
-_SERVER = f"""
-import socket, sys, time
-addr, n = sys.argv[1], int(sys.argv[2])
-srv = socket.create_server((addr, {_PORT}))
-print("ready", flush=True)
-conn, _ = srv.accept()
-got, first = 0, None
-while got < n:
-    chunk = conn.recv(1 << 20)
-    if not chunk:
-        break
-    first = first or time.perf_counter()
-    got += len(chunk)
-if got < n:
-    sys.exit(f"received {{got}} of {{n}} bytes")
-print(got * 8 / (time.perf_counter() - first), flush=True)
-conn.sendall(b"k")
-"""
-_CLIENT = f"""
-import socket, sys
-conn = socket.create_connection((sys.argv[1], {_PORT}), timeout=60)
-conn.sendall(b"x" * int(sys.argv[2]))
-conn.recv(1)
-"""
-
-
-class LinkError(RuntimeError):
-    """An ``ip``/``tc`` command failed; the message names the command and its stderr."""
-
-
-def parse_rate(rate: str | float) -> float:
-    """Return ``rate`` in bits per second; accepts tc's forms ('20mbit', '1gbit', '12.5mbps', 1e6)."""
-    if isinstance(rate, bool) or not isinstance(rate, (str, int, float)):
-        raise TypeError(f"rate must be {_RATE_FORMS}; got {rate!r}")
-    if isinstance(rate, str):
-        m = _RATE_RE.match(rate)
-        unit = m.group(2).lower() if m else None
-        if unit is None or (unit and unit not in _RATE_UNITS):
-            raise ValueError(f"rate must be {_RATE_FORMS}; got {rate!r}")
-        bits = float(m.group(1)) * _RATE_UNITS.get(unit, 1)
-    else:
-        bits = float(rate)
-    if not bits > 0 or bits == float("inf"):
-        raise ValueError(f"rate must be {_RATE_FORMS}; got {rate!r}")
-    return bits
-
-
-def _cmd(argv: list[str]) -> str:
-    """Run one ``ip``/``tc`` command, return its stdout, raise LinkError naming it on failure."""
-    try:
-        res = subprocess.run(argv, check=True, capture_output=True, text=True)
-    except FileNotFoundError as e:
-        raise LinkError(f"`{' '.join(argv)}` failed: {e}") from None
-    except subprocess.CalledProcessError as e:
-        err = (e.stderr or e.stdout or "").strip()
-        raise LinkError(f"`{' '.join(argv)}` failed (exit {e.returncode}): {err}") from None
-    return res.stdout
-
-
-def _netns_names() -> list[str]:
-    """Names from ``ip netns list`` (whose lines look like 'name (id: 3)')."""
-    return [line.split()[0] for line in _cmd(["ip", "netns", "list"]).splitlines() if line.strip()]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def cleanup_stale(prefix: str = "decnn") -> list[str]:
-    """Delete namespaces named ``<prefix>-<pid>-...`` whose creating process is gone; return their names."""
-    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)-\d+-")
-    removed = []
-    for name in _netns_names():
-        m = pattern.match(name)
-        if m and not _pid_alive(int(m.group(1))):
-            _cmd(["ip", "netns", "del", name])
-            removed.append(name)
-    return removed
-
-
-@functools.cache
-def links_available() -> tuple[bool, str]:
-    """(True, "") if namespaces, veth pairs and tbf can be set up here, else (False, reason)."""
-    if os.geteuid() != 0:
-        return False, "emulated links need root (network namespaces); not running as root"
-    missing = [tool for tool in ("ip", "tc") if shutil.which(tool) is None]
-    if missing:
-        return False, f"emulated links need iproute2; not found on PATH: {', '.join(missing)}"
-    ns = f"decnn-{os.getpid()}-{next(_ids)}-probe"
-    try:
-        _cmd(["ip", "netns", "add", ns])
-        try:
-            _cmd(["ip", "-n", ns, "link", "add", "name", "p0", "type", "veth", "peer", "name", "p1"])
-            _cmd(["tc", "-n", ns, "qdisc", "add", "dev", "p0", "root", "tbf", "rate", "1mbit",
-                  "burst", "64kb", "latency", "100ms"])
-        finally:
-            _cmd(["ip", "netns", "del", ns])
-    except LinkError as e:
-        return False, f"cannot set up an emulated link here: {e}"
-    return True, ""
 
 
 @dataclass(frozen=True)
@@ -222,7 +89,7 @@ class EmulatedLink:
             self.burst_bytes = burst or max(_MIN_BURST, int(self.rate_bps / 8 * _BURST_SECONDS))
         self.prefixlen = net.prefixlen
         self.name_prefix = name_prefix
-        base = f"{name_prefix}-{os.getpid()}-{next(_ids)}"
+        base = namespace_name(name_prefix)
         self.bridge_netns = f"{base}-br"
         addrs = itertools.islice(net.hosts(), num_hosts)
         self.hosts = [
@@ -250,27 +117,27 @@ class EmulatedLink:
         self.close()
 
     def _add_netns(self, name: str) -> None:
-        _cmd(["ip", "netns", "add", name])
+        command(["ip", "netns", "add", name])
         self._created.append(name)
-        _cmd(["ip", "-n", name, "link", "set", "lo", "up"])
+        command(["ip", "-n", name, "link", "set", "lo", "up"])
 
     def _setup(self) -> None:
         br = self.bridge_netns
         self._add_netns(br)
-        _cmd(["ip", "-n", br, "link", "add", "name", _BRIDGE, "type", "bridge"])
-        _cmd(["ip", "-n", br, "link", "set", _BRIDGE, "addrgenmode", "none", "up"])
+        command(["ip", "-n", br, "link", "add", "name", _BRIDGE, "type", "bridge"])
+        command(["ip", "-n", br, "link", "set", _BRIDGE, "addrgenmode", "none", "up"])
         for h in self.hosts:
             self._add_netns(h.netns)
             port = f"h{h.index}"
             # Both ends are created straight in their namespaces; addrgenmode none keeps IPv6
             # link-local chatter off the shaped link and leaves the IPv4 address the only one.
-            _cmd(["ip", "-n", br, "link", "add", "name", port, "type", "veth", "peer", "name", h.ifname,
+            command(["ip", "-n", br, "link", "add", "name", port, "type", "veth", "peer", "name", h.ifname,
                   "netns", h.netns])
-            _cmd(["ip", "-n", br, "link", "set", port, "master", _BRIDGE, "addrgenmode", "none", "up"])
-            _cmd(["ip", "-n", h.netns, "addr", "add", f"{h.address}/{self.prefixlen}", "dev", h.ifname])
-            _cmd(["ip", "-n", h.netns, "link", "set", h.ifname, "addrgenmode", "none", "up"])
+            command(["ip", "-n", br, "link", "set", port, "master", _BRIDGE, "addrgenmode", "none", "up"])
+            command(["ip", "-n", h.netns, "addr", "add", f"{h.address}/{self.prefixlen}", "dev", h.ifname])
+            command(["ip", "-n", h.netns, "link", "set", h.ifname, "addrgenmode", "none", "up"])
             if self.rate_bps is not None:
-                _cmd(["tc", "-n", h.netns, "qdisc", "add", "dev", h.ifname, "root", "tbf",
+                command(["tc", "-n", h.netns, "qdisc", "add", "dev", h.ifname, "root", "tbf",
                       "rate", f"{int(self.rate_bps)}bit", "burst", str(self.burst_bytes),
                       "latency", _LATENCY])
 
@@ -318,12 +185,12 @@ class EmulatedLink:
         """Bits/s of one TCP transfer of ``nbytes`` from host ``src`` to ``dst``, timed by the receiver
         from its first byte to its last (so connection setup is not counted)."""
         addr = self.hosts[dst].address
-        server = self.popen(dst, [sys.executable, "-c", _SERVER, addr, nbytes],
-                            stdout=subprocess.PIPE, text=True)
+        probe = [sys.executable, "-m", "decnn.distributed.tcp_probe"]
+        server = self.popen(dst, [*probe, "receive", addr, nbytes], stdout=subprocess.PIPE, text=True)
         try:
             if server.stdout.readline().strip() != "ready":
                 raise LinkError(f"throughput server on host {dst} did not start")
-            self.run(src, [sys.executable, "-c", _CLIENT, addr, nbytes], check=True, timeout=timeout)
+            self.run(src, [*probe, "send", addr, nbytes], check=True, timeout=timeout)
             out, _ = server.communicate(timeout=timeout)
         finally:
             if server.poll() is None:
@@ -343,7 +210,7 @@ class EmulatedLink:
         while self._created:
             name = self._created.pop()
             try:
-                _cmd(["ip", "netns", "del", name])
+                command(["ip", "netns", "del", name])
             except LinkError as e:
                 errors.append(str(e))
         if errors:
@@ -383,17 +250,7 @@ def _alive(proc: subprocess.Popen, grouped: bool) -> bool:
         return True
     if not grouped:
         return False
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                state, _ppid, pgrp = f.read().rsplit(")", 1)[1].split()[:3]
-        except (OSError, IndexError):
-            continue
-        if int(pgrp) == proc.pid and state != "Z":
-            return True
-    return False
+    return any(pgrp == proc.pid and state != "Z" for _pid, (state, _ppid, pgrp) in procfs.processes())
 
 
 def _exit_on_sigterm(signum, frame):

@@ -1,62 +1,30 @@
-"""Process groups and collectives for split inference (torch.distributed only; knows nothing about models).
+"""This process's membership in a run: collectives with a timeout that name the peer that failed.
 
-One process per device. :func:`launch` starts N local processes through torch's elastic launcher (the
-machinery behind ``torchrun``); under ``torchrun`` the processes already exist and :class:`Communicator`
-joins them from the environment. Set-up and every collective run under the run's timeout, are counted, and
-a failure (a peer that died, hangs, is stopped or cannot be reached) is reported as a :class:`PeerError`
-naming the ranks (and hosts) that did not take part.
-
-Shutdown pieces for any process that runs workers: :func:`exit_with_launcher` (a worker dies with its
-parent and at once on Ctrl-C) and :func:`launch`'s prompt stop of the remaining workers when one fails.
+Under a launcher (torchrun or :func:`decnn.distributed.launcher.launch`) a :class:`Communicator` joins the
+group from the environment; otherwise it forms a group of one. Set-up and every collective run under the
+run's timeout and are counted; a failure (a peer that died, hangs, is stopped or cannot be reached) is a
+:class:`PeerError` naming the ranks (and hosts) that did not take part.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
 import socket
-import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.elastic.multiprocessing.api import SignalException
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-from decnn.process import (
-    LOCAL_ENDPOINT,
-    die_with_parent,
-    is_local_launch,
-    start_worker_server,
-    under_launcher,
-    worker_environment,
-)
+from decnn.distributed.process import under_launcher
 
-__all__ = [
-    "LOCAL_ENDPOINT",
-    "Communicator",
-    "LaunchError",
-    "PeerError",
-    "Pending",
-    "backend_for",
-    "configure_threads",
-    "exit_with_launcher",
-    "launch",
-    "terminable_when_stopped",
-    "under_launcher",
-]
+__all__ = ["Communicator", "PeerError", "Pending", "backend_for"]
 
 _FAULT_KEY = "decnn/failed/"
 _HOST_KEY = "decnn/host/"
-_SHUTDOWN_TIMEOUT_S = 3  # SIGTERM -> SIGKILL grace for the launcher's workers
 _NAMING_WAIT_S = 1.0  # longest a failing rank waits to learn which peers failed too
 
 
@@ -64,194 +32,9 @@ class PeerError(RuntimeError):
     """A collective failed or timed out; the message names the ranks that did not take part."""
 
 
-class LaunchError(RuntimeError):
-    """A worker process of :func:`launch` failed; the message names the rank and the cause."""
-
-
-def exit_with_launcher() -> None:
-    """Call first in a worker process: it is killed when its parent (the launcher) dies, even by SIGKILL,
-    and Ctrl-C ends it at once and quietly (the launcher reports the interrupt once, for all)."""
-    die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def backend_for(device: torch.device) -> str:
     """gloo for CPU tensors, NCCL for CUDA tensors."""
     return "nccl" if device.type == "cuda" else "gloo"
-
-
-def configure_threads(local_rank: int, local_world_size: int, threads: int | None, pin: bool) -> list[int]:
-    """Give this process its share of the cores as torch threads (``threads`` overrides the count);
-    ``pin`` binds the process to that many cores of its own, if there are enough for every local process.
-
-    Returns the cores the process may run on.
-    """
-    cores = sorted(os.sched_getaffinity(0))
-    per = threads or max(1, len(cores) // local_world_size)
-    mine = cores[local_rank * per:(local_rank + 1) * per]
-    torch.set_num_threads(per)
-    if pin and len(mine) == per:  # pinning only where every process gets cores of its own
-        os.sched_setaffinity(0, mine)
-        return mine
-    return cores
-
-
-@contextmanager
-def threads_and_cores_restored() -> Iterator[None]:
-    """Give this process back its torch threads and cores on exit: a run in the caller's own process (mode
-    single, or a group of one) must not leave the caller, and every process it starts later, on one core."""
-    threads, cores = torch.get_num_threads(), os.sched_getaffinity(0)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        os.sched_setaffinity(0, cores)
-
-
-def launch(
-    fn: Callable[..., Any],
-    args: Sequence[Any],
-    nproc: int,
-    *,
-    nnodes: int = 1,
-    rdzv_endpoint: str = LOCAL_ENDPOINT,
-) -> dict[int, Any]:
-    """Run ``fn(*args)`` in ``nproc`` processes on this node (of ``nnodes``) with torch's elastic launcher.
-
-    Returns each rank's return value. If a worker fails the launcher stops the others (stopped ones too:
-    :func:`terminable_when_stopped`) and this raises :class:`LaunchError` naming the rank; Ctrl-C (SIGINT
-    to this process) stops every worker and raises KeyboardInterrupt. A single-node run binds everything
-    to the loopback interface.
-    """
-    local = is_local_launch(nnodes, rdzv_endpoint)
-    host = rdzv_endpoint.rsplit(":", 1)[0]
-    # The node that owns the endpoint's address hosts the rendezvous store and the workers' master address.
-    # torch guesses both from the hostname, which fails where it resolves to 127.0.0.1 (containers,
-    # network namespaces): say it.
-    owner = _is_local_address(host)
-    config = LaunchConfig(
-        min_nodes=nnodes,
-        max_nodes=nnodes,
-        nproc_per_node=nproc,
-        run_id=uuid.uuid4().hex if local else "decnn",
-        rdzv_backend="c10d",
-        rdzv_endpoint=rdzv_endpoint,
-        rdzv_configs={"is_host": True} if owner else {},
-        max_restarts=0,
-        monitor_interval=0.1,
-        start_method="forkserver",
-        local_addr=host if owner else None,
-        shutdown_timeout=_SHUTDOWN_TIMEOUT_S,
-    )
-    # Workers fork from one server process that has imported torch and fn's module once, instead of
-    # each importing them anew (seconds per process); a command line may have started it already.
-    start_worker_server(fn.__module__, local)
-    # The launcher logs every failure with its traceback; LaunchError says it in one line instead.
-    quiet = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
-             if name.startswith(("torch.distributed.elastic", "torch.multiprocessing"))]
-    levels = [log.level for log in quiet]
-    for log in quiet:
-        log.setLevel(logging.CRITICAL)
-    try:
-        with terminable_when_stopped(), worker_environment(local):
-            return elastic_launch(config, fn)(*args)
-    except ChildFailedError as e:
-        raise LaunchError(_describe_failures(e)) from None
-    except SignalException as e:  # the agent stopped the workers first
-        if e.sigval == signal.SIGINT:
-            raise KeyboardInterrupt from None
-        raise SystemExit(128 + e.sigval) from None
-    except EOFError:  # the fork server that starts the workers died (killed by hand, out of memory)
-        raise LaunchError("the process server that starts the workers died before they all started") from None
-    finally:
-        for log, level in zip(quiet, levels):
-            log.setLevel(level)
-
-
-@contextmanager
-def terminable_when_stopped(interval_s: float = 0.1) -> Iterator[None]:
-    """While open, a descendant process that is stopped (SIGSTOP, Ctrl-Z) with a SIGTERM or SIGINT pending
-    gets SIGCONT, so that the signal ends it at once.
-
-    When one worker fails, torch's process context sends the others SIGTERM and waits 30 s before SIGKILL;
-    a stopped worker cannot act on SIGTERM, and a stopped peer made the run overrun its timeout by 30 s.
-    """
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.wait(interval_s):
-            for pid in _stopped_descendants(os.getpid()):
-                if _pending_signals(pid) & _ENDING_SIGNALS:
-                    with suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGCONT)
-
-    watcher = threading.Thread(target=watch, name="decnn-wake-stopped", daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        done.set()
-        watcher.join()
-
-
-_ENDING_SIGNALS = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1))
-
-
-def _stopped_descendants(root: int) -> list[int]:
-    parents, stopped = {}, []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(ppid)
-        if state == "T":
-            stopped.append(int(entry.name))
-    found = []
-    for pid in stopped:
-        ancestor = parents.get(pid)
-        while ancestor not in (None, 0, 1, root):
-            ancestor = parents.get(ancestor)
-        if ancestor == root:
-            found.append(pid)
-    return found
-
-
-def _pending_signals(pid: int) -> int:
-    """The process's pending signals (process-wide and main thread) as a bit mask, 0 if it is gone."""
-    mask = 0
-    with suppress(OSError):
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(("ShdPnd:", "SigPnd:")):
-                    mask |= int(line.split()[1], 16)
-    return mask
-
-
-def _is_local_address(host: str) -> bool:
-    """True if ``host`` names an address of this machine (one a socket can bind to)."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-        return True
-    except OSError:
-        return False
-
-
-def _describe_failures(e: ChildFailedError) -> str:
-    lines = []
-    for rank, failure in sorted(e.failures.items(), key=lambda kv: kv[1].timestamp):
-        msg = failure.message
-        if isinstance(msg, dict):  # a Python exception recorded by the worker
-            lines.append(f"rank {rank} failed: {msg.get('message', msg)}")
-        elif failure.exitcode < 0:
-            lines.append(f"rank {rank} was killed by {failure.signal_name()} (pid {failure.pid})")
-        else:
-            lines.append(f"rank {rank} exited with code {failure.exitcode} (pid {failure.pid})")
-    return "; ".join(lines)
 
 
 class Pending:

@@ -42,9 +42,9 @@ class BenchConfig:
         return [str(a) for a in args]
 
 
-def plan(batches: list[int], devices: list[int], links: list[str | None], dtypes: list[str],
-         overlap: int = 2, link_batches: list[int] | None = None, runtimes: tuple[str, ...] = ("torch",)
-         ) -> list[BenchConfig]:
+def configurations(batches: list[int], devices: list[int], links: list[str | None], dtypes: list[str],
+                   overlap: int = 2, link_batches: list[int] | None = None, runtimes: tuple[str, ...] = ("torch",)
+                   ) -> list[BenchConfig]:
     """Every configuration: baselines once per batch, the N-device ways once per batch, N and link.
 
     Emulated links (every entry of ``links`` but None, loopback) are run at ``link_batches`` only (default:

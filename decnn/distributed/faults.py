@@ -1,4 +1,4 @@
-"""Test-only fault injection, for every runtime (no torch): a rank that exits, is killed, hangs or is stopped."""
+"""Test-only fault injection: ``DECNN_INJECT_FAULT=RANK:POINT:KIND`` makes a rank fail at a named point."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 import signal
 import sys
 import time
+
+__all__ = ["FAULT_ENV", "inject_fault"]
 
 # "RANK:POINT:KIND" makes that rank exit, kill itself, hang or stop at that point.
 FAULT_ENV = "DECNN_INJECT_FAULT"

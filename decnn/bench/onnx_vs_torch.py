@@ -1,6 +1,6 @@
 """ONNX Runtime against PyTorch for one device's branch (1 thread, interleaved rounds); writes JSON.
 
-    /work/tools/cpu-measure python -m decnn.bench.onnx_branch --out results/onnx_vs_torch.json
+    decnn bench onnx --out results/onnx_vs_torch.json       # on an otherwise idle machine
 
 Both run device 0's branch of the same random-init model (2 devices, even placement), segment by segment
 and the head, without the exchange (it keeps the shapes): PyTorch as the workers prepare it (BN folded,
@@ -10,7 +10,6 @@ each batch size and backend in turn; the report gives per-round medians, their m
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import timm
 import torch
 
 from decnn.bench.one_branch import chain, interleaved_rounds, one_pinned_thread
+from decnn.command import job_parser
 from decnn.export import export_onnx
 from decnn.inference.optimize import prepare_for_inference
 from decnn.onnx_branch import OnnxBranch
@@ -29,7 +29,7 @@ from decnn.train.checkpoint import save_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m decnn.bench.onnx_branch", description=__doc__.split("\n\n")[0])
+    p = job_parser("bench onnx", __doc__)
     p.add_argument("--model", default="decnn_resnet34")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
