@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all demo lint clean
+.PHONY: install test test-all demo screenshot lint clean
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ test-all: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m decnn.demo
+
+# TensorBoard's HPARAMS tab over runs/ (after `make demo`), as headless Chromium renders it (apt-get install chromium)
+screenshot: $(STAMP)
+	$(PY) tests/hparams_ui.py runs paper/hparams_tab.png
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from decnn.comm import backend_for
 from decnn.data import dataset_class, make_standin
 from decnn.models import count_flops, count_params
+from decnn.record import ACCURACY_TRAINING, architecture
 from decnn.train.checkpoint import (
     check_architecture,
     load_checkpoint,
@@ -39,7 +40,7 @@ from decnn.train.checkpoint import (
     set_rng_state,
 )
 from decnn.train.config import ConfigError, DataConfig, ModelConfig, OptimConfig, TrainingConfig
-from decnn.train.logger import make_logger
+from decnn.train.logger import experiment_root, make_logger
 from decnn.train.meters import Progress, topk_correct
 from decnn.train.transforms import batch_mixer, eval_transform, train_transform
 
@@ -228,7 +229,8 @@ class Trainer:
 
         self._run_lock = None  # rank 0's lock on the run folder, held until close()
         self.run_dir = self._make_run_dir() if self.is_main else None
-        self.log = make_logger(self.run_dir, enabled=self.is_main)
+        self.log = make_logger(self.run_dir, enabled=self.is_main,
+                               log_root=experiment_root(self.run_dir.parent) if self.is_main else None)
         self.log.text("config", f"```yaml\n{cfg.to_yaml()}```")
         self._say(
             f"run folder {self.run_dir} | {m.name} (groups {m.groups}, width {m.width:g}, stem {m.stem}): "
@@ -401,10 +403,12 @@ class Trainer:
         }
 
     def hparams(self) -> dict:
-        """What tells runs apart in TensorBoard's HPARAMS tab."""
+        """What tells runs apart in TensorBoard's HPARAMS tab (columns of decnn.record.EXPERIMENT_HPARAMS)."""
         c = self.cfg
         return {
-            "model": c.model.name, "groups": c.model.groups, "width": c.model.width, "stem": c.model.stem,
+            "architecture": architecture(c.model.name, c.model.groups, c.model.width), "mode": "train",
+            "accuracy": ACCURACY_TRAINING, "model": c.model.name, "groups": c.model.groups, "width": c.model.width,
+            "stem": c.model.stem,
             "params": self.params, "flops": self.flops, "image_size": c.data.image_size,
             "batch_size": c.data.batch_size * self.world_size, "optimizer": c.optim.name, "lr": c.optim.lr,
             "epochs": c.schedule.epochs,
