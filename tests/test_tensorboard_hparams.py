@@ -19,9 +19,9 @@ from decnn.train.logger import EXPERIMENT_FILE, experiment_root, write_experimen
 from decnn.train.trainer import train
 
 TINY = ["model.name=decnn_resnet18", "model.width=0.25", "model.stem=tiny", "data.image_size=32",
-        "data.batch_size=16", "data.workers=0", "data.max_train_images=64", "data.max_val_images=32",
+        "data.batch_size=16", "data.workers=0", "data.max_train_images=32", "data.max_val_images=16",
         "schedule.epochs=1", "schedule.warmup_epochs=0", "train.amp=none", "train.channels_last=false"]
-INFER = ["--mode", "single", "--threads", "1", "--num-images", "8", "--batch", "1", "--warmup", "1"]
+INFER = ["--mode", "single", "--threads", "1", "--num-images", "4", "--batch", "1", "--warmup", "1"]
 GROUPS = {"plain": 1, "decnn": 2}
 SESSIONS = 5  # two trainings, their two inference runs, one benchmark configuration
 STARTS = 3

@@ -83,6 +83,7 @@ class TensorBoardLogger(NullLogger):
         """This run's row of the HPARAMS tab: a session with ``hparams``, then ``metrics`` as scalars."""
         root = Path(self.log_root) if self.log_root is not None else self.log_dir.parent
         # The session's group is the run itself: two runs with equal settings stay two rows.
+        hparams = {k: v for k, v in hparams.items() if v is not None}  # unset (a VGG's stem): an empty cell
         self._write(hp.hparams_pb(hparams, trial_id=os.path.relpath(self.log_dir, root)))
         self.scalars(metrics, 0)
         self.writer.flush()
