@@ -141,7 +141,7 @@ class RunRecord:
 
     @property
     def architecture(self) -> str:
-        return architecture(self.model, self.groups, self.width)
+        return architecture(self.model, self.groups)
 
     @property
     def accuracy(self) -> str:
@@ -244,15 +244,14 @@ EXPERIMENT_METRICS = {
     "infer/max_rel_diff": "max relative logit difference",
 }
 # The settings the tab shows before any is ticked (it shows five): what tells the rows apart.
-FIRST_HPARAMS = ("accuracy", "architecture", "batch", "devices", "mode")
+FIRST_HPARAMS = ("accuracy", "architecture", "devices", "mode", "width")
 
 
-def architecture(model: str, groups: int, width: float) -> str:
+def architecture(model: str, groups: int) -> str:
     """A network's name as people say it, short enough for a table cell: "resnet34" for the plain one (1 group;
-    timm builds it as "decnn_resnet34"), "resnet34 g4 x1.5" for a DeCNN (its groups and width); a plain
-    network's width is given where it is not 1."""
-    name = model.removeprefix("decnn_") + (f" g{groups}" if groups > 1 else "")
-    return name if width == 1 and groups == 1 else f"{name} x{width:g}"
+    timm builds it as "decnn_resnet34"), "resnet34 g4" for a DeCNN of 4 groups (its width in the next column)."""
+    return model.removeprefix("decnn_") + (f" g{groups}" if groups > 1 else "")
+
 
 KEYS = tuple(f.name for f in dataclasses.fields(RunRecord))
 REQUIRED = tuple(f.name for f in dataclasses.fields(RunRecord) if f.default is dataclasses.MISSING)

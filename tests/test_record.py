@@ -66,8 +66,8 @@ def test_a_training_runs_hparams_read_as_a_training_record():
 
 def test_rows_name_the_plain_network_and_say_where_their_accuracy_comes_from():
     plain = dataclasses.replace(RECORD, groups=1, width=1.0)
-    assert (plain.architecture, RECORD.architecture) == ("resnet34", "resnet34 g4 x1.5")
-    assert dataclasses.replace(plain, width=0.25).architecture == "resnet34 x0.25"
+    assert (plain.architecture, RECORD.architecture) == ("resnet34", "resnet34 g4")
+    assert dataclasses.replace(plain, width=0.25).architecture == "resnet34"  # its width: the next column
     assert RECORD.accuracy == "random weights" and RECORD.tensorboard()[0]["accuracy"] == "random weights"
     trained = dataclasses.replace(RECORD, checkpoint="runs/train/a/best.pt", trained_run="runs/train/a",
                                   trained_top1=61.0, trained_top5=84.0)
