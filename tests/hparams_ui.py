@@ -103,7 +103,7 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def screenshot(logdir: str | Path, out: str | Path, size: str = "1920,900") -> Path:
+def screenshot(logdir: str | Path, out: str | Path, size: str = "1920,640") -> Path:
     """A PNG of the HPARAMS tab's table for ``logdir``, as headless Chromium renders it."""
     browser = chromium()
     if browser is None:
