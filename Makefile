@@ -5,7 +5,7 @@ EDGE_VENV ?= .venv-edge
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all demo lint clean edge
+.PHONY: install test test-all demo screenshot lint clean edge
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ test-all: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m decnn.demo
+
+# TensorBoard's HPARAMS tab over runs/ (after `make demo`), as headless Chromium renders it (apt-get install chromium)
+screenshot: $(STAMP)
+	$(PY) tests/hparams_ui.py runs paper/hparams_tab.png
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -5,6 +5,9 @@ table); the benchmark reads them back and writes one per configuration (medians 
 ratios and the cost model's prediction); ``decnn compare`` and the paper tables read them from JSON or
 TensorBoard. A key this record does not know is an error, never a silent ``None``.
 
+Every column the HPARAMS tab can show is listed here once (``EXPERIMENT_HPARAMS``, ``EXPERIMENT_METRICS``);
+``decnn.train.logger`` writes them as the log root's one experiment, so any writer of a record gets them.
+
 Fields left ``None`` were not measured by that run (accuracy without labels, ratios outside the benchmark)
 and are left out of the JSON.
 """
@@ -58,6 +61,10 @@ class RunRecord:
     rounds: int | None = None
     checkpoint: str | None = None
     run_dir: str | None = None
+    # The checkpoint's training: its run folder and best val accuracy (%), as train.py saved them.
+    trained_run: str | None = None
+    trained_top1: float | None = None
+    trained_top5: float | None = None
     # Speed, traffic and memory.
     latency_ms: Latency | None = None
     latency_p50_ms_per_round: list[float] | None = None
@@ -131,23 +138,43 @@ class RunRecord:
                 raise RecordError(f"latency_ms needs p50, p95, p99 (and optionally mean): {e}") from None
         return cls(**data)
 
+    # What the HPARAMS tab shows beside the settings ------------------------------------------------------
+
+    @property
+    def architecture(self) -> str:
+        return architecture(self.model, self.groups)
+
+    @property
+    def accuracy(self) -> str:
+        """Where this row's accuracy comes from."""
+        if self.mode == "train":
+            return ACCURACY_TRAINING
+        if self.top1 is not None:
+            return "measured"
+        if self.trained_top1 is not None:
+            return "training's best"
+        return "random weights" if self.checkpoint is None else "not measured"
+
     # TensorBoard ----------------------------------------------------------------------------------------
 
     def tensorboard(self) -> tuple[dict, dict[str, float]]:
         """The HPARAMS row: (hparams, metrics), ``None`` fields left out."""
-        hparams = {k: getattr(self, k) for k in HPARAMS if getattr(self, k) is not None}
+        hparams = {k: getattr(self, k) for k in (*DERIVED_HPARAMS, *HPARAMS) if getattr(self, k) is not None}
         metrics = {tag: value for tag, value in ((tag, _get(self, path)) for tag, path in METRIC_TAGS.items())
                    if value is not None}
         return hparams, metrics
 
     @classmethod
     def from_tensorboard(cls, hparams: dict, metrics: dict[str, float]) -> RunRecord:
-        """The record of an HPARAMS row written by :meth:`tensorboard`, or by ``train.py`` (mode "train").
+        """The record of an HPARAMS row written by :meth:`tensorboard`, or by ``train.py`` (mode "train", or no
+        mode at all in runs of older versions).
 
-        Scalars other than the record's metric tags (the curves a run also logs) are ignored.
+        Scalars other than the record's metric tags (the curves a run also logs) are ignored, and so are the
+        hparams derived from the record's fields (architecture, accuracy).
         """
-        if TRAIN_TOP1 in metrics:
+        if hparams.get("mode", "train") == "train":
             return _training_record(hparams, metrics)
+        hparams = {k: v for k, v in hparams.items() if k not in DERIVED_HPARAMS}
         unknown = sorted(set(hparams) - set(HPARAMS))
         if unknown:
             raise RecordError(f"unknown hparam(s) {unknown} in an inference run; valid: {', '.join(HPARAMS)}")
@@ -170,9 +197,20 @@ class RunRecord:
 
 # The settings that tell runs apart in TensorBoard's HPARAMS tab, with the type each reads back as.
 HPARAMS = {"model": str, "groups": int, "width": float, "stem": str, "mode": str, "devices": int, "batch": int,
-           "exchange_dtype": str, "backend": str, "transport": str, "overlap": int, "link": str, "name": str}
-# The headline numbers, by TensorBoard tag: the field (or field and key) each comes from.
+           "exchange_dtype": str, "backend": str, "transport": str, "overlap": int, "link": str, "name": str,
+           "trained_run": str}
+# Shown beside them, derived from the record's fields (properties of RunRecord): never read back.
+DERIVED_HPARAMS = {"architecture": str, "accuracy": str}
+# A training run's row (decnn.train.trainer.Trainer.hparams): its settings, beside architecture and mode.
+TRAINING_HPARAMS = {"params": int, "flops": int, "image_size": int, "batch_size": int, "optimizer": str,
+                    "lr": float, "epochs": int}
+ACCURACY_TRAINING = "best val epoch"  # where a training row's accuracy comes from
+TRAIN_TOP1, TRAIN_TOP5 = "hparam/best_top1", "hparam/best_top5"  # what train.py logs with its HPARAMS row
+# The headline numbers, by TensorBoard tag: the field (or field and key) each comes from. An inference run of a
+# checkpoint logs its training's best under train.py's own tags, so both rows fill the same columns.
 METRIC_TAGS = {
+    TRAIN_TOP1: ("trained_top1",),
+    TRAIN_TOP5: ("trained_top5",),
     "infer/latency_p50_ms": ("latency_ms", "p50"),
     "infer/latency_p95_ms": ("latency_ms", "p95"),
     "infer/latency_p99_ms": ("latency_ms", "p99"),
@@ -182,7 +220,40 @@ METRIC_TAGS = {
         "latency_ratio_vs_decnn_single", "throughput_ratio_vs_resnet34", "throughput_ratio_vs_decnn_single",
         "predicted_latency_ms")},
 }
-TRAIN_TOP1, TRAIN_TOP5 = "hparam/best_top1", "hparam/best_top5"  # what train.py logs with its HPARAMS row
+# Every HPARAMS column, in the order a reader wants them: one experiment for the whole log folder
+# (decnn.train.logger.write_experiment), whichever runs it holds. Display names say what each number is.
+EXPERIMENT_HPARAMS = {**DERIVED_HPARAMS, **HPARAMS, **TRAINING_HPARAMS}
+# Accuracy first, then speed and size: what the tab shows left to right.
+EXPERIMENT_METRICS = {
+    "infer/top1": "top-1 % (measured in this run)",
+    TRAIN_TOP1: "top-1 % (training, best val)",
+    "infer/latency_p50_ms": "latency p50 (ms per batch)",
+    "infer/throughput_ips": "throughput (images/s)",
+    "infer/params_per_device_mb": "params per device (MiB)",
+    "infer/latency_ratio_vs_resnet34": "latency vs ResNet-34, 1 device (x)",
+    "infer/latency_ratio_vs_decnn_single": "latency vs DeCNN, 1 device (x)",
+    "infer/throughput_ratio_vs_resnet34": "throughput vs ResNet-34, 1 device (x)",
+    "infer/throughput_ratio_vs_decnn_single": "throughput vs DeCNN, 1 device (x)",
+    "infer/top1_agreement": "top-1 agreement with the whole model",
+    "infer/latency_p95_ms": "latency p95 (ms per batch)",
+    "infer/latency_p99_ms": "latency p99 (ms per batch)",
+    "infer/peak_rss_mb": "peak RSS per device (MiB)",
+    "infer/bytes_per_image": "activation bytes per image",
+    "infer/top5": "top-5 % (measured in this run)",
+    TRAIN_TOP5: "top-5 % (training, best val)",
+    "infer/predicted_latency_ms": "predicted latency (ms, cost model)",
+    "infer/max_abs_diff": "max |logit difference| vs the whole model",
+    "infer/max_rel_diff": "max relative logit difference",
+}
+# The settings the tab shows before any is ticked (it shows five): what tells the rows apart.
+FIRST_HPARAMS = ("accuracy", "architecture", "devices", "mode", "width")
+
+
+def architecture(model: str, groups: int) -> str:
+    """A network's name as people say it, short enough for a table cell: "resnet34" for the plain one (1 group;
+    timm builds it as "decnn_resnet34"), "resnet34 g4" for a DeCNN of 4 groups (its width in the next column)."""
+    return model.removeprefix("decnn_") + (f" g{groups}" if groups > 1 else "")
+
 
 KEYS = tuple(f.name for f in dataclasses.fields(RunRecord))
 REQUIRED = tuple(f.name for f in dataclasses.fields(RunRecord) if f.default is dataclasses.MISSING)

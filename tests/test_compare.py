@@ -46,6 +46,8 @@ def test_an_unknown_hparam_is_an_error_not_a_silent_none(tmp_path, capsys):
 def test_inference_rows_take_the_best_trained_accuracy_of_their_model(runs):
     rows = {r["run"]: r for r in comparison_rows(load_runs(runs))}
     assert rows["bench/c"]["top1"] == pytest.approx(64.0)
+    own = RunRecord(model="decnn_resnet34", groups=4, width=1.5, mode="single", devices=1, trained_top1=61.0)
+    assert comparison_rows({"x": own})[0]["top1"] == 61.0  # its own checkpoint's training, not the model's best
     assert rows["train/a"]["mode"] == "train" and rows["train/a"]["top1"] == pytest.approx(61.0)
     assert rows["train/a"]["params_per_device_mb"] == pytest.approx(12139688 * 4 / 2**20)
     table = comparison_table(list(rows.values()))
@@ -60,3 +62,24 @@ def test_plot_is_written(runs, tmp_path):
 def test_missing_runs_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no runs folder"):
         load_runs(tmp_path / "nope")
+
+
+def test_runs_written_by_older_versions_still_read(tmp_path):
+    """Before the log root held the experiment, each run wrote its own through torch's add_hparams, and a
+    training row had no mode."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    rows = {"train/old": ({"model": "decnn_resnet34", "groups": 4, "width": 1.5, "params": 12139688},
+                          {"hparam/best_top1": 61.0}),
+            "infer/old": ({"model": "decnn_resnet34", "groups": 4, "width": 1.5, "mode": "branch", "devices": 2},
+                          {"infer/latency_p50_ms": 50.0, "infer/latency_p95_ms": 51.0, "infer/latency_p99_ms": 52.0})}
+    for run, (hparams, metrics) in rows.items():
+        with SummaryWriter(tmp_path / run) as writer:
+            writer.add_hparams(hparams, metrics, run_name=".")
+    _log_run(tmp_path / "infer" / "new", *RunRecord(model="decnn_resnet34", groups=4, width=1.5, mode="single",
+                                                    devices=1, latency_ms=Latency(70.0, 71.0, 72.0)).tensorboard())
+    records = load_runs(tmp_path)
+    assert (records["train/old"].mode, records["train/old"].top1) == ("train", 61.0)
+    assert (records["infer/old"].devices, records["infer/old"].latency_ms.p50) == (2, 50.0)
+    rows = {r["run"]: r for r in comparison_rows(records)}
+    assert rows["infer/new"]["top1"] == rows["infer/old"]["top1"] == 61.0

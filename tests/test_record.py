@@ -1,11 +1,21 @@
 """The run record: JSON and TensorBoard round-trip through it, and an unknown key is an error."""
 
+import dataclasses
 import json
 
 import pytest
 
 from decnn.bench.compare import read_run
-from decnn.record import KEYS, Latency, RecordError, RunRecord
+from decnn.record import (
+    EXPERIMENT_HPARAMS,
+    EXPERIMENT_METRICS,
+    HPARAMS,
+    KEYS,
+    METRIC_TAGS,
+    Latency,
+    RecordError,
+    RunRecord,
+)
 from decnn.train.logger import make_logger
 
 RECORD = RunRecord(
@@ -52,3 +62,30 @@ def test_a_training_runs_hparams_read_as_a_training_record():
     r = RunRecord.from_tensorboard(hparams, {"hparam/best_top1": 61.0, "hparam/best_top5": 84.0, "train/loss": 1.0})
     assert (r.mode, r.devices, r.batch, r.groups, r.top1, r.top5) == ("train", 1, 256, 4, 61.0, 84.0)
     assert r.params_per_device_mb == pytest.approx(12139688 * 4 / 2**20)
+
+
+def test_rows_name_the_plain_network_and_say_where_their_accuracy_comes_from():
+    plain = dataclasses.replace(RECORD, groups=1, width=1.0)
+    assert (plain.architecture, RECORD.architecture) == ("resnet34", "resnet34 g4")
+    assert dataclasses.replace(plain, width=0.25).architecture == "resnet34"  # its width: the next column
+    assert RECORD.accuracy == "random weights" and RECORD.tensorboard()[0]["accuracy"] == "random weights"
+    trained = dataclasses.replace(RECORD, checkpoint="runs/train/a/best.pt", trained_run="runs/train/a",
+                                  trained_top1=61.0, trained_top5=84.0)
+    assert trained.accuracy == "training's best"
+    assert dataclasses.replace(trained, top1=60.5).accuracy == "measured"
+
+
+def test_an_inference_row_carries_its_checkpoints_training_under_the_training_columns(tmp_path):
+    trained = dataclasses.replace(RECORD, checkpoint="runs/train/a/best.pt", trained_run="runs/train/a",
+                                  trained_top1=61.0, trained_top5=84.0)
+    hparams, metrics = trained.tensorboard()
+    assert (metrics["hparam/best_top1"], hparams["trained_run"]) == (61.0, "runs/train/a")
+    with make_logger(tmp_path) as log:
+        trained.log_hparams(log)
+    back = RunRecord.from_tensorboard(*read_run(tmp_path))
+    assert (back.mode, back.trained_run, back.trained_top1) == ("branch", "runs/train/a", pytest.approx(61.0))
+
+
+def test_the_experiment_lists_every_column_a_record_writes():
+    assert set(METRIC_TAGS) == set(EXPERIMENT_METRICS)
+    assert set(HPARAMS) | {"architecture", "accuracy"} <= set(EXPERIMENT_HPARAMS)

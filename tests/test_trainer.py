@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from decnn.errors import ConfigError
+from decnn.record import EXPERIMENT_HPARAMS
 from decnn.train.builders import build_optimizer, build_scheduler
 from decnn.train.checkpoint import CheckpointError, load_checkpoint
 from decnn.train.config import load_config
@@ -79,6 +80,7 @@ def test_tensorboard(trained):
     values = {k: v.string_value or v.number_value for k, v in session.hparams.items()}
     assert {"model": "decnn_resnet34", "groups": 2, "width": 0.25, "stem": "tiny"}.items() <= values.items()
     assert values["params"] > 0 and values["flops"] > 0
+    assert set(values) <= set(EXPERIMENT_HPARAMS)  # every setting has its column in the HPARAMS tab
 
 
 def test_resume_continues_exactly(trained, standin):

@@ -61,7 +61,8 @@ def load_runs(root: str | Path) -> dict[str, RunRecord]:
 
 
 def comparison_rows(runs: dict[str, RunRecord]) -> list[dict]:
-    """Table rows (top-1 in %); a run without its own top-1 takes the best top-1 trained for its model."""
+    """Table rows (top-1 in %); a run without its own top-1 takes its checkpoint's training best, or else the
+    best top-1 trained for its model."""
     trained = {}
     for r in runs.values():
         if r.mode == "train":
@@ -72,7 +73,7 @@ def comparison_rows(runs: dict[str, RunRecord]) -> list[dict]:
         row = {c: getattr(r, c) for c in COLUMNS if c != "latency_p50_ms"}
         row["latency_p50_ms"] = r.latency_ms.p50 if r.latency_ms else None
         if row["top1"] is None:
-            row["top1"] = trained.get((r.model, r.groups, r.width))
+            row["top1"] = r.trained_top1 if r.trained_top1 is not None else trained.get((r.model, r.groups, r.width))
         rows.append({"run": run, **{c: row[c] for c in COLUMNS}})
     return rows
 

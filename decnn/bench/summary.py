@@ -17,7 +17,7 @@ from pathlib import Path
 from decnn.bench.configurations import BenchConfig
 from decnn.distributed.rates import parse_rate
 from decnn.record import Latency, RunRecord
-from decnn.train.logger import make_logger
+from decnn.train.logger import experiment_root, make_logger
 
 BASELINES = {"resnet34": "resnet34 single", "decnn_single": "decnn single"}
 # A row is compared with the baselines of its own runtime: the device runtime's with the models in ONNX Runtime.
@@ -226,7 +226,7 @@ def write(records: list[RunRecord], meta: dict, out: Path, log_dir: str | None) 
         return
     for r in records:
         slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{r.name}-d{r.devices}-b{r.batch}-{r.link}")
-        with make_logger(Path(log_dir) / meta["started"] / slug) as log:
+        with make_logger(Path(log_dir) / meta["started"] / slug, log_root=experiment_root(log_dir)) as log:
             r.log_hparams(log)
 
 

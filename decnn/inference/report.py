@@ -13,7 +13,7 @@ from decnn.inference.inputs import batch_sizes
 from decnn.inference.spec import ModelSpec
 from decnn.record import MB, Latency, RunRecord, format_table
 from decnn.timing import breakdowns, percentiles_ms
-from decnn.train.logger import make_logger
+from decnn.train.logger import experiment_root, make_logger
 
 
 def build_report(cfg: InferConfig, spec: ModelSpec, placement, image_size: int, timing, stats: list[dict],
@@ -72,6 +72,7 @@ def build_report(cfg: InferConfig, spec: ModelSpec, placement, image_size: int, 
         hosts=sorted({s["host"] for s in stats}),
         collectives_per_batch=[s["collectives_per_batch"] for s in stats],
         pipeline_stages=stats[0]["pipeline_stages"] if cfg.mode == "pipeline" else None,
+        **(spec.trained or {}),
         **quality,
     )
 
@@ -82,7 +83,7 @@ def write_report(cfg: InferConfig, spec: ModelSpec, placement, image_size: int, 
     report = build_report(cfg, spec, placement, image_size, timing, stats, quality)
     if cfg.log_dir:
         report = dataclasses.replace(report, run_dir=str(Path(cfg.log_dir) / run_name(report)))
-        _log_tensorboard(report, timing.latency_s)
+        _log_tensorboard(report, timing.latency_s, experiment_root(cfg.log_dir))
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
@@ -96,8 +97,8 @@ def run_name(r: RunRecord) -> str:
             f"-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def _log_tensorboard(report: RunRecord, latency_s: list[float]) -> None:
-    log = make_logger(report.run_dir)
+def _log_tensorboard(report: RunRecord, latency_s: list[float], log_root: Path) -> None:
+    log = make_logger(report.run_dir, log_root=log_root)
     for i, t in enumerate(latency_s):
         log.scalar("infer/batch_latency_ms", t * 1e3, i)
     hparams, metrics = report.tensorboard()

@@ -6,7 +6,10 @@ what its mode needs; the spec itself is small enough to be checked in the launch
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import timm
 import torch
@@ -41,6 +44,7 @@ class ModelSpec:
     std: tuple[float, ...]
     exported_placement: tuple[tuple[int, ...], ...] | None = None
     module: nn.Module | None = None
+    trained: dict | None = None  # the checkpoint's training (RunRecord's trained_run, trained_top1, trained_top5)
 
     def build(self, device: torch.device | None = None) -> nn.Module:
         """The whole model in eval mode (the same weights on every rank); from shards, all their fp32 branches."""
@@ -120,7 +124,7 @@ def _randomize_batch_norms(model: nn.Module) -> nn.Module:
 def resolve_model(cfg: InferConfig) -> ModelSpec:
     """Check the model settings (and the checkpoint) and describe the model; raises ConfigError."""
     given = {k: v for k, v in (("groups", cfg.groups), ("width", cfg.width), ("stem", cfg.stem)) if v is not None}
-    exported = None
+    exported, trained = None, None
     if cfg.checkpoint is not None and shards.is_shard_dir(cfg.checkpoint):
         try:
             manifest = shards.read_manifest(cfg.checkpoint)
@@ -140,6 +144,7 @@ def resolve_model(cfg: InferConfig) -> ModelSpec:
             raise ConfigError(str(e)) from None
         name, kwargs = ckpt["model_name"], dict(ckpt["model_kwargs"])
         trained_size = ckpt["config"]["data"]["image_size"]  # val images are resized to it, as in training
+        trained = training_of(cfg.checkpoint, ckpt)
         if cfg.model is not None and cfg.model != name:
             raise ConfigError(f"{cfg.checkpoint} holds a {name} model, not the requested {cfg.model}")
     else:
@@ -151,7 +156,16 @@ def resolve_model(cfg: InferConfig) -> ModelSpec:
             model = timm.create_model(name, **kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"cannot build {name} with {kwargs}: {e}") from None
-    return describe(model, cfg, name, kwargs, given, trained_size, exported)
+    return dataclasses.replace(describe(model, cfg, name, kwargs, given, trained_size, exported), trained=trained)
+
+
+def training_of(path: str, ckpt: dict) -> dict:
+    """Which training run wrote a checkpoint (the train.py run folder it sits in, which holds the run's
+    config.yaml) and its best val accuracy: what the run's HPARAMS row shows beside its own numbers."""
+    folder = Path(path).parent
+    best = {k: ckpt.get(f"best_{k}") for k in ("top1", "top5")}
+    return {"trained_run": str(folder) if (folder / "config.yaml").is_file() else None,
+            **{f"trained_{k}": float(v) for k, v in best.items() if v is not None and math.isfinite(v)}}
 
 
 def describe(model: nn.Module, cfg: InferConfig, name: str, kwargs: dict, given: dict | None = None,

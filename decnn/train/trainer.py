@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from decnn.data import dataset_class
 from decnn.errors import ConfigError
 from decnn.models import count_flops, count_params
+from decnn.record import ACCURACY_TRAINING, architecture
 from decnn.train.builders import (
     amp_dtype,
     build_dataset,
@@ -45,7 +46,7 @@ from decnn.train.checkpoint import (
 )
 from decnn.train.config import TrainingConfig
 from decnn.train.evaluate import autocast, evaluate
-from decnn.train.logger import make_logger
+from decnn.train.logger import experiment_root, make_logger
 from decnn.train.meters import Progress
 from decnn.train.transforms import batch_mixer, train_transform
 
@@ -115,7 +116,8 @@ class Trainer:
 
         self._run_lock = None  # rank 0's lock on the run folder, held until close()
         self.run_dir = self._make_run_dir() if self.is_main else None
-        self.log = make_logger(self.run_dir, enabled=self.is_main)
+        self.log = make_logger(self.run_dir, enabled=self.is_main,
+                               log_root=experiment_root(self.run_dir.parent) if self.is_main else None)
         self.log.text("config", f"```yaml\n{cfg.to_yaml()}```")
         self._say(
             f"run folder {self.run_dir} | {m.name} (groups {m.groups}, width {m.width:g}, stem {m.stem}): "
@@ -288,10 +290,12 @@ class Trainer:
         }
 
     def hparams(self) -> dict:
-        """What tells runs apart in TensorBoard's HPARAMS tab."""
+        """What tells runs apart in TensorBoard's HPARAMS tab (columns of decnn.record.EXPERIMENT_HPARAMS)."""
         c = self.cfg
         return {
-            "model": c.model.name, "groups": c.model.groups, "width": c.model.width, "stem": c.model.stem,
+            "architecture": architecture(c.model.name, c.model.groups), "mode": "train",
+            "accuracy": ACCURACY_TRAINING, "model": c.model.name, "groups": c.model.groups, "width": c.model.width,
+            "stem": c.model.stem,
             "params": self.params, "flops": self.flops, "image_size": c.data.image_size,
             "batch_size": c.data.batch_size * self.world_size, "optimizer": c.optim.name, "lr": c.optim.lr,
             "epochs": c.schedule.epochs,
