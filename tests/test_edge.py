@@ -121,8 +121,11 @@ def test_a_device_runs_with_torch_unimportable(g4, tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('torch is not installed on this device')\n")
     path = os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])
-    run = edge(tmp / "shards", "--images", "4", "--out", str(tmp_path / "r.json"), env={"PYTHONPATH": path})
+    run = edge(tmp / "shards", "--images", "4", "--out", str(tmp_path / "r.json"), "--log-dir",
+               str(tmp_path / "runs" / "infer"), env={"PYTHONPATH": path})
     assert run.returncode == 0, run.stderr
+    (logged,) = (tmp_path / "runs" / "infer").iterdir()  # TensorBoard too, without torch
+    assert "-onnxruntime-mpi-shm-" in logged.name and any(logged.glob("events.out.tfevents.*"))
     # torch alone takes ~800 MiB here: a device that had imported it could not stay under this.
     assert json.loads((tmp_path / "r.json").read_text())["peak_rss_mb"] < 250
 

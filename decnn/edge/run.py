@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
@@ -61,6 +62,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.log_dir and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("--log-dir needs the tensorboard package on rank 0's device (pip install tensorboard)")
         manifest = read_manifest(args.directory)
         images = _Images(args, manifest)
     except (BundleError, ValueError, OSError) as e:
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("DECNN_EDGE_LAUNCHER"):
             print(f"{IDENTITY} rank {comm.rank} pid {os.getpid()} host {comm.hosts[comm.rank]}", file=sys.stderr,
                   flush=True)
-        record = run(args, comm, manifest, images)
+        result = run(args, comm, manifest, images)
     except KeyboardInterrupt:
         return exit_now("interrupted", INTERRUPTED)
     except BundleError as e:
@@ -80,13 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         return exit_now(f"error: rank {comm.rank} (host {comm.hosts[comm.rank]}) failed: {type(e).__name__}: {e}",
                      RUNTIME)
-    if record is not None:
-        write(record, args)
+    if result is not None:
+        write(*result, args)
     return 0
 
 
-def run(args, comm: MpiComm, manifest: dict, images: _Images) -> RunRecord | None:
-    """This rank's part: load, warm up, time every batch, gather the stats; the record on rank 0."""
+def run(args, comm: MpiComm, manifest: dict, images: _Images) -> tuple[RunRecord, list[float]] | None:
+    """This rank's part: load, warm up, time every batch, gather the stats; on rank 0 the record and each
+    image's batch latency."""
     inject_fault(comm.rank, "setup")
     cores = pin_cores(args.threads, args.pin_cores)
     threads = args.threads or len(cores)
@@ -132,7 +136,7 @@ def run(args, comm: MpiComm, manifest: dict, images: _Images) -> RunRecord | Non
     if args.logits:
         np.save(args.logits, logits)
     quality = images.quality(logits, args.verify and not args.single, args.directory, threads)
-    return _record(args, manifest, devices, size, sizes, latency, busy, all_stats, quality)
+    return _record(args, manifest, devices, size, sizes, latency, busy, all_stats, quality), latency
 
 
 class _Images:
@@ -206,8 +210,12 @@ def _record(args, manifest: dict, devices: int, size: int, sizes: list[int], lat
     )
 
 
-def write(record: RunRecord, args) -> None:
+def write(record: RunRecord, latency_s: list[float], args) -> None:
     """The record as JSON (``--out``), to TensorBoard (``--log-dir``) and as the console table."""
+    if args.log_dir:
+        from decnn.inference.tensorboard import log_run
+
+        record = log_run(record, latency_s, args.log_dir)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(record.to_dict(), indent=2) + "\n")

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 from decnn.inference.config import InferConfig
 from decnn.inference.inputs import batch_sizes
 from decnn.inference.spec import ModelSpec
+from decnn.inference.tensorboard import log_run
 from decnn.record import MB, Latency, RunRecord, format_table
 from decnn.timing import breakdowns, percentiles_ms
-from decnn.train.logger import experiment_root, make_logger
 
 
 def build_report(cfg: InferConfig, spec: ModelSpec, placement, image_size: int, timing, stats: list[dict],
@@ -82,31 +81,9 @@ def write_report(cfg: InferConfig, spec: ModelSpec, placement, image_size: int, 
     """Build the report and write it: JSON, TensorBoard (``<log_dir>/<run>``) and the console."""
     report = build_report(cfg, spec, placement, image_size, timing, stats, quality)
     if cfg.log_dir:
-        report = dataclasses.replace(report, run_dir=str(Path(cfg.log_dir) / run_name(report)))
-        _log_tensorboard(report, timing.latency_s, experiment_root(cfg.log_dir))
+        report = log_run(report, timing.latency_s, cfg.log_dir)
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     print(format_table(report), flush=True)
     return report
-
-
-def run_name(r: RunRecord) -> str:
-    overlap = f"-k{r.overlap}" if r.overlap > 1 else ""
-    return (f"{r.model}-g{r.groups}-x{r.width:g}-{r.mode}-d{r.devices}-b{r.batch}-{r.exchange_dtype}{overlap}"
-            f"-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
-def _log_tensorboard(report: RunRecord, latency_s: list[float], log_root: Path) -> None:
-    log = make_logger(report.run_dir, log_root=log_root)
-    for i, t in enumerate(latency_s):
-        log.scalar("infer/batch_latency_ms", t * 1e3, i)
-    hparams, metrics = report.tensorboard()
-    log.scalars(metrics, report.batch)
-    for rank, b in enumerate(report.breakdown_per_rank or []):  # where each rank's time went, ms per batch
-        parts = {f"breakdown/rank{rank}/segment{i}_ms": t for i, t in enumerate(b["segments_ms"])}
-        parts.update({f"breakdown/rank{rank}/{k}": v for k, v in b.items() if k != "segments_ms"})
-        log.scalars(parts, report.batch)
-    log.hparams(hparams, metrics)
-    log.text("infer/report", "```\n" + json.dumps(report.to_dict(), indent=2) + "\n```")
-    log.close()
