@@ -57,3 +57,25 @@ def _cores_and_threads_are_given_back():
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def onnx_export(tmp_path_factory):
+    """DeCNN ResNet-18 G4 x0.5 (10 classes, 32x32, random weights): its checkpoint ``best.pt``, exported with
+    ``--onnx`` for 2 devices (0,1/2,3) into ``shards/``, and 8 labelled uint8 images in ``inputs.npz``. An
+    export costs seconds of tracing per graph: the tests of the export and of both ONNX runtimes share one."""
+    import numpy as np
+    import timm
+
+    from decnn.export import main as export_main
+    from decnn.train.checkpoint import save_checkpoint
+
+    tmp = tmp_path_factory.mktemp("onnx-export")
+    kwargs = {"width": 0.5, "num_classes": 10}
+    model = randomize_(timm.create_model("decnn_resnet18", **kwargs))
+    save_checkpoint(tmp / "best.pt", {"model": model.state_dict(), "model_name": "decnn_resnet18",
+                                      "model_kwargs": kwargs, "config": {"data": {"image_size": 32}}})
+    assert export_main([str(tmp / "best.pt"), "--placement", "0,1/2,3", "--out", str(tmp / "shards"), "--onnx"]) == 0
+    images = np.random.default_rng(0).integers(0, 256, (8, 3, 32, 32), dtype=np.uint8)
+    np.savez(tmp / "inputs.npz", images=images, labels=np.arange(8) % 10)
+    return model, tmp

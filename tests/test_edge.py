@@ -35,10 +35,10 @@ def _export(tmp: Path, placement: str, **kwargs):
     return model, tmp
 
 
-@pytest.fixture(scope="module")
-def g4(tmp_path_factory):
-    """DeCNN ResNet-18 G4 x0.5 on 2 devices, evenly."""
-    return _export(tmp_path_factory.mktemp("g4"), "0,1/2,3")
+@pytest.fixture
+def g4(onnx_export):
+    """DeCNN ResNet-18 G4 x0.5 on 2 devices, evenly (the export the ONNX tests share)."""
+    return onnx_export
 
 
 @pytest.fixture(scope="module")

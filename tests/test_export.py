@@ -26,12 +26,9 @@ def _checkpoint(path, name="decnn_resnet18", **kwargs):
     return model
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("export")
-    model = _checkpoint(tmp / "best.pt", width=0.5, num_classes=10)
-    assert export_main([str(tmp / "best.pt"), "--placement", "0,1/2,3", "--out", str(tmp / "shards"), "--onnx"]) == 0
-    return model, tmp
+@pytest.fixture
+def exported(onnx_export):
+    return onnx_export
 
 
 def test_shard_and_mapped_checkpoint_branches_equal_the_sliced_model(exported):
