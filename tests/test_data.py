@@ -284,3 +284,14 @@ def test_cli_check_and_prepare(copy, tmp_path, capsys):
     }
     assert cli.main(["check", "--root", str(tmp_path / "nowhere")]) == 2  # an input error
     assert "decnn data standin" in capsys.readouterr().err
+
+
+def test_sample_writes_the_val_images_as_the_evaluation_resizes_them(standin, tmp_path):
+    from decnn.inference.inputs import ValImages
+
+    assert cli.main(["sample", "--root", str(standin), "--images", "5", "--size", "32", "--out",
+                     str(tmp_path / "val.npz")]) == 0
+    data = np.load(tmp_path / "val.npz")
+    images, labels = ValImages(standin, 5, 32).batch(0, 5)  # what a split run of a checkpoint feeds the model
+    assert data["images"].dtype == np.uint8 and np.array_equal(data["images"], images.numpy())
+    assert np.array_equal(data["labels"], labels.numpy())

@@ -5,6 +5,7 @@
     decnn data standin                                   # offline stand-in: data/standin-digits
     decnn data check --root data/tiny-imagenet-200
     decnn data prepare --root data/tiny-imagenet-200     # decode once into a uint8 cache
+    decnn data sample --root data/standin-digits --images 350 --size 32 --out val.npz   # for `decnn edge --inputs`
 """
 
 import argparse
@@ -55,6 +56,23 @@ def _prepare(args) -> str:
     return "\n".join([layout.summary(), *sizes])
 
 
+def _sample(args) -> str:
+    """The first val images, resized as the trainer's evaluation does, as uint8 ``images`` and ``labels``: what
+    ``decnn edge --inputs`` reads on a device without torch or an image library."""
+    import numpy as np
+    from torchvision.transforms import v2
+
+    from decnn.data import TinyImageNet
+
+    scan(args.root)
+    ds = TinyImageNet(args.root, split="val", transform=v2.Resize(args.size, antialias=True) if args.size else None)
+    count = min(args.images, len(ds))
+    items = [ds[i] for i in range(count)]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(args.out, images=np.stack([x.numpy() for x, _ in items]), labels=np.array([y for _, y in items]))
+    return f"wrote {count} val images of {args.root} ({tuple(items[0][0].shape)}, uint8) and labels to {args.out}"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = job_parser("data", __doc__)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -85,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
         p = commands.add_parser(name, help=text)
         p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="dataset folder (default: %(default)s)")
         p.set_defaults(run=run)
+    p = commands.add_parser("sample", help="the first val images and labels as .npz (decnn edge --inputs)")
+    p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="dataset folder (default: %(default)s)")
+    p.add_argument("--images", type=int, default=1000, help="how many (default: %(default)s)")
+    p.add_argument("--size", type=int, help="resize to SIZE x SIZE, the model's training size (default: as stored)")
+    p.add_argument("--out", type=Path, required=True, help="the .npz to write")
+    p.set_defaults(run=_sample)
     return parser
 
 
