@@ -30,7 +30,7 @@ JOBS = {
     "infer": "decnn.inference.__main__",
     "plan": "decnn.plan.__main__",
     "bench": "decnn.bench.__main__",
-    "export": "decnn.export",
+    "export": "decnn.deploy.export",
     "convert": "decnn.train.convert",
     "compare": "decnn.bench.compare",
     "data": "decnn.data.__main__",

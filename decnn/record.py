@@ -6,7 +6,7 @@ ratios and the cost model's prediction); ``decnn compare`` and the paper tables 
 TensorBoard. A key this record does not know is an error, never a silent ``None``.
 
 Every column the HPARAMS tab can show is listed here once (``EXPERIMENT_HPARAMS``, ``EXPERIMENT_METRICS``);
-``decnn.train.logger`` writes them as the log root's one experiment, so any writer of a record gets them.
+``decnn.common.logger`` writes them as the log root's one experiment, so any writer of a record gets them.
 
 Fields left ``None`` were not measured by that run (accuracy without labels, ratios outside the benchmark)
 and are left out of the JSON.
@@ -191,7 +191,7 @@ class RunRecord:
         return cls.from_dict(values)
 
     def log_hparams(self, log) -> None:
-        """Write the HPARAMS row through a :mod:`decnn.train.logger` logger."""
+        """Write the HPARAMS row through a :mod:`decnn.common.logger` logger."""
         log.hparams(*self.tensorboard())
 
 
@@ -221,7 +221,7 @@ METRIC_TAGS = {
         "predicted_latency_ms")},
 }
 # Every HPARAMS column, in the order a reader wants them: one experiment for the whole log folder
-# (decnn.train.logger.write_experiment), whichever runs it holds. Display names say what each number is.
+# (decnn.common.logger.write_experiment), whichever runs it holds. Display names say what each number is.
 EXPERIMENT_HPARAMS = {**DERIVED_HPARAMS, **HPARAMS, **TRAINING_HPARAMS}
 # Accuracy first, then speed and size: what the tab shows left to right.
 EXPERIMENT_METRICS = {

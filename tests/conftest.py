@@ -67,8 +67,8 @@ def onnx_export(tmp_path_factory):
     import numpy as np
     import timm
 
-    from decnn.export import main as export_main
-    from decnn.train.checkpoint import save_checkpoint
+    from decnn.common.checkpoint import save_checkpoint
+    from decnn.deploy.export import main as export_main
 
     tmp = tmp_path_factory.mktemp("onnx-export")
     kwargs = {"width": 0.5, "num_classes": 10}

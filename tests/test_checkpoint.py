@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 
-from decnn.train.checkpoint import (
+from decnn.common.checkpoint import (
     CheckpointError,
     check_architecture,
     load_checkpoint,

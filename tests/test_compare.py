@@ -3,8 +3,8 @@
 import pytest
 
 from decnn.bench.compare import comparison_rows, comparison_table, load_runs, main, plot, read_run
+from decnn.common.logger import make_logger
 from decnn.record import Latency, RecordError, RunRecord
-from decnn.train.logger import make_logger
 
 
 def _log_run(path, hparams, metrics):

@@ -15,10 +15,10 @@ import timm
 import torch
 from conftest import randomize_
 
+from decnn.common.checkpoint import save_checkpoint
+from decnn.deploy.export import main as export_main
 from decnn.edge.codec import EXCHANGE_DTYPES, make_codec
-from decnn.export import main as export_main
 from decnn.inference.codec import make_codec as torch_codec
-from decnn.train.checkpoint import save_checkpoint
 
 SIZE = 32
 IMAGES = 8
@@ -218,7 +218,7 @@ def test_make_edge_installs_a_device_without_torch_that_runs_the_split(g4, tmp_p
 
 def test_decnn_split_serves_the_export_through_the_device_runtime(g4):
     import decnn
-    from decnn.runtime import WorkerError
+    from decnn.serve.split import WorkerError
 
     model, tmp = g4
     images = torch.from_numpy(np.load(tmp / "inputs.npz")["images"])

@@ -10,11 +10,11 @@ from conftest import randomize_
 
 import decnn
 from decnn.bench.shard_memory import measure
+from decnn.common.checkpoint import save_checkpoint
+from decnn.deploy.export import main as export_main
+from decnn.deploy.shards import load_checkpoint_branch, load_shard_branch
 from decnn.errors import ConfigError
-from decnn.export import main as export_main
 from decnn.partition import Placement, run_branches_locally
-from decnn.shards import load_checkpoint_branch, load_shard_branch
-from decnn.train.checkpoint import save_checkpoint
 
 SIZE = 32
 
@@ -43,7 +43,7 @@ def test_shard_and_mapped_checkpoint_branches_equal_the_sliced_model(exported):
 
 def test_onnx_branches_with_the_reference_exchange_equal_the_whole_model(exported):
     pytest.importorskip("onnxruntime")
-    from decnn.onnx_branch import OnnxBranch
+    from decnn.deploy.onnx_branch import OnnxBranch
 
     model, tmp = exported
     files = json.loads((tmp / "shards" / "manifest.json").read_text())["onnx"]

@@ -232,7 +232,7 @@ def test_a_truncated_checkpoint_exits_2_in_both_commands(tmp_path):
 def test_a_pickle_with_code_is_refused_without_suggesting_the_unsafe_option(tmp_path):
     import torch
 
-    from decnn.train.checkpoint import CheckpointError, load_checkpoint
+    from decnn.common.checkpoint import CheckpointError, load_checkpoint
 
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "model_name": "x", "model_kwargs": {}, "hook": Path("/")}, path)
@@ -261,7 +261,7 @@ def test_import_decnn_is_light_and_still_registers_the_models():
 # torch is imported once; every line on stdin forks a saver that writes checkpoints until it is signalled.
 SAVERS = """
 import os, sys, torch
-from decnn.train.checkpoint import save_checkpoint
+from decnn.common.checkpoint import save_checkpoint
 for _ in sys.stdin:
     pid = os.fork()
     if pid == 0:
@@ -283,7 +283,7 @@ for _ in sys.stdin:
 def test_a_checkpoint_interrupted_while_being_written_is_never_torn(tmp_path, sig):
     import torch
 
-    from decnn.train.checkpoint import load_checkpoint, save_checkpoint
+    from decnn.common.checkpoint import load_checkpoint, save_checkpoint
 
     path = tmp_path / "last.pt"
     steps = []

@@ -17,11 +17,11 @@ import torch
 import torch.distributed as dist
 from conftest import randomize_
 
+from decnn.deploy.export import main as export_main
 from decnn.distributed.communicator import Communicator
 from decnn.distributed.emulated_link import EmulatedLink
 from decnn.distributed.launcher import launch
 from decnn.distributed.netns import links_available
-from decnn.export import main as export_main
 from decnn.inference.__main__ import main
 from decnn.inference.branch_mode import BranchMode
 from decnn.inference.codec import make_codec

@@ -5,8 +5,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from decnn.common.logger import make_logger
 from decnn.record import Latency, RunRecord
-from decnn.train.logger import make_logger
 
 NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "compare.ipynb"
 

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from decnn.bench.compare import read_run
+from decnn.common.logger import make_logger
 from decnn.record import (
     EXPERIMENT_HPARAMS,
     EXPERIMENT_METRICS,
@@ -16,7 +17,6 @@ from decnn.record import (
     RecordError,
     RunRecord,
 )
-from decnn.train.logger import make_logger
 
 RECORD = RunRecord(
     model="decnn_resnet34", groups=4, width=1.5, stem="tiny", mode="branch", devices=2, placement=[[0, 1], [2, 3]],

@@ -11,10 +11,10 @@ from reference_format import ReferenceResNet, ReferenceVGG, authors_shuffle
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from decnn.cli import main as cli
+from decnn.common.checkpoint import load_model
 from decnn.models import ChannelShuffle, count_flops, count_params
 from decnn.models.reference import REFERENCE_ZOO, ReferenceFormatError, to_decnn_state_dict
 from decnn.models.stats import GOLDEN_PATH
-from decnn.train.checkpoint import load_model
 
 VGG_X175 = (96, 112, 224, 224, 448, 448, 448, 896, 896, 896, 896, 896, 512)
 VGG_PLAIN = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)

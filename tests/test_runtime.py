@@ -17,11 +17,11 @@ import torch
 from conftest import randomize_
 
 import decnn
+from decnn.common.checkpoint import save_checkpoint
+from decnn.deploy.export import main as export_main
 from decnn.errors import ConfigError
-from decnn.export import main as export_main
 from decnn.inference.inputs import Normalize
-from decnn.runtime import WorkerError
-from decnn.train.checkpoint import save_checkpoint
+from decnn.serve.split import WorkerError
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -44,7 +44,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(checkpoint):
-    from decnn.train.checkpoint import load_model
+    from decnn.common.checkpoint import load_model
 
     model, _ = load_model(checkpoint)
     normalize = Normalize(model.pretrained_cfg["mean"], model.pretrained_cfg["std"], torch.device("cpu"))
@@ -194,7 +194,7 @@ def _session(sid: int) -> list[int]:
 
 CALLER = """
 import os, signal, sys, time, torch, decnn
-from decnn.runtime import WorkerError
+from decnn.serve.split import WorkerError
 if __name__ == "__main__":
     how = sys.argv[2]
     model = decnn.split(sys.argv[1], devices=2, threads=1)

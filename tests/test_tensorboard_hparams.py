@@ -12,10 +12,10 @@ import pytest
 from hparams_ui import chromium, columns, read_hparams, row, screenshot
 
 from decnn.bench.summary import write as write_bench
+from decnn.common.logger import EXPERIMENT_FILE, experiment_root, write_experiment
 from decnn.inference.cli import main as infer_main
 from decnn.record import EXPERIMENT_HPARAMS, EXPERIMENT_METRICS, RunRecord
 from decnn.train.config import load_config
-from decnn.train.logger import EXPERIMENT_FILE, experiment_root, write_experiment
 from decnn.train.trainer import train
 
 TINY = ["model.name=decnn_resnet18", "model.width=0.25", "model.stem=tiny", "data.image_size=32",
@@ -104,7 +104,7 @@ def test_benchmark_rows_say_random_weights(served):
 
 
 def test_the_logger_does_not_import_torch():
-    code = "import sys, decnn.train.logger; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, decnn.common.logger; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1],
                    env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
 

@@ -16,13 +16,13 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
+from decnn.common.checkpoint import CheckpointError, load_checkpoint
+from decnn.common.logger import NullLogger, make_logger
 from decnn.errors import ConfigError
 from decnn.record import EXPERIMENT_HPARAMS
 from decnn.train.builders import build_optimizer, build_scheduler
-from decnn.train.checkpoint import CheckpointError, load_checkpoint
 from decnn.train.config import load_config
 from decnn.train.evaluate import evaluate_checkpoint
-from decnn.train.logger import NullLogger, make_logger
 from decnn.train.trainer import Trainer, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,10 +27,10 @@ from decnn.record import RunRecord
 
 def export_models(configs: list[BenchConfig], folder: Path) -> dict[tuple, Path]:
     """Export folders for the edge configurations, by (model name, devices): the torch rows' weights."""
-    from decnn.export import main as export_main
+    from decnn.common.checkpoint import save_checkpoint
+    from decnn.deploy.export import main as export_main
     from decnn.inference.config import InferConfig
     from decnn.inference.spec import resolve_model
-    from decnn.train.checkpoint import save_checkpoint
 
     wanted = {(c.name.split()[1], 1 if c.mode == "single" else c.devices) for c in configs if c.runtime == "edge"}
     folders = {}

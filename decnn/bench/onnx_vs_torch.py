@@ -20,12 +20,12 @@ import torch
 
 from decnn.bench.one_branch import chain, interleaved_rounds, one_pinned_thread
 from decnn.command import job_parser
-from decnn.export import export_onnx
+from decnn.common.checkpoint import save_checkpoint
+from decnn.deploy.export import export_onnx
+from decnn.deploy.onnx_branch import OnnxBranch
+from decnn.deploy.shards import export_shards, load_shard_branch
 from decnn.inference.optimize import prepare_for_inference
-from decnn.onnx_branch import OnnxBranch
 from decnn.partition import Placement
-from decnn.shards import export_shards, load_shard_branch
-from decnn.train.checkpoint import save_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,7 @@
     python -m decnn.bench.quantized --data-root DATA_ROOT [--checkpoint best.pt] --out results/quantized.json
 
 Device 0's branch of 2 (even placement), exported with ``decnn export --onnx`` and quantized with
-``decnn.quantize`` in each setting of ``--variants`` (the first is what ``decnn export --quantize int8`` uses;
+``decnn.deploy.quantize`` in each setting of ``--variants`` (the first is what ``decnn export --quantize int8`` uses;
 the others are the alternatives it was chosen over). Latency: ONNX Runtime, 1 pinned thread, segment by
 segment and the head without the exchange (it keeps the shapes); every round times each batch size and
 variant in turn, the report gives per-round medians, their median and spread. Size: the branch's graphs on
@@ -29,13 +29,13 @@ import torch
 from torch import nn
 
 from decnn.bench.one_branch import interleaved_rounds, one_pinned_thread
-from decnn.export import export_onnx
-from decnn.inference.metrics import agreement
-from decnn.onnx_branch import OnnxBranch
+from decnn.common.checkpoint import load_checkpoint, save_checkpoint
+from decnn.common.meters import agreement
+from decnn.deploy.export import export_onnx
+from decnn.deploy.onnx_branch import OnnxBranch
+from decnn.deploy.quantize import DEFAULT_IMAGES, Settings, calibration_images, quantize_shards, run_split
+from decnn.deploy.shards import MANIFEST, export_shards, meta_model
 from decnn.partition import Placement
-from decnn.quantize import DEFAULT_IMAGES, Settings, calibration_images, quantize_shards, run_split
-from decnn.shards import MANIFEST, export_shards, meta_model
-from decnn.train.checkpoint import load_checkpoint, save_checkpoint
 
 VARIANTS = {
     "int8": Settings(),

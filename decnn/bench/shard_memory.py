@@ -25,12 +25,12 @@ def load_once(how: str, checkpoint: str, shards: str, device: int) -> dict:
     after, and its parameter bytes."""
     import torch
 
+    from decnn.common.checkpoint import load_model
+    from decnn.deploy.shards import load_checkpoint_branch, load_shard_branch, meta_model, read_manifest
     from decnn.inference.metrics import param_bytes
     from decnn.inference.optimize import prepare_for_inference
     from decnn.partition import Placement, extract_branch
-    from decnn.shards import load_checkpoint_branch, load_shard_branch, meta_model, read_manifest
     from decnn.timing import peak_rss_bytes
-    from decnn.train.checkpoint import load_model
 
     manifest = read_manifest(shards)
     placement = Placement(sum(len(d) for d in manifest["placement"]), tuple(map(tuple, manifest["placement"])))
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print(json.dumps(load_once(args.one, args.checkpoint, args.shards, args.device)))
         return 0
-    from decnn.shards import read_manifest
+    from decnn.deploy.shards import read_manifest
 
     rows = [measure(args.checkpoint, args.shards, d, how)
             for d in range(len(read_manifest(args.shards)["placement"])) for how in HOWS]

@@ -15,9 +15,9 @@ import statistics
 from pathlib import Path
 
 from decnn.bench.configurations import BenchConfig
+from decnn.common.logger import experiment_root, make_logger
 from decnn.distributed.rates import parse_rate
 from decnn.record import Latency, RunRecord
-from decnn.train.logger import experiment_root, make_logger
 
 BASELINES = {"resnet34": "resnet34 single", "decnn_single": "decnn single"}
 # A row is compared with the baselines of its own runtime: the device runtime's with the models in ONNX Runtime.

@@ -40,7 +40,7 @@ def build_mode(cfg: InferConfig, comm: Communicator, spec: ModelSpec, normalize:
         placement = spec.placement(cfg.placement, comm.world_size)
         codec = make_codec(cfg.exchange_dtype)
         if cfg.backend == "onnxruntime":
-            from decnn.onnx_branch import OnnxBranch
+            from decnn.deploy.onnx_branch import OnnxBranch
 
             branch = OnnxBranch(spec.checkpoint, comm.rank, threads=torch.get_num_threads())
             return BuiltMode(BranchMode(branch, comm, codec, normalize, cfg.overlap), branch.param_bytes,

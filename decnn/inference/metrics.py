@@ -1,4 +1,4 @@
-"""Measurements of a run: latency percentiles, memory, accuracy and agreement with the monolithic model."""
+"""Measurements of a run: the time after queued device work, parameter bytes, top-k accuracy in percent."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import torch
 from torch import nn
 
-from decnn.train.meters import topk_correct
+from decnn.common.meters import topk_correct
 
 
 def synced_time(device: torch.device) -> float:
@@ -25,14 +25,3 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...
     """Top-k accuracy in percent, as ``{"top1": ..., "top5": ...}``."""
     correct = topk_correct(logits, labels, ks)
     return {f"top{k}": c.item() * 100 / len(labels) for k, c in zip(ks, correct)}
-
-
-def agreement(logits: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-    """Max |difference| of the logits (also relative to the largest |reference logit|) and the fraction of
-    images with the same top-1 class."""
-    diff = (logits - reference).abs().max().item()
-    return {
-        "max_abs_diff": diff,
-        "max_rel_diff": diff / max(reference.abs().max().item(), 1e-30),
-        "top1_agreement": (logits.argmax(1) == reference.argmax(1)).float().mean().item(),
-    }

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from decnn.common.meters import agreement
 from decnn.distributed.communicator import Communicator
 from decnn.distributed.faults import inject_fault
 from decnn.distributed.launcher import exit_with_launcher
@@ -27,7 +28,7 @@ from decnn.errors import ConfigError
 from decnn.inference.build import build_mode
 from decnn.inference.config import DEFAULT_DATA_ROOT, InferConfig
 from decnn.inference.inputs import Normalize, SyntheticImages, ValImages, batch_sizes
-from decnn.inference.metrics import agreement, synced_time, topk_accuracy
+from decnn.inference.metrics import synced_time, topk_accuracy
 from decnn.inference.mode import Mode
 from decnn.inference.optimize import keep_freed_memory
 from decnn.inference.report import write_report

@@ -15,12 +15,12 @@ import timm
 import torch
 from torch import nn
 
-from decnn import shards
+from decnn.common.checkpoint import CheckpointError, load_checkpoint, load_model
+from decnn.deploy import shards
 from decnn.errors import ConfigError, option
 from decnn.inference.config import InferConfig
 from decnn.models import DecoupledModelError, verify_decoupled
 from decnn.partition import Branch, Placement, extract_branch
-from decnn.train.checkpoint import CheckpointError, load_checkpoint, load_model
 
 DEFAULT_MODEL = "decnn_resnet34"
 

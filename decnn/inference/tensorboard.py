@@ -8,8 +8,8 @@ import json
 import time
 from pathlib import Path
 
+from decnn.common.logger import experiment_root, make_logger
 from decnn.record import RunRecord
-from decnn.train.logger import experiment_root, make_logger
 
 
 def run_name(r: RunRecord) -> str:

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
+from decnn.common.meters import agreement
 from decnn.distributed.communicator import Communicator
 from decnn.distributed.pinning import configure_threads
 from decnn.inference.branch_mode import ShuffleExchange
 from decnn.inference.codec import EXCHANGE_DTYPES, make_codec
 from decnn.inference.config import InferConfig
 from decnn.inference.inputs import Normalize, SyntheticImages
-from decnn.inference.metrics import agreement
 from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
 from decnn.inference.pipeline_mode import profile_units
 from decnn.inference.spec import ModelSpec, resolve_model

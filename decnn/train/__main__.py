@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             print(f"error: {flag} {path}: no such file, e.g. {flag} {example}", file=sys.stderr)
             return USAGE
 
+    from decnn.common.checkpoint import CheckpointError, load_checkpoint
     from decnn.data import DatasetCorruptError, DatasetNotFoundError
     from decnn.errors import ConfigError
-    from decnn.train.checkpoint import CheckpointError, load_checkpoint
     from decnn.train.config import load_config
     from decnn.train.evaluate import evaluate_checkpoint
     from decnn.train.trainer import train

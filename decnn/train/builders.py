@@ -16,10 +16,10 @@ from timm.optim import param_groups_weight_decay
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from decnn.common.checkpoint import normalization_kwargs
 from decnn.data import dataset_class, make_standin
 from decnn.distributed.communicator import backend_for
 from decnn.errors import ConfigError
-from decnn.train.checkpoint import normalization_kwargs
 from decnn.train.config import DataConfig, ModelConfig, OptimConfig, TrainingConfig
 from decnn.train.transforms import eval_transform
 

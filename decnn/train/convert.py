@@ -3,7 +3,7 @@
 Reads what their ``main.py`` saves (``{'arch', 'state_dict', 'epoch', 'best_prec1', ...}``) or a bare state
 dict, with or without DataParallel's ``module.`` prefix; the architecture comes from the checkpoint's
 ``arch`` or ``--arch``, the number of classes from its classifier. Writes ``{model, model_name,
-model_kwargs, config}`` (decnn's format, see decnn.train.checkpoint), which ``decnn train --eval-only`` and
+model_kwargs, config}`` (decnn's format, see decnn.common.checkpoint), which ``decnn train --eval-only`` and
 ``decnn infer --checkpoint`` read.
 
     decnn convert resnet34_s3_x15.pth runs/converted/resnet34_s3_x15.pt
@@ -20,9 +20,9 @@ import timm
 import torch
 
 from decnn.command import job_parser
+from decnn.common.checkpoint import normalization_kwargs, save_checkpoint
 from decnn.data.folder import ImageFolderTree
 from decnn.models.reference import REFERENCE_ZOO, ReferenceFormatError, to_decnn_state_dict
-from decnn.train.checkpoint import normalization_kwargs, save_checkpoint
 from decnn.train.config import load_config
 
 EXAMPLE = "decnn convert resnet34_s3_x15.pth runs/converted/resnet34_s3_x15.pt"

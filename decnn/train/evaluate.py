@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from decnn.common.checkpoint import check_architecture, load_model
+from decnn.common.meters import topk_correct
 from decnn.train.builders import amp_dtype, build_val_set, model_kwargs, pick_device
-from decnn.train.checkpoint import check_architecture, load_model
 from decnn.train.config import TrainingConfig
-from decnn.train.meters import topk_correct
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

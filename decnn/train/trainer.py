@@ -21,6 +21,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from decnn.common.checkpoint import (
+    check_architecture,
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from decnn.common.logger import experiment_root, make_logger
+from decnn.common.meters import Progress
 from decnn.data import dataset_class
 from decnn.errors import ConfigError
 from decnn.models import count_flops, count_params
@@ -36,18 +46,8 @@ from decnn.train.builders import (
     model_kwargs,
     seed_everything,
 )
-from decnn.train.checkpoint import (
-    check_architecture,
-    load_checkpoint,
-    load_weights,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
 from decnn.train.config import TrainingConfig
 from decnn.train.evaluate import autocast, evaluate
-from decnn.train.logger import experiment_root, make_logger
-from decnn.train.meters import Progress
 from decnn.train.transforms import batch_mixer, train_transform
 
 

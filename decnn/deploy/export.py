@@ -10,7 +10,7 @@ exchanged with the plans in the device's shard, and the partial logits of all de
 ``device0.tail.onnx`` turns that sum into the logits; ``model.onnx`` is the whole model. A device that runs
 without torch (``decnn edge``) needs only ``manifest.json``, its ``device<d>.plans.json`` and its graphs.
 ``--quantize int8`` then quantizes each device's segments (``device<d>.seg<i>.int8.onnx``, see
-``decnn.quantize``) and lists those for the devices to run.
+``decnn.deploy.quantize``) and lists those for the devices to run.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from decnn.edge.bundle import MANIFEST, WHOLE_MODEL
-from decnn.partition import Branch, Placement
-from decnn.quantize import (
+from decnn.common.checkpoint import CheckpointError, load_checkpoint, load_weights
+from decnn.deploy.quantize import (
     DEFAULT_IMAGES,
     DEFAULT_MIN_AGREEMENT,
     SCHEMES,
@@ -35,8 +34,9 @@ from decnn.quantize import (
     quantize_shards,
     summary,
 )
-from decnn.shards import ShardError, export_shards, load_shard_branch, meta_model
-from decnn.train.checkpoint import CheckpointError, load_checkpoint, load_weights
+from decnn.deploy.shards import ShardError, export_shards, load_shard_branch, meta_model
+from decnn.edge.bundle import MANIFEST, WHOLE_MODEL
+from decnn.partition import Branch, Placement
 
 EXAMPLES = """examples:
   decnn export runs/train/<run>/best.pt --placement 0,1/2,3 --out shards/

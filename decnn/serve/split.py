@@ -27,13 +27,13 @@ import timm
 import torch
 from torch import nn
 
-from decnn import worker
+from decnn.deploy.shards import read_manifest
 from decnn.distributed.launcher import launch
 from decnn.distributed.process import LOCAL_ENDPOINT, check_main_reimportable
 from decnn.errors import ConfigError, python_syntax
 from decnn.inference.config import InferConfig
 from decnn.inference.spec import ModelSpec, describe, resolve_model
-from decnn.shards import read_manifest
+from decnn.serve import worker
 
 __all__ = ["SplitModel", "WorkerError", "split"]
 

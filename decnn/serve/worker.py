@@ -5,7 +5,7 @@ small broadcast (operation, batch shape, dtype); then every rank runs its mode's
 runner does, and rank 0 sends the logits back. Several hosts: on each other host run
 
     torchrun --nnodes N --nproc-per-node K --rdzv-backend c10d --rdzv-endpoint HOST0:PORT --rdzv-id decnn \
-        -m decnn.worker
+        -m decnn.serve.worker
 
 while the caller on HOST0 calls ``decnn.split(..., nnodes=N, rdzv_endpoint="HOST0:PORT")``; rank 0 sends
 the workers the settings and the model spec (shards and checkpoints are read on each host).
@@ -106,7 +106,7 @@ def serve(cfg: InferConfig | None, spec: ModelSpec | None, conn, timeout_s: floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m decnn.worker", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m decnn.serve.worker", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds before a dead or hung peer stops the run")
     args = p.parse_args(argv)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
+from decnn.deploy.shards import read_manifest, shard_file
 from decnn.partition import ExchangePlan
-from decnn.shards import read_manifest, shard_file
 
 
 class OnnxBranch:

@@ -17,10 +17,10 @@ import timm
 import torch
 from torch import nn
 
+from decnn.common.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from decnn.edge.bundle import FORMAT, MANIFEST, BundleError, plans_file
 from decnn.edge.bundle import read_manifest as read_bundle_manifest
 from decnn.partition import Branch, ExchangePlan, Placement, extract_branch, run_branches_locally
-from decnn.train.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 
 
 class ShardError(ValueError):

@@ -1,4 +1,5 @@
-"""Accuracy counting, and console progress: a tqdm bar on a terminal, plain lines with ETA otherwise."""
+"""Accuracy counting, agreement of two models' logits, and console progress: a tqdm bar on a terminal, plain
+lines with ETA otherwise."""
 
 from __future__ import annotations
 
@@ -15,6 +16,17 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] =
     top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
     hit = top == labels[:, None]
     return torch.stack([hit[:, :k].any(dim=1).sum() for k in ks])
+
+
+def agreement(logits: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """Max |difference| of the logits (also relative to the largest |reference logit|) and the fraction of
+    images with the same top-1 class."""
+    diff = (logits - reference).abs().max().item()
+    return {
+        "max_abs_diff": diff,
+        "max_rel_diff": diff / max(reference.abs().max().item(), 1e-30),
+        "top1_agreement": (logits.argmax(1) == reference.argmax(1)).float().mean().item(),
+    }
 
 
 class Progress:

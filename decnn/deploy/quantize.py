@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from decnn.inference.metrics import agreement
-from decnn.onnx_branch import OnnxBranch
+from decnn.common.meters import agreement
+from decnn.deploy.onnx_branch import OnnxBranch
+from decnn.deploy.shards import MANIFEST, meta_model
 from decnn.partition import run_branches_locally
-from decnn.shards import MANIFEST, meta_model
 
 SCHEMES = ("int8",)
 DEFAULT_IMAGES = 256
