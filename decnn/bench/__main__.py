@@ -108,24 +108,30 @@ def main(argv=None) -> int:
         folders = export_models(configs, Path(stack.enter_context(tempfile.TemporaryDirectory())))
         print("cost model: profiling every (link, devices, batch) over its process group ...", flush=True)
         predicted = predictions(configs, measure_profiles(configs, emulated, port + 1000))
+        retried: list[str] = []  # kept in the JSON's meta
         bar = tqdm(total=args.rounds * len(configs), desc="bench", unit="run", file=sys.stdout)
         for _ in range(args.rounds):
             for c in configs:
                 bar.set_postfix_str(c.label())
                 images = args.images * c.batch
-                try:
-                    if c.runtime == "edge":
-                        report = run_edge(c, folders, emulated.get((c.link, c.devices)), images, args.warmup,
-                                          args.timeout)
-                    elif c.link:
-                        port += 1
-                        report = run_over_link(c, emulated[(c.link, c.devices)], port, images, args.warmup,
-                                               args.timeout)
-                    else:
-                        report = run_local(c, images, args.warmup, args.timeout)
-                except RunFailed as e:
-                    print(f"\nerror: {e}", file=sys.stderr)
-                    return 1
+                for attempt in (1, 2):  # one retry: a transient failure must not throw away the rounds so far
+                    try:
+                        if c.runtime == "edge":
+                            report = run_edge(c, folders, emulated.get((c.link, c.devices)), images, args.warmup,
+                                              args.timeout)
+                        elif c.link:
+                            port += 1
+                            report = run_over_link(c, emulated[(c.link, c.devices)], port, images, args.warmup,
+                                                   args.timeout)
+                        else:
+                            report = run_local(c, images, args.warmup, args.timeout)
+                        break
+                    except RunFailed as e:
+                        if attempt == 2:
+                            print(f"\nerror: {e}", file=sys.stderr)
+                            return 1
+                        print(f"\nwarning: {e}\nrunning {c.label()} once more", file=sys.stderr)
+                        retried.append(c.label())
                 reports[c.label()].append(report)
                 bar.update()
         bar.close()
@@ -138,7 +144,8 @@ def main(argv=None) -> int:
 
     records = [summarize(c, reports[c.label()], baselines(c.batch), predicted.get(c.label())) for c in configs]
     meta = {"started": time.strftime("%Y%m%d-%H%M%S"), "argv": sys.argv[1:] if argv is None else argv,
-            "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__, "threads_per_process": 1}
+            "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__, "threads_per_process": 1,
+            "retried": retried}
     write(records, meta, Path(args.out), args.log_dir)
     print(bench_table(records))
     if crossovers(records):

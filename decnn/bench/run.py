@@ -31,7 +31,7 @@ def _common(config: BenchConfig, images: int, warmup: int, timeout: float, out: 
 
 def check(proc: subprocess.CompletedProcess | subprocess.Popen, output: str, config: BenchConfig) -> None:
     if proc.returncode:
-        tail = "\n".join(output.strip().splitlines()[-8:])
+        tail = "\n".join(output.strip().splitlines()[-30:])
         raise RunFailed(f"{config.label()} exited with code {proc.returncode}:\n{tail}")
 
 
