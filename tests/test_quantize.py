@@ -17,7 +17,7 @@ from decnn.common.checkpoint import save_checkpoint
 from decnn.deploy.export import main as export_main
 from decnn.deploy.onnx_branch import OnnxBranch
 from decnn.deploy.shards import ShardError, read_manifest
-from decnn.inference.cli import main as infer_main
+from decnn.inference.__main__ import main as infer_main
 from decnn.inference.config import ConfigError
 from decnn.inference.inputs import Normalize, ValImages
 from decnn.partition import run_branches_locally

@@ -1,6 +1,6 @@
-"""``python -m decnn.bench.edge_memory``: what a device of the device runtime holds, against the whole model.
+"""``decnn bench edge-memory``: what a device of the device runtime holds, against the whole model.
 
-    python -m decnn.bench.edge_memory --out results/edge_memory.json
+    decnn bench edge-memory --out results/edge_memory.json
 
 Exports a random-init DeCNN ResNet-34 (G4 x1.5) for 2 devices, then measures peak RSS in fresh processes:
 an idle device (numpy, ONNX Runtime, mpi4py and the runtime imported, MPI initialised, no graph), each device
@@ -10,7 +10,6 @@ idle process as a fraction of the whole model's above it. Memory is not noisy: o
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from decnn.bench.configurations import BenchConfig
 from decnn.bench.edge import export_models
+from decnn.command import job_parser
 
 IDLE = ("from mpi4py import MPI; import numpy, onnxruntime; import decnn.edge.run; "
         "from decnn.timing import peak_rss_bytes; print(peak_rss_bytes())")
@@ -45,7 +45,7 @@ def measure(folders: dict, batches: list[int], images: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m decnn.bench.edge_memory", description=__doc__.split("\n\n")[0])
+    p = job_parser("bench edge-memory", __doc__)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--out", default="results/edge_memory.json")

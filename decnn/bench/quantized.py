@@ -1,6 +1,6 @@
 """int8 against fp32 for one device's ONNX branch: latency, size, memory, agreement and accuracy; writes JSON.
 
-    python -m decnn.bench.quantized --data-root DATA_ROOT [--checkpoint best.pt] --out results/quantized.json
+    decnn bench quantized --data-root DATA_ROOT [--checkpoint best.pt] --out results/quantized.json
 
 Device 0's branch of 2 (even placement), exported with ``decnn export --onnx`` and quantized with
 ``decnn.deploy.quantize`` in each setting of ``--variants`` (the first is what ``decnn export --quantize int8`` uses;
@@ -15,7 +15,6 @@ calibrated on the training images (so that activations have a trained model's ra
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from decnn.bench.one_branch import interleaved_rounds, one_pinned_thread
+from decnn.command import job_parser
 from decnn.common.checkpoint import load_checkpoint, save_checkpoint
 from decnn.common.meters import agreement
 from decnn.deploy.export import export_onnx
@@ -133,7 +133,7 @@ def kernel_times(directory: Path, graphs: list[str], image_size: int, runs: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m decnn.bench.quantized", description=__doc__.split("\n\n")[0])
+    p = job_parser("bench quantized", __doc__)
     p.add_argument("--data-root", required=True, help="the model's dataset (calibration: train, quality: val)")
     p.add_argument("--checkpoint", help="also measure this trained model's agreement and val top-1")
     p.add_argument("--model", default="decnn_resnet34", help="the random-init model (default %(default)s)")

@@ -22,6 +22,7 @@ import sys
 import threading
 from pathlib import Path
 
+from decnn.command import job_parser
 from decnn.edge.bundle import BundleError, read_manifest
 from decnn.edge.run import IDENTITY
 from decnn.exitcodes import INTERRUPTED, RUNTIME, USAGE
@@ -34,9 +35,7 @@ _HYDRA_EXIT = re.compile(r"EXIT (?:CODE|STRING): (.+)")
 
 
 def parser() -> argparse.ArgumentParser:
-    summary, examples = __doc__.split("\n\n")[:2]
-    p = argparse.ArgumentParser(prog="decnn edge", description=summary, epilog=examples,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = job_parser("edge", __doc__)
     p.add_argument("directory", help="a folder written by `decnn export CHECKPOINT --onnx`")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--devices", type=int, help="processes on this host (default: the export's device count)")
