@@ -68,24 +68,38 @@ def main(argv: list[str] | None = None) -> int:
         images = _Images(args, manifest)
     except (BundleError, ValueError, OSError) as e:
         return exit_now(f"error: {e}", USAGE)
+    return as_device(args.timeout, lambda comm: _run_and_write(args, comm, manifest, images))
+
+
+def as_device(timeout: float, body) -> int:
+    """Join the MPI job and run ``body(comm)`` as one device; every failure is one line and this rank's exit
+    code (mpiexec then ends the other ranks)."""
+    comm = None
     try:
-        comm = MpiComm(args.timeout)
+        comm = MpiComm(timeout)
         if os.environ.get("DECNN_EDGE_LAUNCHER"):
             print(f"{IDENTITY} rank {comm.rank} pid {os.getpid()} host {comm.hosts[comm.rank]}", file=sys.stderr,
                   flush=True)
-        result = run(args, comm, manifest, images)
+        body(comm)
     except KeyboardInterrupt:
         return exit_now("interrupted", INTERRUPTED)
+    except PeerError as e:  # the lowest rank still answering reports it, once
+        return exit_now(f"error: {e}" if comm is None or comm.first_survivor(e) else "", RUNTIME)
     except BundleError as e:
-        return exit_now(f"error: rank {comm.rank}: {e}", USAGE)
-    except PeerError as e:
-        return exit_now(f"error: {e}" if comm.first_survivor(e) else "", RUNTIME)
+        return exit_now(f"error: {_where(comm)}{e}", USAGE)
     except Exception as e:
-        return exit_now(f"error: rank {comm.rank} (host {comm.hosts[comm.rank]}) failed: {type(e).__name__}: {e}",
-                     RUNTIME)
+        return exit_now(f"error: {_where(comm)}failed: {type(e).__name__}: {e}", RUNTIME)
+    return 0
+
+
+def _where(comm: MpiComm | None) -> str:
+    return "" if comm is None else f"rank {comm.rank} (host {comm.hosts[comm.rank]}): "
+
+
+def _run_and_write(args, comm: MpiComm, manifest: dict, images: _Images) -> None:
+    result = run(args, comm, manifest, images)
     if result is not None:
         write(*result, args)
-    return 0
 
 
 def run(args, comm: MpiComm, manifest: dict, images: _Images) -> tuple[RunRecord, list[float]] | None:

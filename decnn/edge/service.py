@@ -23,10 +23,10 @@ import numpy as np
 from decnn.edge.bundle import BundleError, DeviceBundle, read_manifest
 from decnn.edge.codec import EXCHANGE_DTYPES, make_codec
 from decnn.edge.launch import Report, mpiexec_command
-from decnn.edge.run import IDENTITY, exit_now, pin_cores, release_freed_memory
+from decnn.edge.run import as_device, exit_now, pin_cores, release_freed_memory
 from decnn.edge.split import EdgeSplit
-from decnn.edge.transport import MpiComm, PeerError
-from decnn.exitcodes import INTERRUPTED, RUNTIME, USAGE
+from decnn.edge.transport import MpiComm
+from decnn.exitcodes import USAGE
 from decnn.timing import peak_rss_bytes
 
 STOP, RUN, STATS = 0, 1, 2
@@ -187,17 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         read_manifest(args.directory)
-        comm = MpiComm(args.timeout)
-        print(f"{IDENTITY} rank {comm.rank} pid {os.getpid()} host {comm.hosts[comm.rank]}", file=sys.stderr,
-              flush=True)
-        serve(args, comm)
-    except KeyboardInterrupt:
-        return exit_now("interrupted", INTERRUPTED)
     except BundleError as e:
         return exit_now(f"error: {e}", USAGE)
-    except PeerError as e:
-        return exit_now(f"error: {e}" if comm.first_survivor(e) else "", RUNTIME)
-    return 0
+    return as_device(args.timeout, lambda comm: serve(args, comm))
 
 
 if __name__ == "__main__":
