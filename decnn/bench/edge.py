@@ -11,6 +11,7 @@ rows over links are pinned), so the activations cross the shaped veth links over
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -70,7 +71,9 @@ def run_edge(config: BenchConfig, folders: dict[tuple, Path], link: EmulatedLink
             proc = link.run(0, edge_argv(link, script, folder, args), capture_output=True, text=True,
                             timeout=timeout * 4 + 120)
         check(proc, proc.stdout + proc.stderr, config)
-        return RunRecord.from_dict(json.loads(out.read_text()))
+        record = RunRecord.from_dict(json.loads(out.read_text()))
+    # The export's checkpoint is this benchmark's temporary copy of the torch rows' random init.
+    return dataclasses.replace(record, checkpoint=None)
 
 
 def write_launcher_exec(link: EmulatedLink, path: str | Path) -> Path:
