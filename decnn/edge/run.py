@@ -63,12 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         if args.log_dir and importlib.util.find_spec("tensorboard") is None:
-            raise ValueError("--log-dir needs the tensorboard package on rank 0's device (pip install tensorboard)")
+            raise InputError("--log-dir needs the tensorboard package on rank 0's device (pip install tensorboard)")
         manifest = read_manifest(args.directory)
-        images = _Images(args, manifest)
-    except (BundleError, ValueError, OSError) as e:
+    except BundleError as e:
         return exit_now(f"error: {e}", USAGE)
-    return as_device(args.timeout, lambda comm: _run_and_write(args, comm, manifest, images))
+    return as_device(args.timeout, lambda comm: _run_and_write(args, comm, manifest))
 
 
 def as_device(timeout: float, body) -> int:
@@ -85,7 +84,7 @@ def as_device(timeout: float, body) -> int:
         return exit_now("interrupted", INTERRUPTED)
     except PeerError as e:  # the lowest rank still answering reports it, once
         return exit_now(f"error: {e}" if comm is None or comm.first_survivor(e) else "", RUNTIME)
-    except BundleError as e:
+    except (BundleError, InputError) as e:
         return exit_now(f"error: {_where(comm)}{e}", USAGE)
     except Exception as e:
         return exit_now(f"error: {_where(comm)}failed: {type(e).__name__}: {e}", RUNTIME)
@@ -96,8 +95,8 @@ def _where(comm: MpiComm | None) -> str:
     return "" if comm is None else f"rank {comm.rank} (host {comm.hosts[comm.rank]}): "
 
 
-def _run_and_write(args, comm: MpiComm, manifest: dict, images: _Images) -> None:
-    result = run(args, comm, manifest, images)
+def _run_and_write(args, comm: MpiComm, manifest: dict) -> None:
+    result = run(args, comm, manifest, _Images(args, manifest, comm))
     if result is not None:
         write(*result, args)
 
@@ -153,21 +152,26 @@ def run(args, comm: MpiComm, manifest: dict, images: _Images) -> tuple[RunRecord
     return _record(args, manifest, devices, size, sizes, latency, busy, all_stats, quality), latency
 
 
-class _Images:
-    """Rank 0's uint8 images (from ``--inputs`` or seeded random ones) and their labels, if any."""
+class InputError(ValueError):
+    """Inputs that cannot be read (``--inputs``), or a setting this device cannot honour."""
 
-    def __init__(self, args, manifest: dict):
-        self.labels = None
-        if args.inputs:
-            with np.load(args.inputs) as data:
-                if "images" not in data or data["images"].dtype != np.uint8 or data["images"].ndim != 4:
-                    raise ValueError(f"{args.inputs} needs `images`, uint8 [N, 3, H, W] (and optionally `labels`)")
-                self.data = data["images"][: args.images]
-                self.labels = data["labels"][: args.images] if "labels" in data else None
-        else:
-            s = args.image_size or manifest["image_size"]
-            self.data = np.random.default_rng(args.seed).integers(0, 256, (args.images, 3, s, s), dtype=np.uint8)
-        self.count, self.size = len(self.data), int(self.data.shape[-1])
+
+class _Images:
+    """Rank 0's uint8 images (from ``--inputs``, read on rank 0's host only, or seeded random ones) and their
+    labels, if any; every rank learns their count and size."""
+
+    def __init__(self, args, manifest: dict, comm: MpiComm):
+        self.labels, self.data = None, None
+        shape = np.zeros(2, np.int64)
+        if comm.rank == 0:
+            if args.inputs:
+                self.data, self.labels = _read_inputs(args.inputs, args.images)
+            else:
+                s = args.image_size or manifest["image_size"]
+                self.data = np.random.default_rng(args.seed).integers(0, 256, (args.images, 3, s, s), dtype=np.uint8)
+            shape[:] = len(self.data), self.data.shape[-1]
+        comm.bcast(shape, 0).wait()
+        self.count, self.size = int(shape[0]), int(shape[1])
 
     def load(self, sizes: list[int], first: int, rank: int) -> list[np.ndarray]:
         """A step's batches: the images on rank 0, buffers of the same shapes elsewhere."""
@@ -222,6 +226,20 @@ def _record(args, manifest: dict, devices: int, size: int, sizes: list[int], lat
         hosts=sorted({s["host"] for s in stats}), collectives_per_batch=[s["collectives_per_batch"] for s in stats],
         **quality,
     )
+
+
+def _read_inputs(path: str, count: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first ``count`` images (and labels) of an ``--inputs`` file."""
+    try:
+        with np.load(path) as data:
+            arrays = {k: data[k][:count] for k in ("images", "labels") if k in data}
+    except (OSError, ValueError) as e:
+        raise InputError(f"--inputs {path}: {e}") from None
+    images = arrays.get("images")
+    if images is None or images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise InputError(f"{path} needs `images`, uint8 [N, 3, H, W] (and optionally `labels`), e.g. from "
+                         "`decnn data sample`")
+    return images, arrays.get("labels")
 
 
 def write(record: RunRecord, latency_s: list[float], args) -> None:
