@@ -89,6 +89,26 @@ class Clock:
         return {"seconds": dict(self.seconds), "events": [tuple(vars(e).values()) for e in self.events]}
 
 
+class ExchangeCounters:
+    """``reset_stats`` and ``rank_stats`` of a split mode whose ``exchanges[point][slot]`` count the bytes they
+    send (``sent_bytes``) and what fp32 would have taken (``sent_fp32_bytes``): both runtimes' branch modes."""
+
+    clock: Clock
+    exchanges: list[list]
+
+    def reset_stats(self) -> None:
+        """Start counting afresh (after the warm-up)."""
+        self.clock.reset()
+        for e in (e for slots in self.exchanges for e in slots):
+            e.sent_bytes, e.sent_fp32_bytes = 0, 0
+
+    def rank_stats(self) -> dict:
+        return {
+            "sent_bytes_per_point": [sum(e.sent_bytes for e in slots) for slots in self.exchanges],
+            "fp32_bytes_per_point": [sum(e.sent_fp32_bytes for e in slots) for slots in self.exchanges],
+        }
+
+
 @dataclass(frozen=True)
 class RankBreakdown:
     """Where one rank's time went, in milliseconds per timed batch.

@@ -14,7 +14,7 @@ from decnn.edge.bundle import DeviceBundle
 from decnn.edge.codec import Codec
 from decnn.edge.exchange import ShuffleExchange
 from decnn.edge.transport import MpiComm
-from decnn.timing import Clock
+from decnn.timing import Clock, ExchangeCounters
 
 
 class Normalize:
@@ -35,7 +35,7 @@ class Normalize:
         return x
 
 
-class EdgeSplit:
+class EdgeSplit(ExchangeCounters):
     """This rank's branch driven through a run, ``in_flight`` batches per step."""
 
     def __init__(self, bundle: DeviceBundle, comm: MpiComm, codec: Codec, in_flight: int = 1):
@@ -75,18 +75,6 @@ class EdgeSplit:
         for p in pending:
             p.wait()
         return [bundle.tail(s) for s in sums] if comm.rank == 0 else None
-
-    def reset_stats(self) -> None:
-        """Start counting afresh (after the warm-up)."""
-        self.clock.reset()
-        for e in (e for slots in self.exchanges for e in slots):
-            e.sent_bytes, e.sent_fp32_bytes = 0, 0
-
-    def rank_stats(self) -> dict:
-        return {
-            "sent_bytes_per_point": [sum(e.sent_bytes for e in slots) for slots in self.exchanges],
-            "fp32_bytes_per_point": [sum(e.sent_fp32_bytes for e in slots) for slots in self.exchanges],
-        }
 
 
 class EdgeWhole:

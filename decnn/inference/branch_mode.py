@@ -17,7 +17,7 @@ from decnn.distributed.communicator import Communicator
 from decnn.inference.codec import Codec
 from decnn.inference.inputs import Normalize
 from decnn.partition import Branch, ExchangePlan
-from decnn.timing import Clock, Timed
+from decnn.timing import Clock, ExchangeCounters, Timed
 
 
 class ShuffleExchange:
@@ -105,7 +105,7 @@ class ShuffleExchange:
         return self.received
 
 
-class BranchMode:
+class BranchMode(ExchangeCounters):
     """This rank's branch driven through the run, ``in_flight`` batches at a time."""
 
     def __init__(self, branch: Branch, comm: Communicator, codec: Codec, normalize: Normalize, in_flight: int = 1):
@@ -146,15 +146,3 @@ class BranchMode:
         for p in pending:
             p.wait()
         return [branch.finish(y) for y in logits] if comm.rank == 0 else None
-
-    def reset_stats(self) -> None:
-        """Start counting afresh (after the warm-up)."""
-        self.clock.reset()
-        for e in (e for slots in self.exchanges for e in slots):
-            e.sent_bytes, e.sent_fp32_bytes = 0, 0
-
-    def rank_stats(self) -> dict:
-        return {
-            "sent_bytes_per_point": [sum(e.sent_bytes for e in slots) for slots in self.exchanges],
-            "fp32_bytes_per_point": [sum(e.sent_fp32_bytes for e in slots) for slots in self.exchanges],
-        }
