@@ -13,6 +13,7 @@ jobs:
   data      download, check or prepare Tiny-ImageNet, or write the offline stand-in
   models    the model table: params and FLOPs, whole and per device
   edge      run an export on devices without torch: ONNX Runtime computes, MPI exchanges (mpiexec)
+  device    one device of an elastic split (decnn.split(..., elastic=True)): torch's elastic agent, one node
 
 `decnn <job> --help` lists a job's options with examples. Exit codes, for every job: 0 done, 1 runtime
 failure, 2 usage or input error (one line: `error: ...`), 130 interrupted.
@@ -36,6 +37,7 @@ JOBS = {
     "data": "decnn.data.__main__",
     "models": "decnn.models.table",
     "edge": "decnn.edge.launch",
+    "device": "decnn.serve.device",
 }
 BENCH_TOOLS = {  # `decnn bench TOOL`: the stand-alone measurements
     "paper": "decnn.bench.paper",

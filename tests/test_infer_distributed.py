@@ -303,7 +303,7 @@ def test_single_mode_in_process(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--random-init", "--devices", "3"], "3 devices cannot share 4 groups evenly; e.g. --placement 0,1/2/3"),
+        (["--random-init", "--devices", "5"], "groups=4 splits over at most 4 devices, not 5"),
         (["--random-init", "--groups", "1", "--devices", "2"], "groups=1 splits over at most 1 devices, not 2"),
         (["--random-init", "--devices", "2", "--placement", "0,1/2"], "must assign each of the groups"),
         (["--random-init", "--mode", "single", "--devices", "2"], "mode single runs the whole model in one process"),

@@ -24,7 +24,8 @@ def _placements(groups: int) -> list[Placement]:
     # Uneven (a stronger device takes more groups) and non-contiguous.
     uneven = Placement(groups, (tuple(range(groups - 1)), (groups - 1,)))
     interleaved = Placement(groups, (tuple(range(0, groups, 2)), tuple(range(1, groups, 2))))
-    return [*even, uneven, interleaved]
+    balanced = Placement.balanced(groups, 3)  # 2/1/1: the default for 3 devices
+    return [*even, uneven, interleaved, balanced]
 
 
 CASES = [
@@ -99,6 +100,7 @@ def test_even_channel_shuffle_sends_equal_slices_to_every_device():
     "make, message",
     [
         (lambda: Placement.even(4, 3), r"3 devices cannot share 4 groups evenly; use one of \[1, 2, 4\]"),
+        (lambda: Placement.balanced(4, 5), r"4 groups split over 1 to 4 devices, not 5"),
         (lambda: Placement(4, ((0, 1), (1, 2, 3))), "exactly one device"),
         (lambda: Placement(4, ((0, 1), (2,))), "exactly one device"),
         (lambda: Placement(4, ((0, 1, 2, 3), ())), "at least one group"),
@@ -108,6 +110,16 @@ def test_even_channel_shuffle_sends_equal_slices_to_every_device():
 def test_bad_placements_raise_clear_errors(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize("groups", [4, 8])
+def test_balanced_placement_fits_any_device_count(groups):
+    for n in range(1, groups + 1):
+        sizes = [len(dev) for dev in Placement.balanced(groups, n).devices]
+        assert len(sizes) == n and max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+        if groups % n == 0:
+            assert Placement.balanced(groups, n) == Placement.even(groups, n)
+    assert Placement.balanced(8, 3).as_lists() == [[0, 1, 2], [3, 4, 5], [6, 7]]
 
 
 def test_placement_parse_uneven():

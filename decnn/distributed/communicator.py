@@ -29,7 +29,15 @@ _NAMING_WAIT_S = 1.0  # longest a failing rank waits to learn which peers failed
 
 
 class PeerError(RuntimeError):
-    """A collective failed or timed out; the message names the ranks that did not take part."""
+    """A collective failed or timed out; the message names the ranks that did not take part.
+
+    The parts, for reports: ``seen_by`` (this rank), ``where`` (the collective), ``missing`` ([rank, host]
+    pairs, empty where nobody could be named) and ``detail`` (the backend's first line).
+    """
+
+    def __init__(self, message: str, seen_by: int = 0, where: str = "", missing=(), detail: str = ""):
+        super().__init__(message)
+        self.seen_by, self.where, self.missing, self.detail = seen_by, where, [list(m) for m in missing], detail
 
 
 def backend_for(device: torch.device) -> str:
@@ -83,7 +91,7 @@ class Communicator:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         try:
-            store.set(f"{_HOST_KEY}{rank}", _host_label())
+            store.set(f"{_HOST_KEY}{rank}", host_label())
             # The timeout bounds every gloo collective too, not only the set-up.
             dist.init_process_group(backend_for(self.device), store=store, rank=rank, world_size=world_size,
                                     timeout=timeout)
@@ -197,12 +205,14 @@ class Communicator:
             who = "a peer or the rendezvous store failed"
         detail = (str(error).strip().splitlines() or [""])[0][:200]
         raise PeerError(f"{who} within the {self.timeout_s:g} s timeout, in {what}; "
-                        f"seen by rank {self.rank} ({type(error).__name__}: {detail})") from error
+                        f"seen by rank {self.rank} ({type(error).__name__}: {detail})",
+                        self.rank, what, missing, detail) from error
 
 
-def _host_label() -> str:
-    """This host's name, with the address it reaches the rendezvous by when that is not loopback."""
-    name = socket.gethostname()
+def host_label() -> str:
+    """This device's name (``DECNN_DEVICE_NAME``, else the hostname), with the address it reaches the
+    rendezvous by when that is not loopback."""
+    name = os.environ.get("DECNN_DEVICE_NAME") or socket.gethostname()
     master = os.environ.get("MASTER_ADDR")
     if not master:
         return name

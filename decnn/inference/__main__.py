@@ -27,6 +27,8 @@ EXAMPLES = """examples:
   {prog} --random-init --mode single
   {prog} --random-init --mode single --groups 1 --width 1.0
   {prog} --random-init --mode data --devices 2 --batch 8
+  # a split that survives a lost device: 3 devices here, and the timeline of its groups
+  {prog} --random-init --elastic --devices 3 --duration 60 --timeout 4
   # several hosts: the same command on each, one process per device
   torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint HOST0:29500 \\
       infer_distributed.py --random-init
@@ -79,6 +81,15 @@ def parser(prog: str = "decnn infer") -> argparse.ArgumentParser:
     g.add_argument("--overlap", type=int, nargs="?", const=2, default=d.overlap, metavar="K",
                    help="keep K batches in flight so exchanges overlap compute (K=2 if no value); "
                    "mode pipeline: K micro-batches per batch")
+    g.add_argument("--elastic", action="store_true", help="survive lost devices: each device is a node of torch's "
+                   "elastic agent, the devices left re-place the groups and answer the calls in flight, a device "
+                   "that returns grows the split back; prints the timeline (decnn.serve.elastic)")
+    g.add_argument("--min-devices", type=int, default=d.min_devices, help="--elastic: fewest devices that serve")
+    g.add_argument("--max-devices", type=int, help="--elastic: most devices (default: the model's groups)")
+    g.add_argument("--duration", type=float, help="--elastic: keep calling, cycling the images, for this many "
+                   "seconds (default: one pass)")
+    g.add_argument("--deadline", type=float, default=d.deadline,
+                   help="--elastic: seconds a call may wait for an answer before the run fails (default %(default)s)")
     g.add_argument("--plan", metavar="auto|PROFILE.json", help="profile these devices (auto) or read a profile, "
                    "then run the plan the cost model ranks best (decnn.plan)")
     g.add_argument("--objective", choices=("latency", "throughput"), default="latency", help="what --plan minimises")
@@ -101,22 +112,31 @@ def main(argv: list[str] | None = None, prog: str = "decnn infer") -> int:
     cfg = InferConfig(**args)
     try:
         cfg.check()  # before torch is imported: a usage error needs no heavy imports
+        if planned and cfg.elastic:
+            raise ConfigError("--plan and --elastic: an elastic split re-places the groups itself whenever the "
+                              "devices change; drop one of them")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if not planned and not under_launcher() and cfg.world_size > 1:
+    if not planned and not cfg.elastic and not under_launcher() and cfg.world_size > 1:
         start_worker_server("decnn.inference.runner", is_local_launch(cfg.nnodes, cfg.rdzv_endpoint))
     from decnn.distributed.communicator import PeerError
     from decnn.distributed.launcher import LaunchError
+    from decnn.serve.split import WorkerError
 
     return run_main(lambda: _run(cfg, planned, objective), usage_errors=(ConfigError,),
-                    runtime_errors=(PeerError, LaunchError))
+                    runtime_errors=(PeerError, LaunchError, WorkerError))
 
 
 def _run(cfg: InferConfig, planned: str | None, objective: str) -> None:
     from decnn.distributed.launcher import launch
     from decnn.inference.runner import preflight, run_rank
 
+    if cfg.elastic:
+        from decnn.serve.timed_run import run_elastic
+
+        run_elastic(cfg)
+        return
     if planned:
         from decnn.plan.auto import run_planned
 

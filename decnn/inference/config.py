@@ -49,6 +49,11 @@ class InferConfig:
     out: str | None = None
     log_dir: str | None = "runs/infer"
     seed: int = 0
+    elastic: bool = False  # survive lost devices (decnn.serve.elastic): --devices start here, others join
+    min_devices: int = 1
+    max_devices: int | None = None  # default: the model's groups
+    duration: float | None = None  # elastic: keep calling (cycling the images) for this many seconds
+    deadline: float = 120.0  # elastic: seconds a call may wait for an answer
 
     @property
     def world_size(self) -> int:
@@ -80,10 +85,24 @@ class InferConfig:
              f"unknown exchange dtype {self.exchange_dtype!r}; choose one of {', '.join(EXCHANGE_DTYPES)}, "
              f"e.g. {option('exchange_dtype', 'int8')}")
         # overlap before batch: decnn.split sets batch to overlap, and its caller gave overlap
-        examples = {"overlap": 2, "batch": 8, "nnodes": 2, "devices": 2, "num_images": 64, "threads": 1}
+        examples = {"overlap": 2, "batch": 8, "nnodes": 2, "devices": 2, "num_images": 64, "threads": 1,
+                    "min_devices": 1, "max_devices": 4}
         for name, example in examples.items():
             value = getattr(self, name)
-            need(value is None or value >= 1, f"{option(name)} must be >= 1, e.g. {option(name, example)}; got {value}")
+            lowest = 0 if name == "devices" and self.elastic else 1  # elastic: every device may join from elsewhere
+            need(value is None or value >= lowest,
+                 f"{option(name)} must be >= {lowest}, e.g. {option(name, example)}; got {value}")
+        if self.elastic:
+            need(self.mode == "branch" and self.backend == "torch" and self.placement is None,
+                 "--elastic runs mode branch with backend torch and places the groups itself whenever the "
+                 "devices change: drop --mode, --backend and --placement")
+            need(self.nnodes == 1 and not under_launcher(),
+                 "--elastic starts --devices here; devices on other hosts join with `decnn device HOST:PORT "
+                 "--nnodes MIN:MAX` (drop --nnodes and torchrun)")
+            need(self.duration is None or self.duration > 0, f"--duration must be > 0 seconds; got {self.duration}")
+            need(self.deadline > 0, f"--deadline must be > 0 seconds, e.g. --deadline 120; got {self.deadline:g}")
+        need(self.elastic or (self.duration is None and self.min_devices == 1 and self.max_devices is None),
+             "--duration, --min-devices and --max-devices apply to --elastic runs")
         need(self.image_size is None or self.image_size >= 8, f"--image-size must be >= 8, e.g. --image-size 64; "
              f"got {self.image_size}")
         need(self.warmup >= 0, f"--warmup must be >= 0, e.g. --warmup 3; got {self.warmup}")

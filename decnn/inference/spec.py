@@ -74,7 +74,8 @@ class ModelSpec:
         return extract_branch(self.build(), placement, device)
 
     def placement(self, spec: str | None, num_devices: int) -> Placement:
-        """The explicit placement ``spec`` (e.g. "0,1,2/3"), else the shards' or the groups spread evenly."""
+        """The explicit placement ``spec`` (e.g. "0,1,2/3"), else the shards', else the most balanced one (any
+        device count from 1 to the groups: 4 groups on 3 devices hold 2/1/1)."""
         if num_devices > self.groups:
             raise ConfigError(f"{self.name} with groups={self.groups} splits over at most {self.groups} devices, "
                               f"not {num_devices}: each device needs a group of its own")
@@ -84,7 +85,7 @@ class ModelSpec:
             elif self.exported_placement is not None:
                 placement = Placement(self.groups, self.exported_placement)
             else:
-                placement = Placement.even(self.groups, num_devices)
+                placement = Placement.balanced(self.groups, num_devices)
         except ValueError as e:
             reason = str(e).split("; use")[0].split(", e.g.")[0]  # drop Placement's own hint: ours follows
             raise ConfigError(f"{option('placement', spec) if spec else 'placement'}: {reason}; "

@@ -42,6 +42,16 @@ class Placement:
         return cls(groups, tuple(tuple(range(d * per, (d + 1) * per)) for d in range(num_devices)))
 
     @classmethod
+    def balanced(cls, groups: int, num_devices: int) -> Placement:
+        """Consecutive groups, as even as they go: the first ``groups % num_devices`` devices hold one more
+        (4 groups on 3 devices: [[0, 1], [2], [3]]); the same as :meth:`even` where the groups divide."""
+        if not 1 <= num_devices <= groups:
+            raise ValueError(f"{groups} groups split over 1 to {groups} devices, not {num_devices}")
+        per, extra = divmod(groups, num_devices)
+        bounds = [d * per + min(d, extra) for d in range(num_devices + 1)]
+        return cls(groups, tuple(tuple(range(bounds[d], bounds[d + 1])) for d in range(num_devices)))
+
+    @classmethod
     def parse(cls, groups: int, spec: str) -> Placement:
         """Parse ``"0,1,2/3"`` (devices separated by ``/``, groups by ``,``)."""
         try:

@@ -60,6 +60,10 @@ def split(
     nnodes: int = 1,
     rdzv_endpoint: str = LOCAL_ENDPOINT,
     seed: int = 0,
+    elastic: bool = False,
+    min_devices: int = 1,
+    max_devices: int | None = None,
+    deadline: float = 120.0,
     **model_kwargs,
 ) -> SplitModel:
     """Start a split model on ``devices`` worker processes (per host, of ``nnodes``) and return it.
@@ -74,11 +78,19 @@ def split(
     torch.distributed still exchanges the activations. ``backend="edge"``: the device runtime serves the
     same folder, ONNX Runtime computing and MPI exchanging, with no torch in the devices' processes
     (:mod:`decnn.edge`; ``devices`` must be the export's, ``mode`` branch).
+    ``elastic=True``: each device is one node of torch's elastic agent and the split survives a lost device:
+    the devices left re-place the groups (any count from ``min_devices`` to ``max_devices``, default the
+    model's groups) and answer the calls in flight, a device that returns grows the group back; ``devices``
+    start on this host, others join with ``decnn device HOST:PORT`` at ``rdzv_endpoint``; a call with no
+    answer within ``deadline`` seconds raises WorkerError (:mod:`decnn.serve.elastic`).
     Bad settings raise :class:`ConfigError` (an unknown keyword TypeError) before any process starts, naming
     settings as Python keywords.
     """
-    check_main_reimportable("decnn.split")
     _check_keywords(source, model_kwargs)
+    if elastic:
+        return _elastic_split(source, devices, mode, placement, exchange_dtype, overlap, backend, threads, timeout,
+                              rdzv_endpoint, seed, (min_devices, max_devices), deadline, model_kwargs)
+    check_main_reimportable("decnn.split")
     if backend == "edge":
         return _edge_split(source, devices, mode, placement, exchange_dtype, overlap, threads, timeout, model_kwargs)
     with python_syntax():
@@ -125,6 +137,26 @@ def _resolve(source, model_kwargs: dict, common: dict) -> tuple[InferConfig, Mod
         raise ConfigError(f"backend='onnxruntime' needs a shard folder with ONNX graphs, not {source!r}: "
                           "export one with `decnn export CHECKPOINT --devices N --out DIR --onnx`")
     return cfg, spec
+
+
+def _elastic_split(source, devices, mode, placement, exchange_dtype, overlap, backend, threads, timeout, endpoint,
+                   seed, bounds, deadline, model_kwargs):
+    from decnn.serve.elastic import ElasticSplitModel
+
+    example = "e.g. decnn.split('runs/train/<run>/best.pt', devices=3, elastic=True)"
+    if mode != "branch" or placement is not None or backend != "torch":
+        raise ConfigError(f"elastic=True runs mode='branch' with backend='torch' and re-places the groups itself "
+                          f"whenever the devices change (no placement); {example}")
+    if isinstance(source, nn.Module) or Path(str(source)).is_dir():
+        raise ConfigError(f"elastic=True needs a checkpoint file (or a timm name), which every device re-slices "
+                          f"its branch from when the devices change; a shard folder or a module holds one "
+                          f"placement only; {example}")
+    with python_syntax():
+        cfg, spec = _resolve(source, model_kwargs, dict(
+            mode="branch", devices=None, nnodes=1, rdzv_endpoint=LOCAL_ENDPOINT, placement=None,
+            exchange_dtype=exchange_dtype, backend="torch", overlap=overlap, timeout=timeout, seed=seed,
+            batch=overlap, warmup=0, log_dir=None, threads=threads))
+        return ElasticSplitModel(cfg, spec, devices, bounds, endpoint, deadline)
 
 
 def _edge_split(source, devices, mode, placement, exchange_dtype, overlap, threads, timeout, model_kwargs):

@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from decnn.distributed.communicator import Communicator
+from decnn.distributed.communicator import Communicator, host_label
 from decnn.distributed.pinning import configure_threads
 from decnn.inference.build import build_mode
 from decnn.inference.config import InferConfig
@@ -29,7 +29,7 @@ from decnn.inference.optimize import keep_freed_memory
 from decnn.inference.spec import ModelSpec
 from decnn.timing import peak_rss_bytes
 
-STOP, RUN, STATS = 0, 1, 2
+STOP, RUN, STATS, IDLE = 0, 1, 2, 3  # IDLE: no request yet (an elastic group's keep-alive, decnn.serve.device)
 DTYPES = (torch.uint8, torch.float32)  # the inputs a request may carry, by their code in the header
 
 
@@ -45,7 +45,7 @@ class Worker:
         self.param_bytes, self.placement = built.param_bytes, built.placement
 
     def info(self) -> dict:
-        return {"rank": self.comm.rank, "host": socket.gethostname(), "pid": os.getpid(),
+        return {"rank": self.comm.rank, "host": socket.gethostname(), "pid": os.getpid(), "device": host_label(),
                 "param_bytes": self.param_bytes, "peak_rss_bytes": peak_rss_bytes(), "placement": self.placement}
 
     def serve(self, conn) -> None:
@@ -62,6 +62,8 @@ class Worker:
             op, shape, dtype = int(header[0]), tuple(header[1:5].tolist()), DTYPES[int(header[5])]
             if op == STOP:
                 return
+            if op == IDLE:  # the other ranks' broadcast completed: none of them times out while no one calls
+                continue
             if op == STATS:
                 info = comm.gather_object(self.info())
                 if comm.rank == 0:
