@@ -250,7 +250,7 @@ def _alive(proc: subprocess.Popen, grouped: bool) -> bool:
         return True
     if not grouped:
         return False
-    return any(pgrp == proc.pid and state != "Z" for _pid, (state, _ppid, pgrp) in procfs.processes())
+    return procfs.group_alive(proc.pid)
 
 
 def _exit_on_sigterm(signum, frame):

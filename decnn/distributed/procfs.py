@@ -40,6 +40,11 @@ def processes() -> Iterator[tuple[int, tuple[str, int, int]]]:
                 yield int(entry.name), fields
 
 
+def group_alive(pgrp: int) -> bool:
+    """Whether any process of process group ``pgrp`` still runs (zombies do not count)."""
+    return any(group == pgrp and state != "Z" for _pid, (state, _ppid, group) in processes())
+
+
 def pending_signals(pid: int) -> int:
     """The process's pending signals (process-wide and main thread) as a bit mask, 0 if it is gone."""
     mask = 0

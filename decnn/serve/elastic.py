@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from decnn.distributed import procfs
 from decnn.distributed.process import die_with_parent
 from decnn.errors import ConfigError, option
 from decnn.serve.requests import CallerQueue
@@ -166,6 +167,8 @@ class ElasticSplitModel:
             except ProcessLookupError:
                 pass
             proc.wait()
+            while procfs.group_alive(proc.pid) and time.monotonic() < deadline + _STOP_GRACE_S:
+                time.sleep(0.05)
         if self._workdir is not None:
             self._workdir.cleanup()
 

@@ -8,6 +8,7 @@ answered across it. Times are seconds on the caller's clock from the split's sta
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 
 from decnn.timing import percentiles_ms
@@ -67,7 +68,7 @@ class Timeline:
         """Each step from one group to the next; ``outage_s`` from the last answer before it to the first
         answer after it (None where either side answered nothing)."""
         periods, out = self.periods(), []
-        for before, after in zip(periods, periods[1:]):
+        for before, after in itertools.pairwise(periods):
             lost = [d for d in before["devices"] if d not in after["devices"]]
             joined = [d for d in after["devices"] if d not in before["devices"]]
             previous = [p["last_answer_s"] for p in periods if p["epoch"] < after["epoch"] and p["last_answer_s"]]
@@ -94,7 +95,8 @@ class Timeline:
                 return f"{', '.join(lost)} lost" + (f": {what_happened(faults[0]['detail'])}" if faults else "")
             f = named[0]
             who = ", ".join(f"rank {rank} ({host})" for rank, host in f["missing"])
-            return f"{', '.join(lost)} lost: {who} {what_happened(f['detail'])}, in {f['where']}, seen by rank {f['seen_by']}"
+            return (f"{', '.join(lost)} lost: {who} {what_happened(f['detail'])}, in {f['where']}, "
+                    f"seen by rank {f['seen_by']}")
         if joined:
             return f"{', '.join(joined)} joined: the agents re-rendezvoused to grow the group"
         return "re-formed on the same devices" + (f" after {what_happened(faults[0]['detail'])}" if faults else "")

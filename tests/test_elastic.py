@@ -1,0 +1,143 @@
+"""The elastic split: a lost device shrinks the group to the devices left, a device that returns grows it back,
+every call gets exactly one answer, equal to the whole model's, and the timeline says what happened."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+import decnn
+from decnn.distributed import procfs
+from decnn.errors import ConfigError
+from decnn.serve.split import WorkerError
+
+TIMEOUT_S = 4  # the devices' --timeout: short, so that a stopped device is noticed quickly
+SLACK_S = 10  # the issue's target: the first answer on the survivors within the timeout + 10 s
+MODEL = dict(width=0.5)  # decnn_resnet18 G4 x0.5, seeded random weights
+
+
+def _images(i: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(i)
+    return torch.randint(0, 256, (1 + i % 3, 3, 32, 32), generator=g, dtype=torch.uint8)
+
+
+class Stream:
+    """``callers`` threads calling the model one counted request after another until stopped, so that
+    requests are in flight whenever the membership changes."""
+
+    def __init__(self, model, callers: int = 2):
+        self.model, self.results, self.errors = model, {}, []
+        self._next, self._lock, self._stop = 0, threading.Lock(), threading.Event()
+        self._threads = [threading.Thread(target=self._call, daemon=True) for _ in range(callers)]
+        for t in self._threads:
+            t.start()
+
+    def _call(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                i, self._next = self._next, self._next + 1
+            try:
+                self.results[i] = self.model(_images(i))
+            except Exception as e:  # a lost call: the test fails on it
+                self.errors.append((i, e))
+                return
+
+    def until(self, condition, limit_s: float = 120) -> None:
+        deadline = time.monotonic() + limit_s
+        while not condition():
+            assert not self.errors, self.errors
+            assert time.monotonic() < deadline, f"not reached in {limit_s} s: {self.model.timeline.table()}"
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+        return self._next
+
+
+def _answered_by(model, devices: int, after_epoch: int = 0, count: int = 3) -> int | None:
+    """The first epoch after ``after_epoch`` whose group of ``devices`` answered ``count`` calls, if any."""
+    for p in model.timeline.periods():
+        if p["epoch"] > after_epoch and len(p["devices"]) == devices and p["answered"] >= count:
+            return p["epoch"]
+    return None
+
+
+@pytest.mark.parametrize("fault", ["kill", "stop"])
+def test_a_lost_device_shrinks_the_split_and_its_return_grows_it_back(fault):
+    with decnn.split("decnn_resnet18", devices=3, elastic=True, timeout=TIMEOUT_S, deadline=90, **MODEL) as model:
+        reference = model.spec.build()
+        lost = model.local_devices[1]
+        stream = Stream(model)
+        stream.until(lambda: _answered_by(model, 3))
+        os.killpg(lost.pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
+        stream.until(lambda: _answered_by(model, 2))
+        if fault == "kill":
+            model.add_device()  # a new device takes the lost one's place
+        else:
+            os.killpg(lost.pid, signal.SIGCONT)  # the same device comes back
+        shrunk = _answered_by(model, 2)
+        stream.until(lambda: _answered_by(model, 3, after_epoch=shrunk))
+        calls = stream.stop()
+        devices = model.local_devices
+    # No call lost, none answered twice: each of the counted calls returned once, from one request.
+    assert sorted(stream.results) == list(range(calls))
+    assert len({a.rid for a in model.timeline.answers}) == len(model.timeline.answers) == calls
+    # Every answer equals the whole model's, whatever the group that gave it.
+    with torch.inference_mode():
+        for i, logits in stream.results.items():
+            expected = reference(_normalized(model, _images(i)))
+            assert (logits - expected).abs().max() <= 1e-4 and torch.equal(logits.argmax(1), expected.argmax(1))
+    served = [p for p in model.timeline.periods() if p["answered"]]
+    assert [(len(p["devices"]), p["placement"]) for p in served][:1] == [(3, "0,1/2/3")]
+    assert (2, "0,1/2,3") in [(len(p["devices"]), p["placement"]) for p in served]
+    changes = [c for c in model.timeline.changes() if c["outage_s"] is not None]
+    shrink = next(c for c in changes if c["lost"])
+    assert shrink["lost"] == ["device1"] and shrink["devices_after"] == 2
+    happened = "closed its connection" if fault == "kill" else "did not answer within the timeout"
+    assert "device1 lost: rank" in shrink["cause"] and happened in shrink["cause"], shrink["cause"]
+    assert shrink["outage_s"] <= TIMEOUT_S + SLACK_S
+    grow = next(c for c in changes if c["joined"])
+    assert grow["joined"] == (["device3"] if fault == "kill" else ["device1"]) and grow["devices_after"] == 3
+    assert "joined" in grow["cause"]
+    # Closing ends every device's agent and worker.
+    assert all(proc.poll() is not None and not procfs.group_alive(proc.pid) for proc in devices)
+
+
+def _normalized(model, images: torch.Tensor) -> torch.Tensor:
+    from decnn.inference.inputs import Normalize
+
+    return Normalize(model.spec.mean, model.spec.std, torch.device("cpu"))(images)
+
+
+def test_no_device_left_is_a_clear_error_within_the_deadline():
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match=r"no group of devices formed within the 3 s deadline \(no device here; "
+                                          r"others join with `decnn device 127\.0\.0\.1:\d+ --nnodes 1:4`\)"):
+        decnn.split("decnn_resnet18", devices=0, elastic=True, deadline=3, **MODEL)
+    assert time.monotonic() - start < 3 + 10
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(placement="0,1/2,3"), "re-places the groups itself"),
+        (dict(mode="pipeline"), "re-places the groups itself"),
+        (dict(min_devices=3, max_devices=2), "needs 1 <= min devices <= max devices <= 4"),
+        (dict(max_devices=5), "needs 1 <= min devices <= max devices <= 4"),
+        (dict(devices=3, max_devices=2), r"min_devices=1, max_devices=2, devices=3"),
+        (dict(deadline=0), "deadline=0: give the seconds a call may wait"),
+    ],
+)
+def test_bad_elastic_settings_fail_before_any_process_starts(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        decnn.split("decnn_resnet18", **{"devices": 2, "elastic": True, **MODEL, **kwargs})
+
+
+def test_an_elastic_split_needs_weights_every_device_can_reslice(tmp_path):
+    with pytest.raises(ConfigError, match="needs a checkpoint file"):
+        decnn.split(tmp_path, devices=2, elastic=True)
