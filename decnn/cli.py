@@ -48,6 +48,7 @@ BENCH_TOOLS = {  # `decnn bench TOOL`: the stand-alone measurements
     "links": "decnn.bench.link_check",
     "edge-memory": "decnn.bench.edge_memory",
     "quantized": "decnn.bench.quantized",
+    "elastic": "decnn.bench.elastic",
 }
 
 

@@ -114,6 +114,36 @@ def _normalized(model, images: torch.Tensor) -> torch.Tensor:
     return Normalize(model.spec.mean, model.spec.std, torch.device("cpu"))(images)
 
 
+@pytest.mark.slow
+@pytest.mark.netns
+def test_over_namespaces_a_killed_stopped_or_cut_off_device_shrinks_the_split_and_its_return_grows_it():
+    """Separate hosts (network namespaces, TCP between them): the caller streams batch-1 calls while device2 is
+    killed and replaced, stopped and continued, its link taken down and up (`decnn bench elastic`)."""
+    from decnn.bench.elastic import FAULTS, run_scenario
+    from decnn.distributed.netns import links_available
+
+    ok, why = links_available()
+    if not ok:
+        pytest.skip(why)
+    report = run_scenario(FAULTS, TIMEOUT_S, model_args=("--model", "decnn_resnet18", "--width", "0.5",
+                                                         "--image-size", "32"))
+    timeline = report["timeline"]
+    changes = {c["epoch"]: c for c in timeline["changes"]}
+    happened = {"kill": "closed its connection", "stop": "did not answer within the timeout",
+                "link": "did not answer within the timeout"}
+    for row in report["faults"]:
+        assert len(row["survivors"]) == 2 and row["to_survivors_s"] <= TIMEOUT_S + SLACK_S, row
+        assert len(row["grown"]) == 3, row
+        shrink = changes[row["shrunk_epoch"]]
+        assert shrink["cause"].startswith("device2") and happened[row["kind"]] in shrink["cause"], shrink
+        assert "device2" in changes[row["grown_epoch"]]["cause"]
+    answers = timeline["answers"]
+    assert report["calls"] == len(answers) == len({a["rid"] for a in answers})
+    for period in timeline["periods"]:
+        if period["answered"]:
+            assert period["max_abs_diff"] <= 1e-4 and period["top1_agreement"] == 1.0, period
+
+
 def test_no_device_left_is_a_clear_error_within_the_deadline():
     start = time.monotonic()
     with pytest.raises(WorkerError, match=r"no group of devices formed within the 3 s deadline \(no device here; "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -91,6 +92,8 @@ def serve_group(endpoint: str, timeout_s: float) -> None:
 def run_device(endpoint: str, nnodes: tuple[int, int], name: str, local_addr: str | None = None,
                timeout_s: float = 60.0) -> int:
     """Serve as one elastic node until the caller closes (returns 0); rejoin whenever the rendezvous is lost."""
+    # c10d's C++ warnings would repeat each failed store connection (with a stack) while a link is down.
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -99,7 +102,7 @@ def run_device(endpoint: str, nnodes: tuple[int, int], name: str, local_addr: st
     from decnn.distributed.watchdog import terminable_when_stopped
     from decnn.serve.requests import GroupChannel, connect
 
-    host = endpoint.rsplit(":", 1)[0]
+    host, port = endpoint.rsplit(":", 1)
     local = host.startswith("127.") or host == "localhost"
     os.environ["DECNN_DEVICE_NAME"] = name
     # The workers' process group gets a store of its own each round, on that round's rank 0: the agents'
@@ -115,20 +118,32 @@ def run_device(endpoint: str, nnodes: tuple[int, int], name: str, local_addr: st
     )
     start_worker_server("decnn.serve.worker", local)  # each round's worker forks ready: torch imported once
     while True:
+        _wait_for(host, int(port), name)
+        if GroupChannel.closed(connect(endpoint, timeout_s)):
+            return 0
         try:
             with terminable_when_stopped(), worker_environment(local):
                 elastic_launch(config, serve_group)(endpoint, timeout_s)
+            GroupChannel.leave(connect(endpoint, timeout_s))  # the caller closed; it waits for its devices
             return 0
         except (ChildFailedError, RendezvousError, RuntimeError) as e:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        try:
-            if GroupChannel.closed(connect(endpoint, timeout_s=5)):
-                return 0
-        except RuntimeError:
-            pass  # the caller cannot be reached: keep trying
-        print(f"[device {name}] left the group ({reason}); joining again in {REJOIN_S:g} s", file=sys.stderr,
-              flush=True)
+        print(f"[device {name}] left the group ({reason}); joining again", file=sys.stderr, flush=True)
         time.sleep(REJOIN_S)
+
+
+def _wait_for(host: str, port: int, name: str) -> None:
+    """Return once the caller's store accepts connections (before it starts, or while a link is down)."""
+    said = False
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=REJOIN_S).close()
+            return
+        except OSError:
+            if not said:
+                print(f"[device {name}] waiting for the caller at {host}:{port}", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(REJOIN_S)
 
 
 def route_address(host: str) -> str:
@@ -153,7 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(e))
     if ":" not in args.endpoint:
         p.error(f"endpoint {args.endpoint!r}: give HOST:PORT, e.g. 10.0.0.1:29500")
-    return run_device(args.endpoint, nnodes, args.name, args.local_addr, args.timeout)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    try:
+        return run_device(args.endpoint, nnodes, args.name, args.local_addr, args.timeout)
+    except SignalException as e:  # SIGTERM (or SIGINT) while the agent's handlers are installed: stop quietly
+        print(f"[device {args.name}] stopped ({signal.Signals(e.sigval).name})", file=sys.stderr, flush=True)
+        return 128 + e.sigval
 
 
 if __name__ == "__main__":

@@ -157,6 +157,9 @@ class ElasticSplitModel:
         atexit.unregister(self.close)
         self.queue.close()
         deadline = time.monotonic() + _STOP_GRACE_S
+        group = self.queue.group(self.queue.epochs()) or {"devices": []}
+        while self.queue.left() < len(group["devices"]) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the store stays up until the devices' agents have finished with it
         for proc in self.local_devices:
             try:
                 proc.wait(max(deadline - time.monotonic(), 0.1))

@@ -11,6 +11,7 @@ lost group had in flight; an answer written twice is taken once. Keys, under ``d
     epoch           groups formed (a counter)            group/<e>    a group's devices and placement (JSON)
     fault/<e>/<r>   what ended group e, as rank r saw it (JSON)  closed  the caller closed the service
     error           a device could not build its branch (the caller raises it and closes)
+    left            devices that left after the caller closed (a counter: the caller keeps the store up till then)
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ class CallerQueue:
     def close(self) -> None:
         self.store.set(_key("closed"), "1")
 
+    def left(self) -> int:
+        return self.store.add(_key("left"), 0)
+
 
 class GroupChannel:
     """A group's rank 0 side, with the interface of the pipe :class:`~decnn.serve.worker.Worker` serves:
@@ -135,6 +139,10 @@ class GroupChannel:
     @staticmethod
     def closed(store: dist.TCPStore) -> bool:
         return store.check([_key("closed")])
+
+    @staticmethod
+    def leave(store: dist.TCPStore) -> None:
+        store.add(_key("left"), 1)
 
     @staticmethod
     def new_epoch(store: dist.TCPStore) -> int:
