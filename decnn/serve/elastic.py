@@ -32,6 +32,7 @@ from decnn.distributed import procfs
 from decnn.distributed.process import die_with_parent
 from decnn.errors import ConfigError, option
 from decnn.serve.requests import CallerQueue
+from decnn.serve.split import WorkerError, check_images
 from decnn.serve.timeline import Answer, Timeline
 
 __all__ = ["ElasticSplitModel", "random_checkpoint"]
@@ -47,8 +48,6 @@ class ElasticSplitModel:
 
     def __init__(self, cfg, spec, devices: int, nnodes: tuple[int, int | None], endpoint: str, deadline: float):
         """``nnodes``: the fewest and most devices (None: the model's groups); ConfigError before anything starts."""
-        from decnn.serve.split import WorkerError
-
         self.nnodes, self.deadline = _check(spec, devices, nnodes, deadline), deadline
         if cfg.threads is None and devices:  # this host's cores shared by its devices (a board's: all of them)
             cfg = dataclasses.replace(cfg, threads=max(1, len(os.sched_getaffinity(0)) // devices))
@@ -72,7 +71,7 @@ class ElasticSplitModel:
         try:
             for _ in range(devices):
                 self.add_device()
-            self._wait_for_group(WorkerError)
+            self._wait_for_group()
         except BaseException:
             self.close()
             raise
@@ -86,19 +85,17 @@ class ElasticSplitModel:
         self.local_devices.append(proc)
         return proc
 
-    def _wait_for_group(self, error) -> None:
+    def _wait_for_group(self) -> None:
         deadline = time.monotonic() + self.deadline
         while self.queue.epochs() == 0 or self.queue.group(self.queue.epochs()) is None:
-            self._raise_on_error(error)
+            self._raise_on_error()
             if time.monotonic() > deadline:
-                raise error(f"no group of devices formed within the {self.deadline:g} s deadline "
+                raise WorkerError(f"no group of devices formed within the {self.deadline:g} s deadline "
                             f"({self._devices_state()})")
             time.sleep(0.1)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, classes]`` of uint8 images ``[B, 3, H, W]`` or float32 normalised inputs; thread-safe."""
-        from decnn.serve.split import WorkerError, check_images
-
         array = check_images(images, self._closed).detach().cpu().contiguous().numpy()
         submitted = time.monotonic()
         with self._lock:
@@ -107,7 +104,7 @@ class ElasticSplitModel:
             self._last_rid = max(self._last_rid, rid)
         try:
             while (got := self.queue.answer(rid, _POLL_S)) is None:
-                self._raise_on_error(WorkerError)
+                self._raise_on_error()
                 if time.monotonic() - submitted > self.deadline:
                     raise WorkerError(f"no answer within the {self.deadline:g} s deadline: no group of devices "
                                       f"is serving ({self._devices_state()})")
@@ -124,19 +121,22 @@ class ElasticSplitModel:
         with self._lock:
             known = max(self.timeline.groups, default=0)
             for epoch in range(known + 1, answer.epoch + 1):
-                group = self.queue.group(epoch)
-                self.timeline.add_group(epoch, group, [])
-            for epoch in range(max(known, 1), answer.epoch):  # what ended each group before this one
-                if epoch in self.timeline.groups and epoch not in self.timeline.faults:
-                    size = len(self.timeline.groups[epoch]["devices"])
-                    self.timeline.add_group(epoch, None, self.queue.faults(epoch, size))
+                self.timeline.add_group(epoch, self.queue.group(epoch), [])
+            if answer.epoch > known:
+                self._read_faults(answer.epoch)
             self.timeline.answers.append(answer)
 
-    def _raise_on_error(self, error) -> None:
+    def _read_faults(self, before: int) -> None:
+        """What ended each group before epoch ``before``, where its ranks recorded it (once read, kept)."""
+        for epoch, group in self.timeline.groups.items():
+            if epoch < before and epoch not in self.timeline.faults:
+                self.timeline.add_group(epoch, None, self.queue.faults(epoch, len(group["devices"])))
+
+    def _raise_on_error(self) -> None:
         message = self.queue.error()
         if message:
             self.close()
-            raise error(f"a device cannot serve this model: {message}; the split model is closed")
+            raise WorkerError(f"a device cannot serve this model: {message}; the split model is closed")
 
     def _devices_state(self) -> str:
         local = [f"device{i} {'running' if p.poll() is None else f'exited ({p.returncode})'}"
@@ -155,6 +155,8 @@ class ElasticSplitModel:
             return
         self._closed = True
         atexit.unregister(self.close)
+        with self._lock:
+            self._read_faults(max(self.timeline.groups, default=0) + 1)  # a rank may have recorded one late
         self.queue.close()
         deadline = time.monotonic() + _STOP_GRACE_S
         group = self.queue.group(self.queue.epochs()) or {"devices": []}
