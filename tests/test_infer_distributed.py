@@ -300,10 +300,25 @@ def test_single_mode_in_process(tmp_path):
     assert not dist.is_initialized()
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_branch_mode_on_one_device_is_the_whole_model(tmp_path, dtype):
+    """All groups on one device (an elastic split down to its last device): every exchange sends nothing."""
+    out = tmp_path / "branch1.json"
+    assert main([*SYNTHETIC, "--mode", "branch", "--devices", "1", "--exchange-dtype", dtype, "--verify",
+                 "--out", str(out), "--log-dir", ""]) == 0
+    r = json.loads(out.read_text())
+    assert (r["mode"], r["devices"], r["bytes_per_image"]) == ("branch", 1, 0)
+    assert r["max_abs_diff"] <= 1e-4 and r["top1_agreement"] == 1.0
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--random-init", "--devices", "5"], "groups=4 splits over at most 4 devices, not 5"),
+        (["--random-init", "--elastic", "--mode", "single"], "--elastic runs mode branch with backend torch"),
+        (["--random-init", "--elastic", "--devices", "5"], "--min-devices 1, --max-devices 4, --devices 5"),
+        (["--random-init", "--duration", "5", "--devices", "2"], "apply to --elastic runs"),
+        (["--random-init", "--elastic", "--plan", "auto"], "--plan and --elastic"),
         (["--random-init", "--groups", "1", "--devices", "2"], "groups=1 splits over at most 1 devices, not 2"),
         (["--random-init", "--devices", "2", "--placement", "0,1/2"], "must assign each of the groups"),
         (["--random-init", "--mode", "single", "--devices", "2"], "mode single runs the whole model in one process"),

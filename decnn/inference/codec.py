@@ -25,11 +25,11 @@ class Codec:
 
     def encode(self, rows: torch.Tensor, wire: torch.Tensor | None) -> torch.Tensor:
         """Rows ``(C, B, P)`` in fp32 -> wire rows ``(C, row_elements)``, filling ``wire`` if needed."""
-        return rows.view(rows.shape[0], -1)
+        return rows.flatten(1)  # not view(C, -1): a rank of a one-device group sends no rows
 
     def decode(self, wire: torch.Tensor, batch: int, out: torch.Tensor) -> torch.Tensor:
         """Wire rows -> fp32 rows ``(C, B, P)``, in ``out`` where a conversion is needed."""
-        return wire.view(wire.shape[0], batch, -1)
+        return wire.view(wire.shape[0], batch, wire.shape[1] // batch)
 
 
 class CastCodec(Codec):
@@ -75,11 +75,11 @@ class Int8Codec(Codec):
         # vectorised (the conversion of a batch-1 exchange's first shuffle point: 74 -> 26 us).
         wire[..., :p].copy_(scaled.to(torch.int16))
         wire[..., p:].copy_(torch.cat([lo, step], dim=-1).view(torch.uint8))
-        return wire.view(c, -1)
+        return wire.flatten(1)
 
     def decode(self, wire: torch.Tensor, batch: int, out: torch.Tensor) -> torch.Tensor:
         c = wire.shape[0]
-        wire = wire.view(c, batch, -1)
+        wire = wire.view(c, batch, wire.shape[1] // batch)
         p = wire.shape[-1] - self._HEADER
         header = wire[..., p:].contiguous().view(torch.float32)  # (C, B, 2): minimum, step
         return out.view(c, batch, p).copy_(wire[..., :p]).mul_(header[..., 1:]).add_(header[..., :1])
