@@ -49,7 +49,9 @@ def parse_nnodes(text: str) -> tuple[int, int]:
 
 def serve_group(endpoint: str, timeout_s: float) -> None:
     """The worker of one rendezvous round: join the group, build this rank's branch, serve until the caller
-    closes or the group breaks (a PeerError, recorded in the caller's store for the timeline)."""
+    closes or the group breaks (a PeerError, recorded in the caller's store for the timeline). Any other
+    failure (a checkpoint this device cannot read, a bug) is recorded as the service's error: the caller
+    raises it and closes, rather than the agents re-forming groups that fail alike."""
     import torch
 
     from decnn.distributed.communicator import Communicator, PeerError, host_label
@@ -70,11 +72,7 @@ def serve_group(endpoint: str, timeout_s: float) -> None:
     epoch = None
     try:
         epoch = comm.broadcast_object(GroupChannel.new_epoch(store) if comm.rank == 0 else None)
-        try:
-            worker = Worker(cfg, comm, spec)
-        except ConfigError as e:  # a checkpoint this device cannot read: the caller reports it and closes
-            GroupChannel.record_error(store, f"rank {comm.rank} ({host_label()}): {e}")
-            raise
+        worker = Worker(cfg, comm, spec)
         devices = comm.gather_object(worker.info())
         channel = None
         if comm.rank == 0:
@@ -84,6 +82,11 @@ def serve_group(endpoint: str, timeout_s: float) -> None:
     except PeerError as e:
         if epoch is not None:
             GroupChannel.record_fault(store, epoch, e)
+        raise
+    except torch.distributed.DistError:  # the caller's store out of reach (a link down): the agent retries
+        raise
+    except Exception as e:  # not a peer's loss: every new group would fail alike, so the caller raises it
+        GroupChannel.record_error(store, f"rank {comm.rank} ({host_label()}): {type(e).__name__}: {e}")
         raise
     finally:
         comm.close()
