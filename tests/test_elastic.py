@@ -108,6 +108,29 @@ def test_a_lost_device_shrinks_the_split_and_its_return_grows_it_back(fault):
     assert all(proc.poll() is not None and not procfs.group_alive(proc.pid) for proc in devices)
 
 
+def test_down_to_one_device_the_split_is_the_whole_model_and_with_none_a_call_fails_at_the_deadline():
+    deadline_s = 15
+    with decnn.split("decnn_resnet18", devices=2, elastic=True, timeout=TIMEOUT_S, deadline=deadline_s,
+                     **MODEL) as model:
+        reference = model.spec.build()
+        model(_images(0))
+        os.killpg(model.local_devices[1].pid, signal.SIGKILL)
+        stream = Stream(model, callers=1)
+        stream.until(lambda: _answered_by(model, 1))
+        stream.stop()
+        alone = [p for p in model.timeline.periods() if len(p["devices"]) == 1 and p["answered"]]
+        assert alone[0]["devices"] == ["device0"] and alone[0]["placement"] == "0,1,2,3"
+        with torch.inference_mode():
+            for i, logits in stream.results.items():
+                assert (logits - reference(_normalized(model, _images(i)))).abs().max() <= 1e-4
+        os.killpg(model.local_devices[0].pid, signal.SIGKILL)
+        start = time.monotonic()
+        with pytest.raises(WorkerError, match=rf"no answer within the {deadline_s} s deadline: no group of devices "
+                                              r"is serving \(devices here: device0 exited \(-9\), device1 exited"):
+            model(_images(1))
+        assert time.monotonic() - start < deadline_s + 5
+
+
 def _normalized(model, images: torch.Tensor) -> torch.Tensor:
     from decnn.inference.inputs import Normalize
 
@@ -166,6 +189,21 @@ def test_no_device_left_is_a_clear_error_within_the_deadline():
 def test_bad_elastic_settings_fail_before_any_process_starts(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         decnn.split("decnn_resnet18", **{"devices": 2, "elastic": True, **MODEL, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["127.0.0.1"], "give HOST:PORT, e.g. 10.0.0.1:29500"),
+        (["127.0.0.1:29500", "--nnodes", "3:2"], "give MIN:MAX devices with 1 <= MIN <= MAX"),
+    ],
+)
+def test_a_device_with_bad_arguments_is_a_usage_error(argv, message, capsys):
+    from decnn.serve.device import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_an_elastic_split_needs_weights_every_device_can_reslice(tmp_path):
