@@ -5,6 +5,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,6 +130,19 @@ def test_down_to_one_device_the_split_is_the_whole_model_and_with_none_a_call_fa
                                               r"is serving \(devices here: device0 exited \(-9\), device1 exited"):
             model(_images(1))
         assert time.monotonic() - start < deadline_s + 5
+
+
+def test_a_device_that_cannot_build_its_branch_fails_the_call_at_once_naming_it():
+    """Not a lost peer: the checkpoint is gone when the devices left re-form, so every group would fail alike."""
+    with decnn.split("decnn_resnet18", devices=2, elastic=True, timeout=TIMEOUT_S, deadline=90, **MODEL) as model:
+        model(_images(0))
+        Path(model.spec.checkpoint).unlink()
+        os.killpg(model.local_devices[1].pid, signal.SIGKILL)
+        start = time.monotonic()
+        with pytest.raises(WorkerError, match=r"a device cannot serve this model: rank 0 \(device0\): \w+Error: "
+                                              r".*random-init\.pt.*; the split model is closed"):
+            model(_images(1))
+        assert time.monotonic() - start < TIMEOUT_S + SLACK_S
 
 
 def _normalized(model, images: torch.Tensor) -> torch.Tensor:
