@@ -84,6 +84,10 @@ def test_a_lost_device_shrinks_the_split_and_its_return_grows_it_back(fault):
         shrunk = _answered_by(model, 2)
         stream.until(lambda: _answered_by(model, 3, after_epoch=shrunk))
         calls = stream.stop()
+        # The grown group re-sliced its branches from the checkpoint: no device holds the whole model.
+        whole = sum(p.numel() * 4 for p in reference.parameters())
+        held = [d["param_bytes"] for d in model.stats()]
+        assert len(held) == 3 and max(held) < 0.6 * whole
         devices = model.local_devices
     # No call lost, none answered twice: each of the counted calls returned once, from one request.
     assert sorted(stream.results) == list(range(calls))
@@ -110,7 +114,7 @@ def test_a_lost_device_shrinks_the_split_and_its_return_grows_it_back(fault):
 
 
 def test_down_to_one_device_the_split_is_the_whole_model_and_with_none_a_call_fails_at_the_deadline():
-    deadline_s = 15
+    deadline_s = 30  # also the limit for the first group to form: two devices starting torch on a busy machine
     with decnn.split("decnn_resnet18", devices=2, elastic=True, timeout=TIMEOUT_S, deadline=deadline_s,
                      **MODEL) as model:
         reference = model.spec.build()

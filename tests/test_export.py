@@ -75,6 +75,15 @@ def test_export_rejects_a_bad_placement(exported, capsys):
     assert "each of the groups 0..3" in capsys.readouterr().err
 
 
+def test_export_spreads_the_groups_over_any_device_count(tmp_path, capsys):
+    _checkpoint(tmp_path / "best.pt", width=0.5)
+    assert export_main([str(tmp_path / "best.pt"), "--devices", "3", "--out", str(tmp_path / "shards")]) == 0
+    assert json.loads((tmp_path / "shards" / "manifest.json").read_text())["placement"] == [[0, 1], [2], [3]]
+    assert export_main([str(tmp_path / "best.pt"), "--devices", "5", "--out", str(tmp_path / "bad")]) == 2
+    assert "4 groups split over 1 to 4 devices, not 5" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_device_loading_its_shard_never_holds_the_whole_model(tmp_path):
     """Peak RSS of the load, in fresh processes: the whole model's weights would not fit under the bound."""
     model = _checkpoint(tmp_path / "best.pt", "decnn_resnet34")

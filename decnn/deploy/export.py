@@ -105,7 +105,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a training checkpoint (best.pt or last.pt)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--placement", help="groups per device, e.g. 0,1/2,3 or 0,1,2/3")
-    where.add_argument("--devices", type=int, help="spread the groups evenly over this many devices")
+    where.add_argument("--devices", type=int, help="spread the groups over this many devices, as evenly as they go "
+                       "(4 groups on 3: 0,1/2/3)")
     p.add_argument("--out", required=True, help="folder for the shards (created if missing)")
     p.add_argument("--onnx", action="store_true", help="also write each device's segments and head as ONNX")
     g = p.add_argument_group("quantization (with --onnx)")
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = load_checkpoint(args.checkpoint)
         groups = meta_model(ckpt["model_name"], ckpt["model_kwargs"]).groups
         del ckpt
-        placement = Placement.parse(groups, args.placement) if args.placement else Placement.even(groups, args.devices)
+        placement = (Placement.parse(groups, args.placement) if args.placement
+                     else Placement.balanced(groups, args.devices))
         manifest = export_shards(args.checkpoint, placement, args.out)
         if args.onnx:
             manifest["onnx"] = export_onnx(args.out, manifest)

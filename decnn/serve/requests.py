@@ -75,9 +75,6 @@ class CallerQueue:
         self.store.delete_key(_key("req", rid))
         self.store.delete_key(_key("ans", rid))
 
-    def handed_out(self) -> int:
-        return self.store.add(_key("next"), 0)
-
     def epochs(self) -> int:
         return self.store.add(_key("epoch"), 0)
 
