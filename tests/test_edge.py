@@ -160,6 +160,16 @@ def test_ctrl_c_ends_every_device_with_130(g4):
     assert not leftovers(tmp / "shards")
 
 
+def test_the_launcher_keeps_a_rank_s_identity_apart_from_the_output_mpiexec_puts_behind_it():
+    from decnn.edge.launch import Report
+    from decnn.edge.run import IDENTITY
+
+    report = Report()
+    shown = report.feed(f"{IDENTITY} rank 1 pid 42 host vm;error: rank 0 (host vm): --inputs bad.npz: unreadable\n")
+    assert shown == "error: rank 0 (host vm): --inputs bad.npz: unreadable\n"
+    assert report.ranks == {"42": ("1", "vm")} and report.errors == [shown.strip()]
+
+
 def test_bad_folders_are_one_line_and_exit_2(g4, g8, tmp_path):
     _, tmp = g4
     run = edge(tmp_path / "missing")

@@ -29,7 +29,7 @@ from decnn.exitcodes import INTERRUPTED, RUNTIME, USAGE
 
 # On one host MPICH moves data through shared memory; these make UCX, its network layer, use TCP instead.
 TCP_ENV = {"MPIR_CVAR_NOLOCAL": "1", "UCX_TLS": "tcp,self"}
-_IDENTITY = re.compile(re.escape(IDENTITY) + r" rank (\d+) pid (\d+) host ([^\s\[]+)\n?")
+_IDENTITY = re.compile(re.escape(IDENTITY) + r" rank (\d+) pid (\d+) host ([^\s;]+);\n?")
 _HYDRA_DEATH = re.compile(r"PID (\d+) RUNNING AT (\S+)")
 _HYDRA_EXIT = re.compile(r"EXIT (?:CODE|STRING): (.+)")
 

@@ -77,7 +77,8 @@ def as_device(timeout: float, body) -> int:
     try:
         comm = MpiComm(timeout)
         if os.environ.get("DECNN_EDGE_LAUNCHER"):
-            print(f"{IDENTITY} rank {comm.rank} pid {os.getpid()} host {comm.hosts[comm.rank]}", file=sys.stderr,
+            # ';' ends it: mpiexec may put another rank's output right behind it on the same line.
+            print(f"{IDENTITY} rank {comm.rank} pid {os.getpid()} host {comm.hosts[comm.rank]};", file=sys.stderr,
                   flush=True)
         body(comm)
     except KeyboardInterrupt:
