@@ -40,9 +40,11 @@ def run_scenario(faults=FAULTS, timeout_s: float = 4.0, hold_s: float | None = N
     with EmulatedLink(None, num_hosts=4) as link, tempfile.TemporaryDirectory() as tmp:
         endpoint = f"{link.hosts[0].address}:{PORT}"
         out = Path(tmp) / "elastic.json"
+        # One thread per device: the emulated hosts share this machine's cores (a board's device uses all of its).
         caller = link.popen(0, [sys.executable, "-m", "decnn.inference", "--random-init", "--elastic", "--devices",
                                 "0", "--max-devices", "3", "--rdzv-endpoint", endpoint, "--duration", duration,
-                                "--timeout", timeout_s, "--verify", "--out", out, "--log-dir", log_dir, *model_args],
+                                "--timeout", timeout_s, "--threads", 1, "--verify", "--out", out, "--log-dir", log_dir,
+                                *model_args],
                             stderr=subprocess.PIPE, text=True)
         lines = _Lines(caller)
         device = [sys.executable, "-m", "decnn.serve.device", endpoint, "--nnodes", "1:3"]
