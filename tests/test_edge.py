@@ -66,17 +66,21 @@ def leftovers(directory: Path) -> list[str]:
     return out.split()
 
 
+@pytest.mark.parametrize("channels", [6, 0])  # 0: a device alone sends no rows
 @pytest.mark.parametrize("dtype", EXCHANGE_DTYPES)
-def test_codecs_write_the_wire_bytes_of_the_torch_runtime(dtype):
-    rows = torch.randn(6, 3, 20) * 4
-    rows[0] = 1.5  # a constant row (int8: zero range)
+def test_codecs_write_the_wire_bytes_of_the_torch_runtime(dtype, channels):
+    rows = torch.randn(channels, 3, 20) * 4
+    rows[:1] = 1.5  # a constant row (int8: zero range)
     ours, theirs = make_codec(dtype), torch_codec(dtype)
     row = theirs.row_elements(3, 20)
-    wire = theirs.encode(rows.clone(), torch.empty(6, row, dtype=theirs.wire_dtype) if theirs.needs_buffer else None)
-    mine = ours.encode(rows.numpy().copy(), np.empty((6, row), ours.wire_dtype) if ours.needs_buffer else None)
+    wire = theirs.encode(rows.clone(), torch.empty(channels, row, dtype=theirs.wire_dtype) if theirs.needs_buffer
+                         else None)
+    mine = ours.encode(rows.numpy().copy(), np.empty((channels, row), ours.wire_dtype) if ours.needs_buffer else None)
+    assert wire.shape == mine.shape == (channels, row)
     assert wire.contiguous().view(torch.uint8).numpy().tobytes() == np.ascontiguousarray(mine).view(np.uint8).tobytes()
-    decoded = ours.decode(mine, 3, np.empty((6, 3, 20), np.float32))
-    assert np.array_equal(decoded, theirs.decode(wire, 3, torch.empty(6, 3, 20)).numpy())
+    decoded = ours.decode(mine, 3, np.empty((channels, 3, 20), np.float32))
+    assert decoded.shape == (channels, 3, 20)
+    assert np.array_equal(decoded, theirs.decode(wire, 3, torch.empty(channels, 3, 20)).numpy())
 
 
 @pytest.mark.parametrize(("export", "batch"), [("g4", 1), ("g4", 3), ("g4", 8), ("g8", 3)])

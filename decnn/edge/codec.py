@@ -25,11 +25,12 @@ class Codec:
 
     def encode(self, rows: np.ndarray, wire: np.ndarray | None) -> np.ndarray:
         """Rows ``(C, B, P)`` in fp32 -> wire rows ``(C, row_elements)``, filling ``wire`` if needed."""
-        return rows.reshape(rows.shape[0], -1)
+        c, b, p = rows.shape  # sizes, not reshape(C, -1): a rank of a one-device group sends no rows (C = 0)
+        return rows.reshape(c, b * p)
 
     def decode(self, wire: np.ndarray, batch: int, out: np.ndarray) -> np.ndarray:
         """Wire rows -> fp32 rows ``(C, B, P)``, in ``out`` where a conversion is needed."""
-        return wire.reshape(wire.shape[0], batch, -1)
+        return wire.reshape(wire.shape[0], batch, wire.shape[1] // batch)
 
 
 class Fp16Codec(Codec):
@@ -94,7 +95,7 @@ class Int8Codec(Codec):
 
     def decode(self, wire: np.ndarray, batch: int, out: np.ndarray) -> np.ndarray:
         c = wire.shape[0]
-        view = wire.reshape(c, batch, -1)
+        view = wire.reshape(c, batch, wire.shape[1] // batch)
         p = view.shape[-1] - self._HEADER
         header = np.ascontiguousarray(view[..., p:]).view(np.float32)  # (C, B, 2): minimum, step
         rows = out.reshape(c, batch, p)

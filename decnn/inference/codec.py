@@ -25,7 +25,8 @@ class Codec:
 
     def encode(self, rows: torch.Tensor, wire: torch.Tensor | None) -> torch.Tensor:
         """Rows ``(C, B, P)`` in fp32 -> wire rows ``(C, row_elements)``, filling ``wire`` if needed."""
-        return rows.flatten(1)  # not view(C, -1): a rank of a one-device group sends no rows
+        c, b, p = rows.shape  # sizes, not view(C, -1): a rank of a one-device group sends no rows (C = 0)
+        return rows.view(c, b * p)
 
     def decode(self, wire: torch.Tensor, batch: int, out: torch.Tensor) -> torch.Tensor:
         """Wire rows -> fp32 rows ``(C, B, P)``, in ``out`` where a conversion is needed."""
@@ -41,7 +42,7 @@ class CastCodec(Codec):
         self.name, self.wire_dtype = name, dtype
 
     def encode(self, rows: torch.Tensor, wire: torch.Tensor) -> torch.Tensor:
-        return wire.copy_(rows.view(rows.shape[0], -1))
+        return wire.copy_(rows.view(wire.shape))
 
     def decode(self, wire: torch.Tensor, batch: int, out: torch.Tensor) -> torch.Tensor:
         return out.copy_(wire.view(out.shape))
@@ -75,7 +76,7 @@ class Int8Codec(Codec):
         # vectorised (the conversion of a batch-1 exchange's first shuffle point: 74 -> 26 us).
         wire[..., :p].copy_(scaled.to(torch.int16))
         wire[..., p:].copy_(torch.cat([lo, step], dim=-1).view(torch.uint8))
-        return wire.flatten(1)
+        return wire.view(c, b * (p + self._HEADER))
 
     def decode(self, wire: torch.Tensor, batch: int, out: torch.Tensor) -> torch.Tensor:
         c = wire.shape[0]
