@@ -71,6 +71,8 @@ class RunRecord:
     throughput_ips: float | None = None
     bytes_per_image: float | None = None
     bytes_per_image_per_point: list[float] | None = None
+    # The points at which devices exchange activations, per batch: DeCNN's shuffles, a spatial split's halos.
+    exchanges_per_batch: int | None = None
     bytes_saved_vs_fp32: float | None = None
     input_bytes_per_image: float | None = None
     result_bytes_per_image: float | None = None
@@ -286,9 +288,10 @@ def format_table(r: RunRecord) -> str:
         ("images", f"{r.images} of {r.image_size}x{r.image_size} (+{r.warmup} warm-up steps, not timed)"),
         ("latency / batch", f"p50 {lat.p50:.2f} ms  p95 {lat.p95:.2f} ms  p99 {lat.p99:.2f} ms"),
         ("throughput", f"{r.throughput_ips:.1f} images/s"),
-        ("bytes / image", f"{r.bytes_per_image:,.0f} activations "
-                          f"({', '.join(f'{b:,.0f}' for b in r.bytes_per_image_per_point) or '-'}), "
-                          f"{r.input_bytes_per_image:,.0f} input, {r.result_bytes_per_image:,.0f} logits"),
+        ("bytes / image", f"{r.bytes_per_image:,.0f} activations"
+                          + (f" in {r.exchanges_per_batch} exchanges" if r.exchanges_per_batch is not None else "")
+                          + f" ({', '.join(f'{b:,.0f}' for b in r.bytes_per_image_per_point) or '-'}), "
+                          f"{r.input_bytes_per_image:,.0f} input, {r.result_bytes_per_image:,.0f} results"),
     ]
     if r.bytes_saved_vs_fp32:
         rows.append(("saved vs fp32", f"{r.bytes_saved_vs_fp32 * 100:.1f}% of the activation bytes"))

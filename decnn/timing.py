@@ -23,7 +23,7 @@ import numpy as np
 class Pending(Protocol):
     """A collective in flight (a torch.distributed work handle, an MPI request behind a deadline)."""
 
-    def wait(self) -> None: ...
+    def wait(self): ...
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,13 @@ class Timed:
     def __init__(self, clock: Clock, pending: Pending, key: str, started: float):
         self.clock, self.pending, self.key, self.started = clock, pending, key, started
 
-    def wait(self) -> None:
+    def wait(self):
+        """Wait for the collective; returns what its own ``wait`` returns."""
         waited = time.perf_counter()
         with self.clock.range(f"wait {self.key.split('#')[0]}"):
-            self.pending.wait()
+            value = self.pending.wait()
         self.clock.events.append(Event(self.key, self.started, waited, time.perf_counter()))
+        return value
 
 
 class Clock:

@@ -10,14 +10,13 @@ exchanged with the plans in the device's shard, and the partial logits of all de
 ``device0.tail.onnx`` turns that sum into the logits; ``model.onnx`` is the whole model. A device that runs
 without torch (``decnn edge``) needs only ``manifest.json``, its ``device<d>.plans.json`` and its graphs.
 ``--quantize int8`` then quantizes each device's segments (``device<d>.seg<i>.int8.onnx``, see
-``decnn.deploy.quantize``) and lists those for the devices to run.
+``decnn.deploy.quantize``) and lists those for the devices to run. ``--mode modnn|grid --onnx`` exports the
+peers' spatial splits instead, for ``decnn edge`` (see ``decnn.deploy.spatial``).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from decnn.common.checkpoint import CheckpointError, load_checkpoint, load_weights
+from decnn.deploy.onnx_graph import export_graph
 from decnn.deploy.quantize import (
     DEFAULT_IMAGES,
     DEFAULT_MIN_AGREEMENT,
@@ -35,13 +35,17 @@ from decnn.deploy.quantize import (
     summary,
 )
 from decnn.deploy.shards import ShardError, export_shards, load_shard_branch, meta_model
+from decnn.deploy.spatial import export_spatial
 from decnn.edge.bundle import MANIFEST, WHOLE_MODEL
 from decnn.partition import Branch, Placement
+from decnn.spatial import SPATIAL_MODES, Tiling
 
 EXAMPLES = """examples:
   decnn export runs/train/<run>/best.pt --placement 0,1/2,3 --out shards/
   decnn export runs/train/<run>/best.pt --devices 2 --out shards/ --onnx
   decnn export runs/train/<run>/best.pt --devices 2 --out shards/ --onnx --quantize int8 --calibration DATA_ROOT
+  decnn export runs/train/<run>/best.pt --mode modnn --devices 2 --out modnn/ --onnx
+  decnn export runs/train/<run>/best.pt --mode grid --devices 4 --out grid/ --onnx --image-size 224
 """
 
 
@@ -77,7 +81,7 @@ def export_onnx(out: str | Path, manifest: dict) -> list[list[str]]:
         steps += [_Step(branch, "finish")] if d == 0 else []
         x = x0
         for module, name in zip(steps, names):
-            _export(module.eval(), x, out / name, image_input=module.method != "finish")
+            export_graph(module.eval(), (x,), out / name, image_dims=module.method != "finish")
             with torch.no_grad():  # not inference_mode: the next export traces with this tensor
                 x = module(x)
         files.append(names)
@@ -85,18 +89,8 @@ def export_onnx(out: str | Path, manifest: dict) -> list[list[str]]:
     ckpt = load_checkpoint(manifest["source"])
     model = meta_model(ckpt["model_name"], ckpt["model_kwargs"])
     load_weights(model, ckpt.pop("model"), where=manifest["source"], assign=True)
-    _export(model, x0, out / WHOLE_MODEL, image_input=True)
+    export_graph(model, (x0,), out / WHOLE_MODEL, image_dims=True)
     return files
-
-
-def _export(module: nn.Module, x: torch.Tensor, path: Path, image_input: bool) -> None:
-    """One graph through torch's supported (dynamo-based) exporter; its progress lines go to a buffer."""
-    dims = {0: torch.export.Dim("batch")}
-    if image_input:
-        dims.update({2: torch.export.Dim("height"), 3: torch.export.Dim("width")})
-    with contextlib.redirect_stdout(io.StringIO()):
-        torch.onnx.export(module, (x,), path, input_names=["x"], output_names=["y"], dynamo=True,
-                          dynamic_shapes={"x": dims}, external_data=False, verbose=False)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -109,6 +103,12 @@ def parser() -> argparse.ArgumentParser:
                        "(4 groups on 3: 0,1/2/3)")
     p.add_argument("--out", required=True, help="folder for the shards (created if missing)")
     p.add_argument("--onnx", action="store_true", help="also write each device's segments and head as ONNX")
+    g = p.add_argument_group("the peers' spatial splits (with --onnx and --devices)")
+    g.add_argument("--mode", choices=("branch", *SPATIAL_MODES), default="branch",
+                   help="branch: DeCNN's groups (default); modnn: row bands; grid: 2-D tiles (4, 6, 8, ... devices)")
+    g.add_argument("--speeds", help="modnn: the devices' relative speeds, e.g. 1,0.4 (band heights follow them)")
+    g.add_argument("--image-size", type=int, help="the image size the graphs are cut for (default: the "
+                   "checkpoint's training size)")
     g = p.add_argument_group("quantization (with --onnx)")
     g.add_argument("--quantize", choices=SCHEMES, help="quantize each device's segments (static, calibrated)")
     g.add_argument("--calibration", metavar="DATA_ROOT", help="dataset folder whose training images calibrate "
@@ -123,6 +123,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.mode != "branch":
+        return _spatial(args)
+    if args.speeds or args.image_size:
+        print("error: --speeds and --image-size apply to --mode modnn|grid", file=sys.stderr)
+        return 2
     if args.quantize and not (args.onnx and args.calibration):
         print(f"error: --quantize {args.quantize} quantizes the ONNX graphs with calibration images: add --onnx "
               "and --calibration DATA_ROOT", file=sys.stderr)
@@ -150,6 +155,25 @@ def main(argv: list[str] | None = None) -> int:
               f"-> {Path(args.out) / dev['file']}")
     if args.quantize:
         print(summary(manifest))
+    return 0
+
+
+def _spatial(args) -> int:
+    """``--mode modnn|grid``: the programs and graphs of a spatial split."""
+    if not args.onnx or args.placement or args.quantize:
+        print(f"error: --mode {args.mode} exports ONNX graphs for --devices N (no placement, no quantization): "
+              f"e.g. decnn export CHECKPOINT --mode {args.mode} --devices 4 --out DIR --onnx", file=sys.stderr)
+        return 2
+    try:
+        speeds = [float(v) for v in args.speeds.split(",")] if args.speeds else None
+        manifest = export_spatial(args.checkpoint, Tiling.for_mode(args.mode, args.devices, speeds), args.out,
+                                  args.image_size)
+    except (FileNotFoundError, CheckpointError, ValueError) as e:  # SpatialError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.mode}: {manifest['tiling']} of {manifest['image_size']}x{manifest['image_size']} images, "
+          f"{manifest['exchanges']} halo exchanges per batch; every device holds all "
+          f"{manifest['devices'][0]['param_bytes'] / 2**20:.1f} MiB of parameters -> {args.out}")
     return 0
 
 

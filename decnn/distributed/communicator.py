@@ -119,13 +119,14 @@ class Communicator:
         """Sum ``tensor`` over ranks into ``dst``'s copy."""
         return self._run("reduce", dist.reduce(tensor, dst, op=dist.ReduceOp.SUM, async_op=True), async_op)
 
-    def send(self, tensor: torch.Tensor, dst: int, async_op: bool = False) -> Pending | None:
-        """Point-to-point to ``dst`` (a contiguous tensor; the pipeline baseline's activations)."""
-        return self._run("send", dist.isend(tensor, dst), async_op)
+    def send(self, tensor: torch.Tensor, dst: int, async_op: bool = False, tag: int = 0) -> Pending | None:
+        """Point-to-point to ``dst`` (a contiguous tensor: the pipeline's activations, a spatial split's halo);
+        messages between two ranks under one ``tag`` arrive in order."""
+        return self._run("send", dist.isend(tensor, dst, tag=tag), async_op)
 
-    def recv(self, tensor: torch.Tensor, src: int, async_op: bool = False) -> Pending | None:
-        """Point-to-point from ``src`` into ``tensor`` (same shape and dtype as the one sent)."""
-        return self._run("recv", dist.irecv(tensor, src), async_op)
+    def recv(self, tensor: torch.Tensor, src: int, async_op: bool = False, tag: int = 0) -> Pending | None:
+        """Point-to-point from ``src`` into ``tensor`` (same shape and dtype as the one sent under ``tag``)."""
+        return self._run("recv", dist.irecv(tensor, src, tag=tag), async_op)
 
     def scatter(self, output: torch.Tensor, inputs: list[torch.Tensor] | None, src: int = 0,
                 async_op: bool = False) -> Pending | None:

@@ -23,6 +23,11 @@ def plans_file(directory: str | Path, device: int) -> Path:
     return Path(directory) / f"device{device}.plans.json"
 
 
+def split_mode(manifest: dict) -> str:
+    """How an export splits the model: ``branch`` (DeCNN's groups), ``modnn`` or ``grid`` (spatial)."""
+    return manifest.get("mode", "branch")
+
+
 def read_manifest(directory: str | Path) -> dict:
     path = Path(directory) / MANIFEST
     try:
@@ -77,13 +82,17 @@ def _shared_arena(ort) -> None:
 
 
 class Graph:
-    """One graph with one input ``x`` and one output ``y``."""
+    """One graph: ``graph(x)`` for one input and one output, ``graph.run(inputs)`` for several."""
 
     def __init__(self, path: Path, threads: int):
         self.session = session(path, threads)
+        self.inputs = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"x": x})[0]
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, {n: np.ascontiguousarray(x) for n, x in zip(self.inputs, inputs)})
 
 
 class DeviceBundle:
@@ -93,6 +102,8 @@ class DeviceBundle:
         directory = Path(directory)
         manifest = read_manifest(directory)
         self.manifest, self.device = manifest, device
+        if split_mode(manifest) != "branch":
+            raise BundleError(f"{directory} holds a {split_mode(manifest)} split, not DeCNN's branches")
         self.placement: list[list[int]] = manifest["placement"]
         if not 0 <= device < len(self.placement):
             raise BundleError(f"{directory} was exported for {len(self.placement)} devices "

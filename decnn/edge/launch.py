@@ -4,6 +4,7 @@
     decnn edge shards/ --devices 2 --transport tcp               # one host, forced over TCP
     decnn edge shards/ --hosts board0,board1 --batch 1           # two hosts (ssh, same paths on each)
     decnn edge shards/ --single                                  # the whole model on one device
+    decnn edge modnn/ --devices 3 --verify                       # a spatial export on any device count
 
 Every argument after the folder that this command does not know goes to each device's run
 (``python -m decnn.edge.run --help``). The command checks the folder first, starts ``mpiexec``, passes the
@@ -23,9 +24,11 @@ import threading
 from pathlib import Path
 
 from decnn.command import job_parser
-from decnn.edge.bundle import BundleError, read_manifest
-from decnn.edge.run import IDENTITY
+from decnn.edge.bundle import BundleError, read_manifest, split_mode
+from decnn.edge.run import IDENTITY, speeds_arg
+from decnn.edge.spatial import tiling_of
 from decnn.exitcodes import INTERRUPTED, RUNTIME, USAGE
+from decnn.spatial.tiling import SPATIAL_MODES
 
 # On one host MPICH moves data through shared memory; these make UCX, its network layer, use TCP instead.
 TCP_ENV = {"MPIR_CVAR_NOLOCAL": "1", "UCX_TLS": "tcp,self"}
@@ -41,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--devices", type=int, help="processes on this host (default: the export's device count)")
     where.add_argument("--hosts", help="comma-separated hosts, one device each, in rank order (mpiexec -hosts)")
     where.add_argument("--single", action="store_true", help="the whole model's graph on one process")
+    p.add_argument("--mode", choices=SPATIAL_MODES, help="a spatial export (decnn export --mode modnn|grid): run "
+                   "it as row bands or tiles, on --devices N (default: the export's mode and devices)")
+    p.add_argument("--speeds", type=speeds_arg, help="modnn: the devices' relative speeds, e.g. 1,0.4")
     p.add_argument("--transport", choices=("auto", "tcp"), default="auto",
                    help="auto: shared memory between processes of one host, TCP between hosts; tcp: TCP always")
     p.add_argument("--iface", help="the network interface MPI uses (e.g. eth0)")
@@ -52,13 +58,23 @@ def parser() -> argparse.ArgumentParser:
 def mpiexec_command(directory: str | Path, run_args: list[str], *, module: str = "decnn.edge.run",
                     devices: int | None = None, hosts: list[str] | None = None, single: bool = False,
                     transport: str = "auto", iface: str | None = None, mpiexec: str | None = None,
-                    launcher_exec: str | None = None) -> list[str]:
-    """The mpiexec command line that runs ``module`` on every device of the export in ``directory``."""
+                    launcher_exec: str | None = None, spatial: str | None = None,
+                    speeds: list[float] | None = None) -> list[str]:
+    """The mpiexec command line that runs ``module`` on every device of the export in ``directory``; a spatial
+    export runs on any device count its maps allow, as ``spatial`` (modnn or grid; default: the export's)."""
     manifest = read_manifest(directory)
     hosts = hosts or []
-    exported = len(manifest["placement"])
+    exported = len(manifest["devices"])
     devices = 1 if single else len(hosts) or devices or exported
-    if not single and devices != exported:
+    if split_mode(manifest) != "branch":
+        if not single:
+            tiling_of(manifest, devices, spatial, speeds)
+        run_args = [*run_args, *(["--mode", spatial] if spatial else []),
+                    *(["--speeds", ",".join(map(str, speeds))] if speeds else [])]
+    elif spatial or speeds:
+        raise BundleError(f"{directory} holds DeCNN's branches: --mode and --speeds apply to a spatial export "
+                          "(decnn export CHECKPOINT --mode modnn|grid --onnx ...)")
+    elif not single and devices != exported:
         raise BundleError(f"{directory} is exported for {exported} devices, not {devices}: pass --devices "
                           f"{exported}, or export again with `decnn export CHECKPOINT --devices {devices} --onnx ...`")
     tcp = transport == "tcp" or len(set(hosts)) > 1
@@ -128,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cmd = mpiexec_command(args.directory, run_args, devices=args.devices, single=args.single,
                               hosts=args.hosts.split(",") if args.hosts else None, transport=args.transport,
-                              iface=args.iface, mpiexec=args.mpiexec, launcher_exec=args.launcher_exec)
+                              iface=args.iface, mpiexec=args.mpiexec, launcher_exec=args.launcher_exec,
+                              spatial=args.mode, speeds=args.speeds)
     except BundleError as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE

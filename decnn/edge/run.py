@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from decnn.distributed.faults import inject_fault
-from decnn.edge.bundle import BundleError, DeviceBundle, read_manifest, whole_model
+from decnn.edge.bundle import BundleError, DeviceBundle, read_manifest, split_mode, whole_model
 from decnn.edge.codec import EXCHANGE_DTYPES, make_codec
+from decnn.edge.spatial import EdgeSpatial, tiling_of
 from decnn.edge.split import EdgeSplit, EdgeWhole
 from decnn.edge.transport import MpiComm, PeerError
 from decnn.exitcodes import INTERRUPTED, RUNTIME, USAGE
 from decnn.record import MB, Latency, RunRecord, format_table
+from decnn.spatial.tiling import SPATIAL_MODES
 from decnn.timing import breakdowns, peak_rss_bytes, percentiles_ms, reset_peak_rss
 
 IDENTITY = "[decnn-edge]"  # the start line a rank prints for ``decnn edge`` (which keeps it off the console)
@@ -47,6 +49,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=_non_negative, default=3, help="untimed steps first (default 3)")
     p.add_argument("--overlap", type=_positive, default=1, help="batches in flight (default 1)")
     p.add_argument("--exchange-dtype", choices=EXCHANGE_DTYPES, default="fp32")
+    p.add_argument("--mode", choices=SPATIAL_MODES, help="a spatial export: run it as row bands (modnn) or tiles "
+                   "(grid) on however many devices mpiexec starts (default: the export's mode)")
+    p.add_argument("--speeds", type=speeds_arg, help="modnn: the devices' relative speeds, e.g. 1,0.4")
     p.add_argument("--threads", type=_positive, help="ONNX Runtime threads (default: cores / local ranks)")
     p.add_argument("--no-pin-cores", dest="pin_cores", action="store_false", help="leave the cores unpinned")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a peer may stay silent (default 60)")
@@ -108,7 +113,10 @@ def run(args, comm: MpiComm, manifest: dict, images: _Images) -> tuple[RunRecord
     inject_fault(comm.rank, "setup")
     cores = pin_cores(args.threads, args.pin_cores)
     threads = args.threads or len(cores)
-    devices = 1 if args.single else len(manifest["placement"])
+    spatial = split_mode(manifest) != "branch"
+    if (args.mode or args.speeds) and not spatial:
+        raise InputError("--mode and --speeds apply to a spatial export (decnn export --mode modnn|grid)")
+    devices = 1 if args.single else comm.size if spatial else len(manifest["devices"])
     if comm.size != devices:
         raise BundleError(f"{args.directory} is exported for {devices} device(s), but mpiexec started "
                           f"{comm.size} rank(s): run `mpiexec -n {devices} ...`")
@@ -116,8 +124,8 @@ def run(args, comm: MpiComm, manifest: dict, images: _Images) -> tuple[RunRecord
         mode = EdgeWhole(whole_model(args.directory, threads), manifest["mean"], manifest["std"])
         param_bytes = sum(d["param_bytes"] for d in manifest["devices"])
     else:
-        bundle = DeviceBundle(args.directory, comm.rank, threads)
-        mode, param_bytes = EdgeSplit(bundle, comm, make_codec(args.exchange_dtype), args.overlap), bundle.param_bytes
+        mode = open_split(args, manifest, comm, threads)
+        param_bytes = mode.param_bytes
     release_freed_memory()
     sizes = [min(args.batch, images.count - i) for i in range(0, images.count, args.batch)]
     steps = [sizes[i:i + mode.batches_per_step] for i in range(0, len(sizes), mode.batches_per_step)]
@@ -151,6 +159,18 @@ def run(args, comm: MpiComm, manifest: dict, images: _Images) -> tuple[RunRecord
         np.save(args.logits, logits)
     quality = images.quality(logits, args.verify and not args.single, args.directory, threads)
     return _record(args, manifest, devices, size, sizes, latency, busy, all_stats, quality), latency
+
+
+def open_split(args, manifest: dict, comm: MpiComm, threads: int) -> EdgeSplit | EdgeSpatial:
+    """This rank's part of the export: DeCNN's branch, or its tiles of a spatial split (fp32, a batch at a time)."""
+    if split_mode(manifest) == "branch":
+        codec = make_codec(args.exchange_dtype)
+        return EdgeSplit(DeviceBundle(args.directory, comm.rank, threads), comm, codec, args.overlap)
+    if args.exchange_dtype != "fp32" or args.overlap != 1:
+        raise InputError(f"{args.directory} holds a {split_mode(manifest)} split, which exchanges fp32 halos one "
+                         "batch at a time: drop --exchange-dtype and --overlap")
+    tiling = tiling_of(manifest, comm.size, args.mode, args.speeds)
+    return EdgeSpatial(args.directory, comm, tiling, threads)
 
 
 class InputError(ValueError):
@@ -205,20 +225,27 @@ def _record(args, manifest: dict, devices: int, size: int, sizes: list[int], lat
             stats: list[dict], quality: dict) -> RunRecord:
     images = sum(sizes)
     breakdown = breakdowns(stats, len(sizes))
+    mode = "single" if args.single else args.mode or split_mode(manifest)
     per_point = [sum(col) / images for col in zip(*(s["sent_bytes_per_point"] for s in stats))]
     fp32 = sum(sum(s["fp32_bytes_per_point"]) for s in stats) / images
+    if mode == "branch":
+        result_bytes = manifest["num_classes"] * 4 * (devices - 1)
+    else:  # a spatial split: the halos of the steps that exchange, and the pooled tiles
+        per_point = [b for b in per_point if b]
+        result_bytes = stats[0].get("pooled_bytes_per_image", 0) * (devices - 1)
     return RunRecord(
         model=manifest["model_name"], groups=manifest["groups"], width=manifest["width"], stem=manifest["stem"],
-        mode="single" if args.single else "branch", devices=devices,
-        placement=None if args.single else manifest["placement"], batch=args.batch, overlap=args.overlap,
+        mode=mode, devices=devices, placement=manifest["placement"] if mode == "branch" else None,
+        batch=args.batch, overlap=args.overlap,
         exchange_dtype=args.exchange_dtype, backend="onnxruntime",
         transport=None if devices == 1 else args.transport or "mpi", image_size=size, images=images,
         warmup=args.warmup, checkpoint=manifest.get("source"),
         latency_ms=Latency(**percentiles_ms(latency)), throughput_ips=images / busy if busy else 0.0,
         bytes_per_image=sum(per_point), bytes_per_image_per_point=per_point,
+        exchanges_per_batch=sum(1 for b in per_point if b),
         bytes_saved_vs_fp32=(1 - sum(per_point) / fp32) if fp32 else 0.0,
         input_bytes_per_image=3 * size * size * (devices - 1),
-        result_bytes_per_image=manifest["num_classes"] * 4 * (devices - 1),
+        result_bytes_per_image=result_bytes,
         params_per_device_mb=max(s["param_bytes"] for s in stats) / MB,
         peak_rss_mb=max(s["peak_rss_bytes"] for s in stats) / MB,
         params_per_rank=[s["param_bytes"] for s in stats], peak_rss_per_rank=[s["peak_rss_bytes"] for s in stats],
@@ -282,6 +309,14 @@ def exit_now(line: str, code: int) -> int:
         print(line, file=sys.stderr, flush=True)
     # MPI_Finalize would wait for peers that may never come: leave at once, mpiexec ends the other ranks.
     os._exit(code)
+
+
+def speeds_arg(text: str) -> list[float]:
+    """``--speeds 1,0.4``: one relative speed per device."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give one relative speed per device, e.g. 1,0.4; got {text!r}") from None
 
 
 def _positive(text: str) -> int:

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from decnn.edge.bundle import BundleError, DeviceBundle, read_manifest
-from decnn.edge.codec import EXCHANGE_DTYPES, make_codec
+from decnn.edge.bundle import BundleError, read_manifest
+from decnn.edge.codec import EXCHANGE_DTYPES
 from decnn.edge.launch import Report, mpiexec_command
-from decnn.edge.run import as_device, exit_now, pin_cores, release_freed_memory
-from decnn.edge.split import EdgeSplit
+from decnn.edge.run import as_device, exit_now, open_split, pin_cores, release_freed_memory, speeds_arg
 from decnn.edge.transport import MpiComm
 from decnn.exitcodes import USAGE
+from decnn.spatial.tiling import SPATIAL_MODES
 from decnn.timing import peak_rss_bytes
 
 STOP, RUN, STATS = 0, 1, 2
@@ -139,8 +139,7 @@ class EdgeService:
 def serve(args, comm: MpiComm) -> None:
     """One device: build the split once, then run requests until rank 0 reads a stop (or its input closes)."""
     cores = pin_cores(args.threads, args.pin_cores)
-    bundle = DeviceBundle(args.directory, comm.rank, args.threads or len(cores))
-    split = EdgeSplit(bundle, comm, make_codec(args.exchange_dtype), args.overlap)
+    split = open_split(args, read_manifest(args.directory), comm, args.threads or len(cores))
     release_freed_memory()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     header = np.zeros(_HEADER, np.int64)
@@ -156,7 +155,7 @@ def serve(args, comm: MpiComm) -> None:
             return
         if op == STATS:
             info = comm.gather_object({"rank": comm.rank, "host": comm.hosts[comm.rank], "pid": os.getpid(),
-                                       "param_bytes": bundle.param_bytes, "peak_rss_bytes": peak_rss_bytes()})
+                                       "param_bytes": split.param_bytes, "peak_rss_bytes": peak_rss_bytes()})
             if comm.rank == 0:
                 text = json.dumps(info).encode()
                 _answer(stdout, 0, len(text), 0, text)
@@ -180,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("directory")
     p.add_argument("--exchange-dtype", choices=EXCHANGE_DTYPES, default="fp32")
     p.add_argument("--overlap", type=int, default=1)
+    p.add_argument("--mode", choices=SPATIAL_MODES)
+    p.add_argument("--speeds", type=speeds_arg)
     p.add_argument("--threads", type=int)
     p.add_argument("--no-pin-cores", dest="pin_cores", action="store_false")
     p.add_argument("--timeout", type=float, default=60.0)

@@ -78,6 +78,16 @@ class MpiComm:
         return Request(self, self.world.Ialltoallv([send, (send_counts, _offsets(send_counts)), byte],
                                                    [recv, (recv_counts, _offsets(recv_counts)), byte]), what)
 
+    def send(self, buffer: np.ndarray, dst: int, tag: int) -> Request:
+        """Point-to-point to rank ``dst`` (a spatial split's halo); messages under one tag arrive in order."""
+        self.counts["send"] += 1
+        return Request(self, self.world.Isend(buffer, dest=dst, tag=tag), f"send to rank {dst}")
+
+    def recv(self, buffer: np.ndarray, src: int, tag: int) -> Request:
+        """Point-to-point from rank ``src`` into ``buffer`` (the size of what it sends under ``tag``)."""
+        self.counts["recv"] += 1
+        return Request(self, self.world.Irecv(buffer, source=src, tag=tag), f"receive from rank {src}")
+
     def reduce(self, send: np.ndarray, recv: np.ndarray | None, root: int = 0) -> Request:
         """The elementwise sum of every rank's ``send`` into ``recv`` on ``root``."""
         self.counts["reduce"] += 1

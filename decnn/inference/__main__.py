@@ -23,6 +23,10 @@ EXAMPLES = """examples:
   # a trained checkpoint on the val set, uneven placement, 3 batches in flight, fp16 exchange
   {prog} --checkpoint checkpoints/best.pt --devices 2 --placement 0,1,2/3 \\
       --overlap 3 --exchange-dtype fp16
+  # the peers' spatial splits of plain ResNet-50 at 224: MoDNN's row bands, Coates et al.'s 2x2 tiles
+  {prog} --random-init --mode modnn --devices 2 --model decnn_resnet50 --groups 1 --width 1.0 \\
+      --stem imagenet --image-size 224 --verify
+  {prog} --random-init --mode grid --devices 4 --groups 1 --width 1.0 --verify
   # the baselines: whole model in one process; plain ResNet-34; data parallel
   {prog} --random-init --mode single
   {prog} --random-init --mode single --groups 1 --width 1.0
@@ -45,8 +49,10 @@ def parser(prog: str = "decnn infer") -> argparse.ArgumentParser:
     d = InferConfig()
     g = p.add_argument_group("what to run")
     g.add_argument("--mode", choices=MODES, default=d.mode,
-                   help="branch: DeCNN split (default); single: whole model, one process; data: whole model on "
-                   "every device, different images; pipeline: layer-wise split (works for plain ResNets)")
+                   help="branch: DeCNN split (default); modnn: MoDNN's row bands of every feature map; grid: Coates "
+                   "et al.'s 2-D tiles (4, 6, 8, ... devices); single: whole model, one process; data: whole model "
+                   "on every device, different images; pipeline: layer-wise split (modnn, grid and pipeline work "
+                   "for plain models too)")
     g.add_argument("--checkpoint", help="trained checkpoint; runs on the val images of --data-root")
     g.add_argument("--random-init", action="store_true", help="random weights on synthetic images (speed runs)")
     g.add_argument("--model", help="timm name (default decnn_resnet34; with --checkpoint: must match it)")
@@ -74,6 +80,8 @@ def parser(prog: str = "decnn infer") -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=d.seed, help="seed of the random init and synthetic images")
     g = p.add_argument_group("split")
     g.add_argument("--placement", help="groups per device, e.g. 0,1,2/3 (default: even)")
+    g.add_argument("--speeds", help="mode modnn: the devices' relative speeds, e.g. 1,0.4: each band's height "
+                   "follows its device's speed (default: equal)")
     g.add_argument("--backend", choices=BACKENDS, default=d.backend,
                    help="what computes a branch: torch, or ONNX Runtime on the graphs of an --onnx export")
     g.add_argument("--exchange-dtype", choices=EXCHANGE_DTYPES, default=d.exchange_dtype,

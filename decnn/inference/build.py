@@ -1,8 +1,8 @@
 """A rank's set-up, shared by the benchmark runner and the persistent workers of ``decnn.split``.
 
 From the spec, the rank builds only what its mode needs (branch mode: its branch alone, from shards or a
-memory-mapped checkpoint, or its ONNX graphs with ``backend="onnxruntime"``) and wraps it in the mode
-object whose ``step`` runs a batch across the ranks.
+memory-mapped checkpoint, or its ONNX graphs with ``backend="onnxruntime"``; the spatial modes and the
+baselines: the whole model) and wraps it in the mode object whose ``step`` runs a batch across the ranks.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from decnn.inference.metrics import param_bytes
 from decnn.inference.mode import Mode
 from decnn.inference.optimize import prepare_for_inference
 from decnn.inference.pipeline_mode import PipelineMode
+from decnn.inference.spatial_mode import SpatialMode
 from decnn.inference.spec import ModelSpec
+from decnn.spatial import SPATIAL_MODES
 
 
 @dataclass
@@ -48,6 +50,10 @@ def build_mode(cfg: InferConfig, comm: Communicator, spec: ModelSpec, normalize:
         branch = prepare_for_inference(spec.build_branch(placement, comm.rank).to(comm.device))
         mode = BranchMode(branch, comm, codec, normalize, cfg.overlap)
         return BuiltMode(mode, param_bytes(branch), placement.as_lists())
+    if cfg.mode in SPATIAL_MODES:  # every rank holds the whole model: the method's memory cost
+        model = spec.build(comm.device)
+        held = param_bytes(model)
+        return BuiltMode(SpatialMode(model, comm, normalize, cfg.tiling(comm.world_size), image_size), held)
     model = prepare_for_inference(spec.build(comm.device))
     if cfg.mode == "single":
         return BuiltMode(SingleMode(model, normalize), param_bytes(model))

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from decnn.distributed.process import LOCAL_ENDPOINT, under_launcher
 from decnn.errors import ConfigError, option
+from decnn.spatial.tiling import SPATIAL_MODES, SpatialError, Tiling
 
-MODES = ("branch", "single", "data", "pipeline")
+MODES = ("branch", *SPATIAL_MODES, "single", "data", "pipeline")
 BACKENDS = ("torch", "onnxruntime")  # what computes a branch; torch.distributed exchanges either way
 EXCHANGE_DTYPES = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_DATA_ROOT = "data/tiny-imagenet-200"
@@ -36,6 +37,7 @@ class InferConfig:
     num_images: int | None = None  # default: the whole val split, or 64 synthetic images
     batch: int = 1
     placement: str | None = None
+    speeds: str | None = None  # modnn: the devices' relative speeds, e.g. "1,0.4" (band heights follow them)
     exchange_dtype: str = "fp32"
     backend: str = "torch"
     overlap: int = 1
@@ -54,6 +56,17 @@ class InferConfig:
     max_devices: int | None = None  # default: the model's groups
     duration: float | None = None  # elastic: keep calling (cycling the images) for this many seconds
     deadline: float = 120.0  # elastic: seconds a call may wait for an answer
+
+    def tiling(self, devices: int) -> Tiling:
+        """A spatial mode's tiles over ``devices`` (SpatialError where they cannot be cut)."""
+        speeds = None
+        if self.speeds is not None:
+            try:
+                speeds = [float(v) for v in self.speeds.split(",")]
+            except ValueError:
+                raise SpatialError(f"cannot read speeds {self.speeds!r}: give one number per device, e.g. "
+                                   f"{option('speeds', '1,0.4')}") from None
+        return Tiling.for_mode(self.mode, devices, speeds)
 
     @property
     def world_size(self) -> int:
@@ -120,6 +133,15 @@ class InferConfig:
              "second)")
         need(self.mode == "branch" or self.exchange_dtype == "fp32",
              f"{option('exchange_dtype')} applies to mode branch")
+        if self.mode in SPATIAL_MODES:
+            need(self.backend == "torch", f"mode {self.mode} runs with backend torch here; its ONNX graphs run on "
+                 f"devices without torch: `decnn export CHECKPOINT --mode {self.mode} --onnx`, then `decnn edge`")
+            try:
+                self.tiling(self.world_size)
+            except SpatialError as e:
+                raise ConfigError(f"{option('mode', self.mode)}: {e}") from None
+        need(self.speeds is None or self.mode == "modnn", f"{option('speeds')} applies to mode modnn (row bands "
+             "in proportion to the devices' speeds)")
         need(self.mode in ("branch", "pipeline") or self.overlap == 1,
              f"{option('overlap')} applies to modes branch (batches in flight) and pipeline (micro-batches)")
         need(self.device in ("cpu", "cuda"), f"unknown device {self.device!r}; choose cpu or cuda")

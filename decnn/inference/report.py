@@ -12,6 +12,7 @@ from decnn.inference.inputs import batch_sizes
 from decnn.inference.spec import ModelSpec
 from decnn.inference.tensorboard import log_run
 from decnn.record import MB, Latency, RunRecord, format_table
+from decnn.spatial import SPATIAL_MODES
 from decnn.timing import breakdowns, percentiles_ms
 
 
@@ -28,6 +29,11 @@ def build_report(cfg: InferConfig, spec: ModelSpec, placement, image_size: int, 
         per_point = [sum(col) / images for col in zip(*(s["sent_bytes_per_point"] for s in stats))]
         fp32 = sum(sum(s["fp32_bytes_per_point"]) for s in stats) / images
         input_bytes, result_bytes = image_bytes * (world - 1), logit_bytes * (world - 1)
+    elif cfg.mode in SPATIAL_MODES:  # the halos of the steps at which devices exchange, and the pooled tiles
+        per_point = [b for b in (sum(col) / images for col in zip(*(s["sent_bytes_per_point"] for s in stats))) if b]
+        fp32 = sum(per_point)
+        input_bytes = image_bytes * (world - 1)
+        result_bytes = stats[0]["pooled_bytes_per_image"] * (world - 1)
     elif cfg.mode == "pipeline":
         per_point, fp32 = list(map(float, stats[0]["cut_bytes_per_image"])), None
         input_bytes, result_bytes = 0, logit_bytes if world > 1 else 0
@@ -55,6 +61,7 @@ def build_report(cfg: InferConfig, spec: ModelSpec, placement, image_size: int, 
         throughput_ips=timing.images / timing.busy_s if timing.busy_s else 0.0,
         bytes_per_image=sum(per_point),
         bytes_per_image_per_point=per_point,
+        exchanges_per_batch=sum(1 for b in per_point if b),
         bytes_saved_vs_fp32=(1 - sum(per_point) / fp32) if fp32 else 0.0,
         input_bytes_per_image=input_bytes,
         result_bytes_per_image=result_bytes,

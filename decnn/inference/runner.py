@@ -34,6 +34,7 @@ from decnn.inference.optimize import keep_freed_memory
 from decnn.inference.report import write_report
 from decnn.inference.spec import ModelSpec, resolve_model
 from decnn.record import RunRecord
+from decnn.spatial import SPATIAL_MODES
 from decnn.timing import Clock, peak_rss_bytes, reset_peak_rss
 
 SYNTHETIC_IMAGES = 64
@@ -69,6 +70,8 @@ def preflight(cfg: InferConfig, rank: int = 0) -> tuple[ModelSpec, object]:
     spec = resolve_model(cfg)
     if cfg.mode == "branch":
         spec.placement(cfg.placement, cfg.world_size)
+    if cfg.mode in SPATIAL_MODES:
+        spec.check_tiling(cfg.tiling(cfg.world_size), cfg.image_size or spec.input_size)
     return spec, (open_inputs(cfg, spec) if rank == 0 else None)
 
 

@@ -21,6 +21,8 @@ from decnn.errors import ConfigError, option
 from decnn.inference.config import InferConfig
 from decnn.models import DecoupledModelError, verify_decoupled
 from decnn.partition import Branch, Placement, extract_branch
+from decnn.partition.spatial import spatial_model
+from decnn.spatial import SpatialError, Tiling, compile_programs
 
 DEFAULT_MODEL = "decnn_resnet34"
 
@@ -100,6 +102,20 @@ class ModelSpec:
             except shards.ShardError as e:
                 raise ConfigError(str(e)) from None
         return placement
+
+
+    def check_tiling(self, tiling: Tiling, image_size: int) -> None:
+        """ConfigError unless a spatial split of ``image_size`` images can cut this model with ``tiling``."""
+        try:
+            if self.module is not None:
+                model = self.module
+            else:
+                with torch.device("meta"):  # the structure and the map sizes are all that is read here
+                    model = timm.create_model(self.name, **self.kwargs).eval()
+            compile_programs(spatial_model(model, (image_size, image_size)).layout, tiling)
+        except SpatialError as e:
+            raise ConfigError(f"{option('mode', tiling.mode)} over {tiling.devices} devices cannot split {self.name} "
+                              f"at {image_size}x{image_size}: {e}") from None
 
 
 def _example_placement(groups: int, num_devices: int) -> str:

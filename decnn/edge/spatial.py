@@ -1,0 +1,84 @@
+"""A spatial split (MoDNN's row bands, Coates et al.'s tiles) on a device without torch: the device derives its
+program from the export's layout for the tiling it runs, ONNX Runtime runs the pieces, MPI carries the halos,
+and :mod:`decnn.spatial`'s executor (the PyTorch runtime's too) drives the steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from decnn.edge.bundle import BundleError, Graph, read_manifest
+from decnn.edge.split import Normalize
+from decnn.edge.transport import MpiComm
+from decnn.spatial import Layout, SpatialError, Tiling, compile_programs
+from decnn.spatial.executor import SpatialStep, Then
+
+
+def tiling_of(manifest: dict, devices: int, mode: str | None = None, speeds: list[float] | None = None) -> Tiling:
+    """The tiles a spatial export runs on ``devices``: its mode and speeds unless given; BundleError where its
+    maps cannot be cut that way."""
+    mode = mode or manifest["mode"]
+    if speeds is None and mode == "modnn" and manifest.get("speeds") and len(manifest["speeds"]) == devices:
+        speeds = manifest["speeds"]
+    try:
+        tiling = Tiling.for_mode(mode, devices, speeds)
+        compile_programs(Layout.from_dict(manifest["layout"]), tiling)
+    except SpatialError as e:
+        size = manifest["image_size"]
+        raise BundleError(f"{mode} over {devices} devices cannot split this export ({manifest['model_name']} at "
+                          f"{size}x{size}): {e}") from None
+    return tiling
+
+
+class NumpyArrays:
+    """Activations as float32 numpy arrays."""
+
+    def full(self, shape: tuple[int, ...], fill: float) -> np.ndarray:
+        return np.full(shape, fill, np.float32)
+
+    def empty(self, shape: tuple[int, ...]) -> np.ndarray:
+        return np.empty(shape, np.float32)
+
+    def contiguous(self, array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(array)
+
+
+class MpiTransport:
+    """MPI as the executor's transport: non-blocking point-to-point and collectives behind the deadline."""
+
+    def __init__(self, comm: MpiComm):
+        self.comm, self.rank = comm, comm.rank
+
+    def send(self, array: np.ndarray, dst: int, tag: int):
+        return self.comm.send(array, dst, tag)
+
+    def recv(self, array: np.ndarray, src: int, tag: int):
+        return self.comm.recv(array, src, tag)
+
+    def broadcast(self, array: np.ndarray, root: int):
+        return self.comm.bcast(array, root)
+
+    def reduce_sum(self, array: np.ndarray, root: int):
+        out = np.empty_like(array) if self.rank == root else None
+        return Then(self.comm.reduce(array, out, root), lambda: out)
+
+
+class EdgeSpatial(SpatialStep):
+    """This rank's part of the spatial split exported in ``directory``, cut by ``tiling``."""
+
+    def __init__(self, directory: str | Path, comm: MpiComm, tiling: Tiling, threads: int = 1):
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        graphs = manifest["graphs"]
+        names = [*graphs["pieces"], graphs["pool"], *([graphs["classifier"]] if comm.rank == 0 else [])]
+        missing = [n for n in names if not (directory / n).is_file()]
+        if missing:
+            raise BundleError(f"{directory} lacks {', '.join(missing)}: copy them there, or export again")
+        program = compile_programs(Layout.from_dict(manifest["layout"]), tiling)[comm.rank]
+        pieces = [Graph(directory / name, threads).run for name in graphs["pieces"]]
+        pool = Graph(directory / graphs["pool"], threads)
+        classifier = Graph(directory / graphs["classifier"], threads) if comm.rank == 0 else None
+        super().__init__(program, pieces, NumpyArrays(), MpiTransport(comm),
+                         Normalize(manifest["mean"], manifest["std"]), pool, classifier)
+        self.param_bytes: int = manifest["devices"][0]["param_bytes"]

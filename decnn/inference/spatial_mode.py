@@ -1,0 +1,53 @@
+"""The spatial splits DeCNN is measured against (``--mode modnn|grid``) in the PyTorch runtime: every rank
+holds the whole model and computes its tile of every feature map, exchanging halo pixels with the ranks that
+hold them before each layer that reads a window (:mod:`decnn.spatial`); the pooled tiles meet on rank 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from decnn.distributed.communicator import Communicator
+from decnn.inference.inputs import Normalize
+from decnn.partition.spatial import TorchArrays, spatial_model
+from decnn.spatial import Tiling, compile_programs
+from decnn.spatial.executor import SpatialStep, Then
+
+
+class CommTransport:
+    """The communicator as the executor's transport (gloo or NCCL, every wait under the run's timeout)."""
+
+    def __init__(self, comm: Communicator):
+        self.comm, self.rank = comm, comm.rank
+
+    def send(self, array: torch.Tensor, dst: int, tag: int):
+        return self.comm.send(array, dst, async_op=True, tag=tag)
+
+    def recv(self, array: torch.Tensor, src: int, tag: int):
+        return self.comm.recv(array, src, async_op=True, tag=tag)
+
+    def broadcast(self, array: torch.Tensor, root: int):
+        return self.comm.broadcast(array, root, async_op=True)
+
+    def reduce_sum(self, array: torch.Tensor, root: int):
+        return Then(self.comm.reduce(array, root, async_op=True), lambda: array if self.rank == root else None)
+
+
+class SpatialMode(SpatialStep):
+    """This rank's tile of every feature map of ``model`` (its whole weights, prepared: BN folded into the
+    convolutions, channels-last) for ``image_size`` images cut by ``tiling``."""
+
+    def __init__(self, model: nn.Module, comm: Communicator, normalize: Normalize, tiling: Tiling, image_size: int):
+        spatial = spatial_model(model.eval(), (image_size, image_size))
+        for piece in spatial.pieces:
+            piece.to(memory_format=torch.channels_last)
+        self.module = nn.ModuleList([*spatial.pieces, spatial.pool, spatial.classifier])
+        program = compile_programs(spatial.layout, tiling)[comm.rank]
+        pieces = [lambda inputs, p=p: p(*inputs) for p in spatial.pieces]
+        super().__init__(program, pieces, TorchArrays(comm.device, channels_last=True), CommTransport(comm),
+                         normalize, spatial.pool, spatial.classifier)
+
+    @torch.inference_mode()
+    def step(self, inputs: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        return super().step(inputs)

@@ -1,0 +1,206 @@
+"""A device's program of a spatial split: for every piece of the model, which pixels it reads, which it gets
+from which device, which it sends; derived from the model's layout and the tiling, the same way on every device.
+
+A model's features are a chain of *pieces* (:class:`Layout`): runs of layers that need no pixel from another
+device. A piece starts wherever a layer reads a window of a map that the same piece computed (a 3x3
+convolution, a pool, a strided 1x1 convolution): its input must first be completed with halo rows and
+columns. A layer with output rows ``[a, b)`` and kernel ``k``, stride ``s``, padding ``p`` reads input rows
+``[a*s - p, (b-1)*s - p + k)`` (columns alike); the part beyond the map's border is padding, the part in
+another device's tile arrives from that device. The layout is plain data (and JSON): a device without torch
+reads it from its export and derives its own program for any tiling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from decnn.spatial.tiling import Region, SpatialError, Tiling
+
+__all__ = ["DeviceProgram", "Input", "Layout", "Piece", "Receive", "Send", "SpatialError", "Step", "Use", "Window",
+           "compile_programs"]
+
+_SLOTS = 16  # a piece's inputs: the tag of a transfer is _TAGS + step * _SLOTS + slot
+_TAGS = 100  # below: the runtimes' own messages (MPI's tags reach 32767 at least)
+
+
+@dataclass(frozen=True)
+class Window:
+    """How a layer reads its input: its (dilated) kernel extent, stride and padding per axis (rows, columns),
+    and the value its padding holds (0 for a convolution, -inf for a max-pool)."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    fill: float = 0.0
+
+    def reads(self, out: Region) -> Region:
+        """The input pixels that output pixels ``out`` read."""
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        return Region(out.r0 * sh - ph, (out.r1 - 1) * sh - ph + kh, out.c0 * sw - pw, (out.c1 - 1) * sw - pw + kw)
+
+
+@dataclass(frozen=True)
+class Use:
+    """One input of a piece: tensor ``tensor`` as its own tile (``window`` None: a per-pixel layer reads it),
+    or the pixels that ``window`` reads for a layer whose output map is ``out_size`` (height, width)."""
+
+    tensor: int
+    window: Window | None = None
+    out_size: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Piece:
+    inputs: tuple[Use, ...]
+    outputs: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A model's features as pieces. Tensor 0 is the normalised input image, which every device holds whole;
+    ``shapes[t]`` is tensor t's (channels, height, width); the head reads tensor ``features``."""
+
+    shapes: tuple[tuple[int, int, int], ...]
+    pieces: tuple[Piece, ...]
+    features: int
+
+    def to_dict(self) -> dict:
+        def use(u: Use) -> dict:
+            if u.window is None:
+                return {"tensor": u.tensor}
+            w = u.window
+            return {"tensor": u.tensor, "kernel": list(w.kernel), "stride": list(w.stride),
+                    "padding": list(w.padding), "fill": w.fill, "out_size": list(u.out_size)}
+
+        return {"shapes": [list(s) for s in self.shapes], "features": self.features,
+                "pieces": [{"inputs": [use(u) for u in p.inputs], "outputs": list(p.outputs)} for p in self.pieces]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Layout:
+        def use(u: dict) -> Use:
+            if "kernel" not in u:
+                return Use(u["tensor"])
+            window = Window(tuple(u["kernel"]), tuple(u["stride"]), tuple(u["padding"]), u["fill"])
+            return Use(u["tensor"], window, tuple(u["out_size"]))
+
+        pieces = tuple(Piece(tuple(use(u) for u in p["inputs"]), tuple(p["outputs"])) for p in d["pieces"])
+        return cls(tuple(tuple(s) for s in d["shapes"]), pieces, d["features"])
+
+
+@dataclass(frozen=True)
+class Receive:
+    """Pixels ``into`` (in the input buffer's coordinates) arrive from device ``src`` under ``tag``."""
+
+    src: int
+    into: Region
+    tag: int
+
+
+@dataclass(frozen=True)
+class Send:
+    """Pixels ``part`` of this device's tile of ``tensor`` go to device ``dst`` under ``tag``."""
+
+    dst: int
+    tensor: int
+    part: Region
+    tag: int
+
+
+@dataclass(frozen=True)
+class Input:
+    """A piece's input on this device: pixels ``region`` of ``tensor``. ``view``: they lie in this device's
+    tile (its coordinates), read in place; otherwise a buffer of the region, ``fill`` where it lies past the
+    map's border, ``local`` = (part of the tile, where it goes in the buffer), the rest from ``receives``."""
+
+    tensor: int
+    region: Region
+    fill: float = 0.0
+    view: Region | None = None
+    local: tuple[Region, Region] | None = None
+    receives: tuple[Receive, ...] = ()
+
+
+@dataclass(frozen=True)
+class Step:
+    """Run piece ``piece`` on ``inputs`` after sending ``sends``; keep ``outputs``; drop ``release`` after."""
+
+    piece: int
+    inputs: tuple[Input, ...]
+    sends: tuple[Send, ...]
+    outputs: tuple[int, ...]
+    release: tuple[int, ...]
+
+    @property
+    def exchanges(self) -> bool:
+        return bool(self.sends) or any(i.receives for i in self.inputs)
+
+
+@dataclass(frozen=True)
+class DeviceProgram:
+    """Device ``device``'s steps; its tile (``feature_tile``) of the features (tensor ``features``) lies in a
+    map of ``feature_shape`` (channels, height, width); ``exchanges``: the steps at which any device sends."""
+
+    device: int
+    devices: int
+    tiling: str
+    steps: tuple[Step, ...]
+    features: int
+    feature_tile: Region
+    feature_shape: tuple[int, int, int]
+    exchanges: int
+
+
+def compile_programs(layout: Layout, tiling: Tiling) -> list[DeviceProgram]:
+    """Every device's program for ``layout`` cut by ``tiling``; SpatialError where a map has fewer rows or
+    columns than the tiling has devices along them."""
+    n = tiling.devices
+    by_size: dict[tuple[int, int], list[Region]] = {}
+
+    def tiles_of(h: int, w: int) -> list[Region]:
+        if (h, w) not in by_size:
+            by_size[h, w] = tiling.tiles(h, w)
+        return by_size[h, w]
+
+    image = Region(0, layout.shapes[0][1], 0, layout.shapes[0][2])
+    tiles = [[image] * n] + [tiles_of(h, w) for _, h, w in layout.shapes[1:]]  # the image: whole on every device
+    last_use = {u.tensor: s for s, piece in enumerate(layout.pieces) for u in piece.inputs}
+    steps: list[list[Step]] = [[] for _ in range(n)]
+    for s, piece in enumerate(layout.pieces):
+        if len(piece.inputs) > _SLOTS:
+            raise SpatialError(f"piece {s} reads {len(piece.inputs)} maps; at most {_SLOTS} are supported")
+        inputs: list[list[Input]] = [[] for _ in range(n)]
+        sends: list[list[Send]] = [[] for _ in range(n)]
+        for slot, use in enumerate(piece.inputs):
+            reads = ([use.window.reads(out) for out in tiles_of(*use.out_size)] if use.window
+                     else tiles[use.tensor])
+            for d in range(n):
+                inputs[d].append(_input(layout, tiles[use.tensor], use, reads[d], d, _TAGS + s * _SLOTS + slot, sends))
+        release = tuple(t for t in dict.fromkeys(u.tensor for u in piece.inputs)
+                        if last_use[t] == s and t != layout.features)
+        for d in range(n):
+            steps[d].append(Step(s, tuple(inputs[d]), tuple(sends[d]), piece.outputs, release))
+    exchanges = sum(any(steps[d][s].exchanges for d in range(n)) for s in range(len(layout.pieces)))
+    return [DeviceProgram(d, n, tiling.describe(), tuple(steps[d]), layout.features, tiles[layout.features][d],
+                          layout.shapes[layout.features], exchanges) for d in range(n)]
+
+
+def _input(layout: Layout, tiles: list[Region], use: Use, region: Region, d: int, tag: int,
+           sends: list[list[Send]]) -> Input:
+    """Device ``d``'s input ``region`` of ``use.tensor`` (whose tiles are ``tiles``); appends the other devices'
+    sends that complete it."""
+    t, own = use.tensor, tiles[d]
+    _, h, w = layout.shapes[t]
+    fill = 0.0 if use.window is None else use.window.fill
+    if region & own == region:
+        return Input(t, region, fill, view=region.within(own))
+    inside = region & Region(0, h, 0, w)
+    mine = inside & own
+    receives = []
+    if t != 0:  # the image is whole on every device
+        for e, tile in enumerate(tiles):
+            part = inside & tile
+            if e != d and not part.empty:
+                receives.append(Receive(e, part.within(region), tag))
+                sends[e].append(Send(d, t, part.within(tile), tag))
+    local = None if mine.empty else (mine.within(own), mine.within(region))
+    return Input(t, region, fill, local=local, receives=tuple(receives))
