@@ -34,8 +34,9 @@ def export_spatial(checkpoint: str | Path, tiling: Tiling, out: str | Path, imag
     load_weights(model, ckpt["model"], where=str(checkpoint))
     model.eval()
     size = image_size or ckpt["config"]["data"]["image_size"]
-    spatial = spatial_model(model, (size, size))
-    programs = compile_programs(spatial.layout, tiling)
+    spatial = spatial_model(model)
+    layout = spatial.layout((size, size))
+    programs = compile_programs(layout, tiling)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = {"format": FORMAT, "export_id": uuid.uuid4().hex, "model_name": ckpt["model_name"],
@@ -43,9 +44,9 @@ def export_spatial(checkpoint: str | Path, tiling: Tiling, out: str | Path, imag
              "speeds": list(tiling.row_weights) if tiling.mode == "modnn" else None, "image_size": size}
     pieces = [f"piece{i}.onnx" for i in range(len(spatial.pieces))]
     for name, piece, step in zip(pieces, spatial.pieces, programs[0].steps):
-        shapes = [(spatial.layout.shapes[i.tensor][0], i.region.rows, i.region.cols) for i in step.inputs]
+        shapes = [(layout.shapes[i.tensor][0], i.region.rows, i.region.cols) for i in step.inputs]
         export_graph(piece, tuple(torch.zeros(1, *shape) for shape in shapes), out / name, image_dims=True)
-    c, h, w = spatial.layout.shapes[spatial.layout.features]
+    c, h, w = layout.shapes[layout.features]
     export_graph(spatial.pool, (torch.zeros(1, c, h, w),), out / POOL, image_dims=False)
     with torch.no_grad():
         pooled = spatial.pool(torch.zeros(1, c, h, w))
@@ -56,7 +57,7 @@ def export_spatial(checkpoint: str | Path, tiling: Tiling, out: str | Path, imag
     manifest = {**stamp, "source": str(checkpoint), "groups": model.groups, "width": model.width,
                 "stem": model.stem_kind, "num_classes": model.num_classes, "mean": list(cfg["mean"]),
                 "std": list(cfg["std"]), "exchanges": programs[0].exchanges,
-                "devices": [{"param_bytes": held}] * tiling.devices, "layout": spatial.layout.to_dict(),
+                "devices": [{"param_bytes": held}] * tiling.devices, "layout": layout.to_dict(),
                 "graphs": {"pieces": pieces, "pool": POOL, "classifier": CLASSIFIER}}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

@@ -126,6 +126,10 @@ def run(args, comm: MpiComm, manifest: dict, images: _Images) -> tuple[RunRecord
     else:
         mode = open_split(args, manifest, comm, threads)
         param_bytes = mode.param_bytes
+    if spatial and not args.single and images.size != manifest["image_size"]:
+        raise InputError(f"{args.directory} is a {split_mode(manifest)} export for {manifest['image_size']}x"
+                         f"{manifest['image_size']} images, not {images.size}x{images.size}: export again with "
+                         f"--image-size {images.size}")
     release_freed_memory()
     sizes = [min(args.batch, images.count - i) for i in range(0, images.count, args.batch)]
     steps = [sizes[i:i + mode.batches_per_step] for i in range(0, len(sizes), mode.batches_per_step)]

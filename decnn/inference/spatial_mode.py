@@ -11,7 +11,7 @@ from torch import nn
 from decnn.distributed.communicator import Communicator
 from decnn.inference.inputs import Normalize
 from decnn.partition.spatial import TorchArrays, spatial_model
-from decnn.spatial import Tiling, compile_programs
+from decnn.spatial import DeviceProgram, Tiling, compile_programs
 from decnn.spatial.executor import SpatialStep, Then
 
 
@@ -36,18 +36,26 @@ class CommTransport:
 
 class SpatialMode(SpatialStep):
     """This rank's tile of every feature map of ``model`` (its whole weights, prepared: BN folded into the
-    convolutions, channels-last) for ``image_size`` images cut by ``tiling``."""
+    convolutions, channels-last), cut by ``tiling``; the program for an image size is derived at its first
+    batch (``image_size``: the run's, derived at once)."""
 
     def __init__(self, model: nn.Module, comm: Communicator, normalize: Normalize, tiling: Tiling, image_size: int):
-        spatial = spatial_model(model.eval(), (image_size, image_size))
-        for piece in spatial.pieces:
+        self.spatial, self.tiling = spatial_model(model.eval()), tiling
+        for piece in self.spatial.pieces:
             piece.to(memory_format=torch.channels_last)
-        self.module = nn.ModuleList([*spatial.pieces, spatial.pool, spatial.classifier])
-        program = compile_programs(spatial.layout, tiling)[comm.rank]
-        pieces = [lambda inputs, p=p: p(*inputs) for p in spatial.pieces]
-        super().__init__(program, pieces, TorchArrays(comm.device, channels_last=True), CommTransport(comm),
-                         normalize, spatial.pool, spatial.classifier)
+        self.module = nn.ModuleList([*self.spatial.pieces, self.spatial.pool, self.spatial.classifier])
+        self.programs = {}
+        pieces = [lambda inputs, p=p: p(*inputs) for p in self.spatial.pieces]
+        super().__init__(self._program((image_size, image_size), comm.rank), pieces,
+                         TorchArrays(comm.device, channels_last=True), CommTransport(comm), normalize,
+                         self.spatial.pool, self.spatial.classifier)
+
+    def _program(self, size: tuple[int, int], rank: int) -> DeviceProgram:
+        if size not in self.programs:
+            self.programs[size] = compile_programs(self.spatial.layout(size), self.tiling)[rank]
+        return self.programs[size]
 
     @torch.inference_mode()
     def step(self, inputs: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        self.program = self._program(tuple(inputs[0].shape[-2:]), self.transport.rank)
         return super().step(inputs)

@@ -112,7 +112,7 @@ class ModelSpec:
             else:
                 with torch.device("meta"):  # the structure and the map sizes are all that is read here
                     model = timm.create_model(self.name, **self.kwargs).eval()
-            compile_programs(spatial_model(model, (image_size, image_size)).layout, tiling)
+            compile_programs(spatial_model(model).layout((image_size, image_size)), tiling)
         except SpatialError as e:
             raise ConfigError(f"{option('mode', tiling.mode)} over {tiling.devices} devices cannot split {self.name} "
                               f"at {image_size}x{image_size}: {e}") from None
@@ -147,6 +147,9 @@ def resolve_model(cfg: InferConfig) -> ModelSpec:
             manifest = shards.read_manifest(cfg.checkpoint)
         except shards.ShardError as e:
             raise ConfigError(str(e)) from None
+        if manifest.get("mode", "branch") != "branch":
+            raise ConfigError(f"{cfg.checkpoint} is a {manifest['mode']} export for devices without torch: run it "
+                              f"with `decnn edge {cfg.checkpoint}`, or give {option('checkpoint')} the checkpoint")
         if cfg.mode != "branch":
             raise ConfigError(f"{cfg.checkpoint} holds branches for mode branch; mode {cfg.mode} needs the whole "
                               "model: give the checkpoint")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import operator
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,15 +35,55 @@ PER_PIXEL_METHODS = ("add", "add_", "mul", "relu", "relu_", "contiguous")
 LINEAR_POOLS = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, nn.Identity)
 
 
-@dataclass
 class SpatialModel:
-    """A model's features as pieces (``layout`` and ``pieces[i](*inputs) -> tuple``), and its head as a
-    linear ``pool`` and the ``classifier`` (its linear layer and tail) that runs on the pooled sum."""
+    """A model's features as pieces (``pieces[i](*inputs) -> tuple``) that hold no image size, their
+    :meth:`layout` for an image size, and the head: a linear ``pool`` and the ``classifier`` (its linear layer
+    and tail) that runs on the sum of the devices' pooled tiles."""
 
-    layout: Layout
-    pieces: list[fx.GraphModule]
-    pool: nn.Module
-    classifier: nn.Module
+    def __init__(self, features: fx.GraphModule, cut: list[list[fx.Node]], windows: dict, pool: nn.Module,
+                 classifier: nn.Module):
+        self.features, self.windows, self.pool, self.classifier = features, windows, pool, classifier
+        piece_of = {n: i for i, nodes in enumerate(cut) for n in nodes}
+        nodes = list(features.graph.nodes)
+        image, output = nodes[0], nodes[-1]
+        piece_of[image] = -1
+        self.image, self.result = image, output.args[0]
+        # The maps that cross from one piece to another (the image and the features too) are the layout's tensors.
+        self.tensors = [n for n in nodes if n is image or n is self.result
+                        or any(u is not output and piece_of[u] != piece_of[n] for u in n.users)]
+        self.inputs: list[dict[tuple, fx.Node]] = []  # per piece: (map, window) -> the layer that reads it so
+        self.outputs: list[list[fx.Node]] = []  # per piece: the maps it computes for later pieces
+        self.pieces = []
+        modules = dict(features.named_modules())
+        for i, members in enumerate(cut):
+            reads = {}
+            for node in members:
+                for inp in node.all_input_nodes:
+                    if piece_of[inp] != i:
+                        reads.setdefault((inp, windows[node]), node)
+            self.inputs.append(reads)
+            self.outputs.append([n for n in members if n in self.tensors])
+            self.pieces.append(_piece_graph(members, list(reads), self.outputs[-1], windows, modules))
+
+    @torch.no_grad()
+    def layout(self, image_size: tuple[int, int]) -> Layout:
+        """The pieces' maps for ``image_size`` (height, width) images (one forward pass at batch 1)."""
+        device = next(self.features.parameters()).device
+        ShapeProp(self.features).propagate(torch.zeros(1, 3, *image_size, device=device))
+        tensor = {n: t for t, n in enumerate(self.tensors)}
+        pieces = []
+        for reads in self.inputs:
+            uses = tuple(Use(tensor[inp]) if window is None else Use(tensor[inp], window, _shape(node)[1:])
+                         for (inp, window), node in reads.items())
+            pieces.append(uses)
+        for node, window in self.windows.items():
+            sizes = {_shape(n)[1:] for n in (node, *node.all_input_nodes)}
+            if window is None and len(sizes) > 1:
+                raise SpatialError(f"{node.target} combines maps of sizes {sorted(sizes)}: a per-pixel layer "
+                                   "needs maps of one size")
+        outputs = [tuple(tensor[n] for n in out) for out in self.outputs]
+        return Layout(tuple(_shape(n) for n in self.tensors),
+                      tuple(Piece(uses, out) for uses, out in zip(pieces, outputs)), tensor[self.result])
 
 
 class _Tracer(fx.Tracer):
@@ -61,25 +100,22 @@ class _Features(nn.Module):
         return self.model.forward_features(x)
 
 
-@torch.no_grad()
-def spatial_model(model: nn.Module, image_size: tuple[int, int]) -> SpatialModel:
-    """``model`` (a decoupled model in eval mode; its weights stay shared) read for a spatial split of
-    ``image_size`` (height, width) images; SpatialError for a layer or head a spatial split cannot cut."""
+def spatial_model(model: nn.Module) -> SpatialModel:
+    """``model`` (a decoupled model in eval mode; its weights stay shared) read for a spatial split;
+    SpatialError for a layer or head a spatial split cannot cut."""
     verify_decoupled(model)
     head = model.head_parts()
     if not _linear(head.pool):
         raise SpatialError(f"{type(model).__name__}'s head pools with {head.pool}, which is not linear: a spatial "
                            "split sums the devices' pooled tiles (use global_pool='avg')")
     root = _Features(model)
-    gm = fx.GraphModule(root, _Tracer().trace(root))
-    _fold_batch_norms(gm)
-    device = next(model.parameters()).device
-    ShapeProp(gm).propagate(torch.zeros(1, 3, *image_size, device=device))
-    modules = dict(gm.named_modules())
-    windows = {n: _window(n, modules) for n in gm.graph.nodes if n.op not in ("placeholder", "output")}
-    pieces = _cut(gm, windows)
-    layout, graphs = _layout(gm, pieces, windows, modules)
-    return SpatialModel(layout, graphs, head.pool, nn.Sequential(head.linear, head.tail).eval())
+    features = fx.GraphModule(root, _Tracer().trace(root))
+    with torch.no_grad():
+        _fold_batch_norms(features)
+    modules = dict(features.named_modules())
+    windows = {n: _window(n, modules) for n in features.graph.nodes if n.op not in ("placeholder", "output")}
+    return SpatialModel(features, _cut(features, windows), windows, head.pool,
+                        nn.Sequential(head.linear, head.tail).eval())
 
 
 def _linear(pool: nn.Module) -> bool:
@@ -167,53 +203,21 @@ def _cut(gm: fx.GraphModule, windows: dict) -> list[list[fx.Node]]:
     return pieces
 
 
-def _layout(gm: fx.GraphModule, pieces: list[list[fx.Node]], windows: dict, modules: dict
-            ) -> tuple[Layout, list[fx.GraphModule]]:
-    """The torch-free layout of the pieces, and each piece as a GraphModule."""
-    piece_of = {n: i for i, nodes in enumerate(pieces) for n in nodes}
-    image = next(n for n in gm.graph.nodes if n.op == "placeholder")
-    output = next(n for n in gm.graph.nodes if n.op == "output")
-    features = output.args[0]
-    piece_of[image] = -1
-    crossing = [n for n in gm.graph.nodes if n is image or n is features
-                or any(piece_of.get(u, -2) != piece_of.get(n) for u in n.users if u is not output)]
-    tensor = {n: t for t, n in enumerate(crossing)}
-    shapes = tuple(_shape(n) for n in crossing)
-    layout_pieces, graphs = [], []
-    for i, nodes in enumerate(pieces):
-        uses: dict[Use, int] = {}
-        for node in nodes:
-            for inp in node.all_input_nodes:
-                if piece_of[inp] != i:
-                    uses.setdefault(_use(node, inp, windows[node], tensor), len(uses))
-                if windows[node] is None and _shape(inp)[1:] != _shape(node)[1:]:
-                    raise SpatialError(f"{node.target} combines maps of sizes {_shape(inp)[1:]} and "
-                                       f"{_shape(node)[1:]}: a per-pixel layer needs maps of one size")
-        outputs = [n for n in nodes if n in tensor]
-        graphs.append(_piece_graph(nodes, uses, outputs, windows, modules, tensor))
-        layout_pieces.append(Piece(tuple(uses), tuple(tensor[n] for n in outputs)))
-    return Layout(shapes, tuple(layout_pieces), tensor[features]), graphs
-
-
 def _shape(node: fx.Node) -> tuple[int, int, int]:
     return tuple(node.meta["tensor_meta"].shape[1:])
 
 
-def _use(node: fx.Node, inp: fx.Node, window: Window | None, tensor: dict) -> Use:
-    return Use(tensor[inp]) if window is None else Use(tensor[inp], window, _shape(node)[1:])
-
-
-def _piece_graph(nodes: list[fx.Node], uses: dict[Use, int], outputs: list[fx.Node], windows: dict, modules: dict,
-                 tensor: dict) -> fx.GraphModule:
-    """One piece as a GraphModule ``(*inputs) -> tuple of outputs``; its windowed layers unpadded."""
+def _piece_graph(members: list[fx.Node], reads: list[tuple], outputs: list[fx.Node], windows: dict,
+                 modules: dict) -> fx.GraphModule:
+    """One piece as a GraphModule ``(*inputs) -> tuple of outputs`` (input i: ``reads[i]`` = (map, window));
+    its windowed layers unpadded."""
     graph = fx.Graph()
-    inputs = [graph.placeholder(f"x{i}") for i in range(len(uses))]
+    inputs = {read: graph.placeholder(f"x{i}") for i, read in enumerate(reads)}
     env: dict[fx.Node, fx.Node] = {}
     owned: dict[str, nn.Module] = {}
-    for node in nodes:
+    for node in members:
         window = windows[node]
-        env[node] = graph.node_copy(node, lambda a, node=node, window=window: env[a] if a in env
-                                    else inputs[uses[_use(node, a, window, tensor)]])
+        env[node] = graph.node_copy(node, lambda a, window=window: env[a] if a in env else inputs[a, window])
         if node.op == "call_module":
             owned[node.target] = _unpadded(modules[node.target]) if window else modules[node.target]
     graph.output(tuple(env[n] for n in outputs))
@@ -248,7 +252,7 @@ class TorchArrays:
 def run_spatial_locally(spatial: SpatialModel, x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
     """The logits of a spatial split of normalised inputs ``x`` with every device a thread of this process
     (the reference transport): what a distributed run must reproduce."""
-    programs = compile_programs(spatial.layout, tiling)
+    programs = compile_programs(spatial.layout(tuple(x.shape[-2:])), tiling)
     no_grad = torch.inference_mode()  # the devices' threads start with autograd on
     pieces = [no_grad(lambda inputs, p=p: p(*inputs)) for p in spatial.pieces]
 

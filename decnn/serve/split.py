@@ -37,7 +37,7 @@ from decnn.serve import worker
 
 __all__ = ["SplitModel", "WorkerError", "split"]
 
-SPLIT_MODES = ("branch", "pipeline")
+SPLIT_MODES = ("branch", "modnn", "grid", "pipeline")
 MODEL_KEYWORDS = ("groups", "width", "stem")  # settings of the model a timm name or checkpoint source builds
 _STOP_GRACE_S = 10.0  # for the workers to finish a step in flight and leave on their own
 
@@ -71,8 +71,9 @@ def split(
     ``source``: a checkpoint file, a folder of shards from ``decnn export``, a DeCNN ``nn.Module``, or a
     timm name (random weights from ``seed``; ``model_kwargs``: ``groups``, ``width``, ``stem``, which a
     checkpoint's model must match).
-    ``mode``: ``"branch"`` (DeCNN: each device runs its channel groups) or ``"pipeline"`` (layer-wise
-    stages). ``placement``: groups per device, e.g. ``"0,1,2/3"`` (default: even, or the shards').
+    ``mode``: ``"branch"`` (DeCNN: each device runs its channel groups), ``"modnn"`` or ``"grid"`` (the
+    peers' spatial splits: each device computes a band or tile of every feature map, with all the weights)
+    or ``"pipeline"`` (layer-wise stages). ``placement``: groups per device, e.g. ``"0,1,2/3"`` (default: even, or the shards').
     ``overlap``: branch mode, slices of a batch in flight; pipeline mode, micro-batches per batch.
     ``backend="onnxruntime"``: the branches run as ONNX graphs (a shard folder exported with ``--onnx``);
     torch.distributed still exchanges the activations. ``backend="edge"``: the device runtime serves the
@@ -117,7 +118,8 @@ def _resolve(source, model_kwargs: dict, common: dict) -> tuple[InferConfig, Mod
     """The checked settings and the model of a split, from ``split``'s arguments (``common``)."""
     mode, placement, backend = common["mode"], common["placement"], common["backend"]
     if mode not in SPLIT_MODES:
-        raise ConfigError(f"mode {mode!r}: a split model runs mode 'branch' or 'pipeline', e.g. mode=\"branch\"")
+        raise ConfigError(f"mode {mode!r}: a split model runs mode {', '.join(map(repr, SPLIT_MODES))}, "
+                          'e.g. mode="branch"')
     module = source if isinstance(source, nn.Module) else None
     if module is not None:
         cfg = InferConfig(random_init=True, **common).check()
