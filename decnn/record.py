@@ -96,7 +96,9 @@ class RunRecord:
     top1_agreement: float | None = None
     max_abs_diff: float | None = None
     max_rel_diff: float | None = None
-    # The benchmark: ratios against the 1-device baselines (within a round, then the median).
+    # The benchmark: ratios against the 1-device baselines (within a round, then the median): the same model and
+    # runtime on 1 device (a speed-up), the plain ResNet-34 and the DeCNN of the row's family.
+    speedup_vs_one_device: float | None = None
     latency_ratio_vs_resnet34: float | None = None
     throughput_ratio_vs_resnet34: float | None = None
     latency_ratio_vs_decnn_single: float | None = None

@@ -3,7 +3,7 @@
 import pytest
 
 from decnn.bench.__main__ import main as bench_main
-from decnn.bench.configurations import configurations
+from decnn.bench.configurations import FAMILIES, configurations
 from decnn.bench.summary import bench_table, read, summarize, write
 from decnn.plan.costmodel import Prediction
 from decnn.record import Latency, RunRecord
@@ -16,7 +16,11 @@ def test_plan_has_baselines_once_and_each_split_per_link_and_dtype():
     singles = [c for c in configs if c.mode == "single"]
     assert sorted((c.name, c.batch) for c in singles) == sorted(
         (n, b) for n in ("resnet34 single", "decnn single") for b in (1, 8))
-    assert {c.devices for c in configs if c.mode != "single"} == {2, 4}  # 3 does not divide 4 groups
+    assert {c.devices for c in configs if c.mode == "branch"} == {2, 4}  # 3 does not divide 4 groups
+    # The peers' spatial splits of plain ResNet-34 run on any count, the grid where the devices form one.
+    spatial = {(c.mode, c.devices) for c in configs if c.mode in ("modnn", "grid")}
+    assert spatial == {("modnn", 2), ("modnn", 3), ("modnn", 4), ("grid", 4)}
+    assert all(c.model["groups"] == 1 for c in configs if c.mode in ("modnn", "grid"))
     branch = [c for c in configs if c.mode == "branch"]
     # batch x devices x (loopback: dtype x overlap on/off; 20mbit: dtype, plus fp16 with overlap)
     assert len(branch) == 2 * 2 * (2 * 2 + 2 + 1)
@@ -31,7 +35,7 @@ def test_edge_rows_come_with_baselines_of_their_own_runtime():
     assert {"edge resnet34 single x1 b1", "edge decnn single x1 b1", "edge decnn branch int8 x2 b1 @20mbit",
             "edge decnn branch int8 overlap x2 b1 @20mbit"} <= edge
     torch_rows = [c for c in configs if c.runtime == "torch"]
-    assert len(edge) == sum(c.mode in ("single", "branch") for c in torch_rows)  # each torch split and baseline
+    assert len(edge) == sum(c.mode in ("single", "branch", "modnn") for c in torch_rows)  # each split and baseline
     config = next(c for c in configs if c.name == "edge decnn branch fp32" and c.link is None)
     baselines = [{"resnet34 single": _report(1000, 1), "decnn single": _report(1000, 1),
                   "edge resnet34 single": _report(40, 25), "edge decnn single": _report(30, 33)}]
@@ -93,7 +97,7 @@ def test_small_benchmark_runs_every_configuration(tmp_path):
 
 def _split(name, link, ratio):
     return RunRecord(model="decnn_resnet34", groups=4, width=1.5, mode="branch", devices=2, name=name, batch=1,
-                     link=link, latency_ratio_vs_decnn_single=ratio)
+                     link=link, speedup_vs_one_device=ratio)
 
 
 def test_crossover_is_interpolated_in_log_rate_and_bounded_outside_the_measured_links():
@@ -108,3 +112,20 @@ def test_crossover_is_interpolated_in_log_rate_and_bounded_outside_the_measured_
     assert rows["a"]["crossover_bit_per_s"] == pytest.approx((100e6 * 20e6) ** 0.5)
     assert rows["b"]["crossover_bit_per_s"] is None and rows["b"]["bound"] == "below 20mbit"
     assert rows["c"]["bound"] == "above 1gbit"
+
+
+def test_each_row_is_compared_with_its_own_model_on_one_device_of_its_runtime():
+    """The paper's family: the peers split plain ResNet-50, DeCNN splits resnet50_s3_addchannel, both at 224."""
+    configs = configurations([1], [2], [None], ["fp32"], runtimes=("torch", "edge"), families=("resnet50",))
+    modnn = next(c for c in configs if c.name == "edge resnet50 modnn")
+    branch = next(c for c in configs if c.name == "edge decnn50 branch fp32")
+    assert modnn.model == FAMILIES["resnet50"].plain and branch.model == FAMILIES["resnet50"].decnn
+    args = next(c for c in configs if c.name == "resnet50 modnn").infer_args()
+    assert args[args.index("--image-size") + 1] == "224" and args[args.index("--stem") + 1] == "imagenet"
+    rounds = [{"edge resnet50 single": _report(100, 10), "edge decnn50 single": _report(60, 16)}]
+    spatial = summarize(modnn, [_report(50, 20)], rounds, None)
+    ours = summarize(branch, [_report(20, 50)], rounds, None)
+    assert spatial.speedup_vs_one_device == pytest.approx(2.0) and ours.speedup_vs_one_device == pytest.approx(3.0)
+    assert spatial.latency_ratio_vs_decnn_single == pytest.approx(1.2)  # slower than DeCNN on one device
+    assert spatial.latency_ratio_vs_resnet34 is None  # no ResNet-34 in this family
+    assert "| – | 1.20x |" in bench_table([spatial])

@@ -6,6 +6,7 @@ hits all alike; each reported figure is the median over rounds, and ratios are t
 
     decnn bench                                             # batch 1 and 8, 2 devices, loopback
     sudo .venv/bin/decnn bench --link 1gbit 100mbit 20mbit --batch 1
+    sudo .venv/bin/decnn bench --family resnet34 resnet50 --runtime edge --batch 1 --link loopback 1gbit 100mbit
     decnn bench paper --bench results/bench.json --runs runs
 """
 
@@ -21,13 +22,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from decnn.bench.configurations import DECNN, BenchConfig, configurations
+from decnn.bench.configurations import FAMILIES, BenchConfig, configurations
 from decnn.bench.edge import export_models, run_edge
 from decnn.bench.predict import measure_profiles, predictions
 from decnn.bench.run import RunFailed, run_local, run_over_link
 from decnn.bench.summary import (
-    BASELINES,
-    EDGE_BASELINES,
+    baseline_names,
     bench_table,
     crossovers,
     format_crossovers,
@@ -49,7 +49,10 @@ def parse_args(argv):
     p = job_parser("bench", __doc__)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
     p.add_argument("--devices", type=int, nargs="+", default=[2],
-                   help="device counts for the split runs (those dividing 4 groups; default 2)")
+                   help="device counts for the split runs (DeCNN's: those dividing its groups; default 2)")
+    p.add_argument("--family", nargs="+", choices=tuple(FAMILIES), default=["resnet34"],
+                   help="resnet34: plain ResNet-34 and DeCNN ResNet-34 G4 x1.5 at 64x64 (default); resnet50: the "
+                   "paper's, plain ResNet-50 and resnet50_s3_addchannel at 224x224")
     p.add_argument("--link", nargs="+", default=["loopback"],
                    help="loopback and/or emulated links such as 1gbit 100mbit 20mbit (needs root)")
     p.add_argument("--link-batch", type=int, nargs="+",
@@ -96,10 +99,7 @@ def main(argv=None) -> int:
         print("decnn edge needs onnxruntime and mpi4py (pip install -e '.[dev]'): torch rows only", file=sys.stderr)
         runtimes = tuple(r for r in runtimes if r != "edge")
     configs = configurations(args.batch, args.devices, links, args.exchange_dtype, args.overlap, args.link_batch,
-                             runtimes)
-    skipped = [n for n in args.devices if DECNN["groups"] % n]
-    if skipped:
-        print(f"skipping --devices {skipped}: {DECNN['groups']} groups do not split evenly", file=sys.stderr)
+                             runtimes, tuple(args.family))
     reports: dict[str, list[RunRecord]] = {c.label(): [] for c in configs}
     with ExitStack() as stack:
         emulated = {(link, n): stack.enter_context(EmulatedLink(link, num_hosts=n))
@@ -136,13 +136,12 @@ def main(argv=None) -> int:
                 bar.update()
         bar.close()
 
-    def baselines(batch: int) -> list[dict[str, RunRecord]]:
-        """Round r's 1-device baseline reports at ``batch``, by name (those of every runtime that ran)."""
-        names = [n for n in (*BASELINES.values(), *EDGE_BASELINES.values())
-                 if BenchConfig(n, "single", 1, batch).label() in reports]
-        return [{n: reports[BenchConfig(n, "single", 1, batch).label()][r] for n in names} for r in range(args.rounds)]
+    def baselines(config: BenchConfig) -> list[dict[str, RunRecord]]:
+        """Round r's reports of ``config``'s 1-device baselines, by name."""
+        labels = {n: BenchConfig(n, "single", 1, config.batch).label() for n in baseline_names(config).values()}
+        return [{n: reports[label][r] for n, label in labels.items()} for r in range(args.rounds)]
 
-    records = [summarize(c, reports[c.label()], baselines(c.batch), predicted.get(c.label())) for c in configs]
+    records = [summarize(c, reports[c.label()], baselines(c), predicted.get(c.label())) for c in configs]
     meta = {"started": time.strftime("%Y%m%d-%H%M%S"), "argv": sys.argv[1:] if argv is None else argv,
             "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__, "threads_per_process": 1,
             "retried": retried}

@@ -20,48 +20,63 @@ import sys
 import tempfile
 from pathlib import Path
 
-from decnn.bench.configurations import BASELINE, DECNN, BenchConfig
+from decnn.bench.configurations import BenchConfig
 from decnn.bench.run import RunFailed, check
 from decnn.distributed.emulated_link import EmulatedLink
 from decnn.record import RunRecord
+from decnn.spatial import SPATIAL_MODES
+
+
+def export_kind(config: BenchConfig) -> tuple:
+    """Which export a device-runtime row runs: its model's spatial export (the plain model: whole, modnn and grid
+    rows alike), or the DeCNN's branch export for its device count (1 for the whole model)."""
+    model = tuple(sorted(config.model.items()))
+    if config.mode in SPATIAL_MODES or (config.mode == "single" and config.model["groups"] == 1):
+        return model, config.image_size, "spatial"
+    return model, config.image_size, f"branch{1 if config.mode == 'single' else config.devices}"
 
 
 def export_models(configs: list[BenchConfig], folder: Path) -> dict[tuple, Path]:
-    """Export folders for the edge configurations, by (model name, devices): the torch rows' weights."""
+    """Export folders for the edge configurations, by :func:`export_kind`: the torch rows' weights."""
     from decnn.common.checkpoint import save_checkpoint
     from decnn.deploy.export import main as export_main
     from decnn.inference.config import InferConfig
     from decnn.inference.spec import resolve_model
 
-    wanted = {(c.name.split()[1], 1 if c.mode == "single" else c.devices) for c in configs if c.runtime == "edge"}
     folders = {}
-    for name, devices in sorted(wanted):
-        m = BASELINE if name == "resnet34" else DECNN
-        spec = resolve_model(InferConfig(random_init=True, model=m["model"], groups=m["groups"], width=m["width"]))
+    for kind in sorted({export_kind(c) for c in configs if c.runtime == "edge"}, key=str):
+        model, size, how = kind
+        m = dict(model)
+        spec = resolve_model(InferConfig(random_init=True, model=m["model"], groups=m["groups"], width=m["width"],
+                                         stem=m.get("stem")))
+        name = "-".join(f"{v}" for _, v in model) + f"-{size}"
         checkpoint = folder / f"{name}.pt"
         if not checkpoint.exists():
             save_checkpoint(checkpoint, {"model": spec.build().state_dict(), "model_name": spec.name,
-                                         "model_kwargs": spec.kwargs,
-                                         "config": {"data": {"image_size": spec.input_size}}})
-        out = folder / f"{name}-d{devices}"
+                                         "model_kwargs": spec.kwargs, "config": {"data": {"image_size": size}}})
+        out = folder / f"{name}-{how}"
+        args = (["--mode", "modnn", "--devices", "1"] if how == "spatial"
+                else ["--devices", how.removeprefix("branch")])
         with contextlib.redirect_stdout(io.StringIO()):
-            code = export_main([str(checkpoint), "--devices", str(devices), "--out", str(out), "--onnx"])
+            code = export_main([str(checkpoint), *args, "--out", str(out), "--onnx"])
         if code:
-            raise RunFailed(f"decnn export of {name} for {devices} device(s) failed")
-        folders[(name, devices)] = out
+            raise RunFailed(f"decnn export of {name} ({how}) failed")
+        folders[kind] = out
     return folders
 
 
 def run_edge(config: BenchConfig, folders: dict[tuple, Path], link: EmulatedLink | None, images: int, warmup: int,
              timeout: float) -> RunRecord:
     """One ``decnn edge`` run of ``config``; its record."""
-    name = config.name.split()[1]
-    folder = folders[(name, 1 if config.mode == "single" else config.devices)]
+    folder = folders[export_kind(config)]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.json"
         args = ["--batch", str(config.batch), "--images", str(images), "--warmup", str(warmup), "--threads", "1",
-                "--timeout", str(timeout), "--overlap", str(config.overlap), "--exchange-dtype",
-                config.exchange_dtype, "--out", str(out)]
+                "--timeout", str(timeout), "--out", str(out)]
+        if config.mode == "branch":
+            args += ["--overlap", str(config.overlap), "--exchange-dtype", config.exchange_dtype]
+        elif config.mode in SPATIAL_MODES:
+            args += ["--mode", config.mode]
         if link is None:
             argv = [sys.executable, "-m", "decnn.edge.launch", str(folder), *args]
             argv += ["--single"] if config.mode == "single" else ["--devices", str(config.devices)]

@@ -14,14 +14,20 @@ import re
 import statistics
 from pathlib import Path
 
-from decnn.bench.configurations import BenchConfig
+from decnn.bench.configurations import FAMILIES, BenchConfig
 from decnn.common.logger import experiment_root, make_logger
 from decnn.distributed.rates import parse_rate
 from decnn.record import Latency, RunRecord
 
-BASELINES = {"resnet34": "resnet34 single", "decnn_single": "decnn single"}
-# A row is compared with the baselines of its own runtime: the device runtime's with the models in ONNX Runtime.
-EDGE_BASELINES = {key: f"edge {name}" for key, name in BASELINES.items()}
+
+def baseline_names(config: BenchConfig) -> dict[str, str]:
+    """The 1-device rows ``config`` is compared with: its family's plain model and DeCNN, in its own runtime (the
+    device runtime's rows with the models in ONNX Runtime), and ``own``, the same model as ``config``'s."""
+    family = FAMILIES[config.family]
+    prefix = "edge " if config.runtime == "edge" else ""
+    names = {key: prefix + name for key, name in family.names().items()}
+    names["own"] = names["plain"] if config.model == family.plain else names["decnn_single"]
+    return names
 
 
 def summarize(config: BenchConfig, reports: list[RunRecord], baselines: list[dict[str, RunRecord]],
@@ -31,13 +37,20 @@ def summarize(config: BenchConfig, reports: list[RunRecord], baselines: list[dic
     Timings are medians over rounds; sizes, traffic and the per-rank figures are the first round's, but for
     the breakdown of each rank's time, which is the median round's (by p50 latency).
     """
-    ratios = {}
-    for key, base_name in (EDGE_BASELINES if config.runtime == "edge" else BASELINES).items():
-        bases = [b[base_name] for b in baselines]
-        ratios[f"latency_ratio_vs_{key}"] = statistics.median(
-            b.latency_ms.p50 / r.latency_ms.p50 for b, r in zip(bases, reports))
-        ratios[f"throughput_ratio_vs_{key}"] = statistics.median(
-            r.throughput_ips / b.throughput_ips for b, r in zip(bases, reports))
+    names = baseline_names(config)
+
+    def latency(name: str) -> float:
+        return statistics.median(b[name].latency_ms.p50 / r.latency_ms.p50 for b, r in zip(baselines, reports))
+
+    def throughput(name: str) -> float:
+        return statistics.median(r.throughput_ips / b[name].throughput_ips for b, r in zip(baselines, reports))
+
+    ratios = {"speedup_vs_one_device": latency(names["own"]),
+              "latency_ratio_vs_decnn_single": latency(names["decnn_single"]),
+              "throughput_ratio_vs_decnn_single": throughput(names["decnn_single"])}
+    if config.family == "resnet34":  # the model users start from, by name
+        ratios.update(latency_ratio_vs_resnet34=latency(names["plain"]),
+                      throughput_ratio_vs_resnet34=throughput(names["plain"]))
     latency = Latency(*(statistics.median(getattr(r.latency_ms, q) for r in reports) for q in ("p50", "p95", "p99")))
     record = dataclasses.replace(
         reports[0],
@@ -70,9 +83,9 @@ def link_rate(link: str) -> float:
     return float("inf") if link == "loopback" else parse_rate(link)
 
 
-def crossovers(records: list[RunRecord], baseline: str = "decnn_single") -> list[dict]:
+def crossovers(records: list[RunRecord]) -> list[dict]:
     """Per split configuration (name, devices, batch) measured on several links: the link rate below which
-    its median latency stops beating the 1-device ``baseline``.
+    its median latency stops beating the same model on 1 device.
 
     Between two measured rates the latency ratio is interpolated linearly in log(rate); outside them the
     answer is a bound ("below 20mbit": it still wins at the slowest link measured; "above 1gbit": it wins
@@ -81,7 +94,7 @@ def crossovers(records: list[RunRecord], baseline: str = "decnn_single") -> list
     series: dict[tuple, list[tuple[float, float, str]]] = {}
     for r in records:
         if r.devices > 1:
-            ratio = getattr(r, f"latency_ratio_vs_{baseline}")
+            ratio = r.speedup_vs_one_device
             series.setdefault((r.name, r.devices, r.batch), []).append((link_rate(r.link), ratio, r.link))
     out = []
     for (name, devices, batch), points in series.items():
@@ -102,14 +115,15 @@ def crossovers(records: list[RunRecord], baseline: str = "decnn_single") -> list
                         t = (hi_ratio - 1) / (hi_ratio - lo_ratio)
                         crossover = math.exp(math.log(hi_rate) + t * (math.log(lo_rate) - math.log(hi_rate)))
                     break
-        out.append({"name": name, "devices": devices, "batch": batch, "baseline": baseline,
+        out.append({"name": name, "devices": devices, "batch": batch,
                     "crossover_bit_per_s": crossover, "bound": bound,
                     "ratio_per_link": {link: ratio for _, ratio, link in points}})
     return out
 
 
 def format_crossovers(rows: list[dict]) -> str:
-    lines = ["| configuration | batch | devices | latency speedup vs DeCNN 1-dev, per link | stops winning below |",
+    lines = ["| configuration | batch | devices | latency speed-up vs same model 1-dev, per link "
+             "| stops winning below |",
              "|---|---:|---:|---|---|"]
     for c in rows:
         ratios = ", ".join(f"{link} {ratio:.2f}x" for link, ratio in c["ratio_per_link"].items())
@@ -172,9 +186,9 @@ def bench_table(records: list[RunRecord]) -> str:
     Runtime on one device, the other rows with PyTorch on one device."""
     lines = [
         "| configuration | batch | link | transport | devices | p50 ms | p95 ms | images/s "
-        "| latency speedup vs ResNet-34 | vs DeCNN 1-dev | throughput vs DeCNN 1-dev | KB sent/image "
-        "| params/device MB | peak RSS MB | predicted ms |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| latency speed-up vs same model 1-dev | vs ResNet-34 1-dev | vs DeCNN 1-dev | throughput vs DeCNN 1-dev "
+        "| exchanges | KB sent/image | params/device MB | peak RSS MB | predicted ms |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         devices = f"{r.devices}" + (" (oversubscribed)" if r.oversubscribed else "")
@@ -182,8 +196,9 @@ def bench_table(records: list[RunRecord]) -> str:
                      if r.predicted_latency_ms is not None else "–")
         lines.append(
             f"| {r.name} | {r.batch} | {r.link} | {r.transport or '–'} | {devices} | {r.latency_ms.p50:.1f} "
-            f"| {r.latency_ms.p95:.1f} | {r.throughput_ips:.1f} | {r.latency_ratio_vs_resnet34:.2f}x "
-            f"| {r.latency_ratio_vs_decnn_single:.2f}x | {r.throughput_ratio_vs_decnn_single:.2f}x "
+            f"| {r.latency_ms.p95:.1f} | {r.throughput_ips:.1f} | {_x(r.speedup_vs_one_device)} "
+            f"| {_x(r.latency_ratio_vs_resnet34)} | {_x(r.latency_ratio_vs_decnn_single)} "
+            f"| {_x(r.throughput_ratio_vs_decnn_single)} | {_n(r.exchanges_per_batch)} "
             f"| {r.bytes_per_image / 1024:.0f} | {r.params_per_device_mb:.1f} | {_mb(r.peak_rss_mb)} | {predicted} |"
         )
     return "\n".join(lines)
@@ -191,6 +206,14 @@ def bench_table(records: list[RunRecord]) -> str:
 
 def _mb(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f}"
+
+
+def _x(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}x"
+
+
+def _n(value: int | None) -> str:
+    return "–" if value is None else str(value)
 
 
 def format_errors(records: list[RunRecord]) -> str:

@@ -72,8 +72,9 @@ def split(
     timm name (random weights from ``seed``; ``model_kwargs``: ``groups``, ``width``, ``stem``, which a
     checkpoint's model must match).
     ``mode``: ``"branch"`` (DeCNN: each device runs its channel groups), ``"modnn"`` or ``"grid"`` (the
-    peers' spatial splits: each device computes a band or tile of every feature map, with all the weights)
-    or ``"pipeline"`` (layer-wise stages). ``placement``: groups per device, e.g. ``"0,1,2/3"`` (default: even, or the shards').
+    peers' spatial splits: each device computes a band or tile of every feature map, with all the
+    weights) or ``"pipeline"`` (layer-wise stages). ``placement``: groups per device, e.g. ``"0,1,2/3"``
+    (default: even, or the shards').
     ``overlap``: branch mode, slices of a batch in flight; pipeline mode, micro-batches per batch.
     ``backend="onnxruntime"``: the branches run as ONNX graphs (a shard folder exported with ``--onnx``);
     torch.distributed still exchanges the activations. ``backend="edge"``: the device runtime serves the
