@@ -98,15 +98,15 @@ def configurations(batches: list[int], devices: list[int], links: list[str | Non
     every batch), with overlap only for the last (most compact) of ``dtypes``, the combination meant for
     weak links; data parallelism, which sends only inputs and logits, runs on loopback only. DeCNN's branches
     run on device counts that divide its groups, the spatial splits of the plain model (``modnn``, and ``grid``
-    where the devices form a grid) on any. With "edge" in ``runtimes``, the device runtime adds its own
-    baselines (the same models in ONNX Runtime) and its own branch and spatial rows beside the torch ones.
+    where the devices form a grid) on any. ``runtimes``: "torch" (``decnn infer``: every way) and "edge" (the
+    device runtime: the baselines in ONNX Runtime, the branch and spatial splits).
     """
     configs = []
     for fam in families:
         f = FAMILIES[fam]
 
         def row(name: str, mode: str, n: int, b: int, model: dict, edge: bool = False, fam: str = fam, **kw) -> None:
-            if not edge or "edge" in runtimes:
+            if ("edge" if edge else "torch") in runtimes:
                 configs.append(BenchConfig(f"edge {name}" if edge else name, mode, n, b, dict(model),
                                            runtime="edge" if edge else "torch", family=fam, **kw))
 
