@@ -40,9 +40,6 @@ class NumpyArrays:
     def empty(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.empty(shape, np.float32)
 
-    def contiguous(self, array: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(array)
-
 
 class MpiTransport:
     """MPI as the executor's transport: non-blocking point-to-point and collectives behind the deadline."""

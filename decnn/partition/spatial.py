@@ -244,9 +244,6 @@ class TorchArrays:
     def empty(self, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.empty(shape, device=self.device)
 
-    def contiguous(self, array: torch.Tensor) -> torch.Tensor:
-        return array.contiguous()
-
 
 @torch.no_grad()
 def run_spatial_locally(spatial: SpatialModel, x: torch.Tensor, tiling: Tiling) -> torch.Tensor:

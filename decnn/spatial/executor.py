@@ -28,14 +28,12 @@ class Pending(Protocol):
 
 
 class Arrays(Protocol):
-    """A runtime's activations ``(batch, channels, height, width)``."""
+    """A runtime's activations ``(batch, channels, height, width)``: ``empty`` ones are contiguous, as messages
+    need; ``full`` ones in the runtime's own layout."""
 
     def full(self, shape: tuple[int, ...], fill: float) -> Array: ...
 
     def empty(self, shape: tuple[int, ...]) -> Array: ...
-
-    def contiguous(self, array: Array) -> Array:
-        """``array`` in memory of its own, as messages need."""
 
 
 class Transport(Protocol):
@@ -96,6 +94,7 @@ class SpatialStep:
                  normalize: Callable, pool: Callable, classifier: Callable):
         self.program, self.pieces, self.arrays, self.transport = program, pieces, arrays, transport
         self.normalize, self.pool, self.classifier = normalize, pool, classifier
+        self.memory: dict[tuple, Array] = {}
         self.clock = Clock()
         self.reset_stats()
 
@@ -110,7 +109,7 @@ class SpatialStep:
             tile = self.features(x)
             with clock.part("head"):
                 c, h, w = self.program.feature_shape
-                whole = self.arrays.full((tile.shape[0], c, h, w), 0.0)
+                whole = self._buffer(("features", self.program), (tile.shape[0], c, h, w), 0.0)
                 part(whole, self.program.feature_tile)[...] = tile
                 pooled = self.pool(whole)
             self.pooled_bytes += int(pooled.nbytes)
@@ -128,7 +127,12 @@ class SpatialStep:
             with self.clock.part("pack"):
                 receives: list[tuple[Array, Array, int, int]] = []  # (message, where it goes, source, tag)
                 buffers = [self._input(spec, maps[spec.tensor], receives) for spec in step.inputs]
-                sends = [(self.arrays.contiguous(part(maps[x.tensor], x.part)), x.dst, x.tag) for x in step.sends]
+                sends = []
+                for x in step.sends:
+                    data = part(maps[x.tensor], x.part)
+                    message = self._buffer(x, data.shape)
+                    message[...] = data
+                    sends.append((message, x.dst, x.tag))
             if sends or receives:
                 self.clock.issue(f"halo {step.piece}", lambda sends=sends, receives=receives: self._start(
                     sends, receives)).wait()
@@ -155,12 +159,20 @@ class SpatialStep:
         if spec.view is not None:
             return part(tile, spec.view)
         b, c = tile.shape[0], tile.shape[1]
-        buffer = self.arrays.full((b, c, spec.region.rows, spec.region.cols), spec.fill)
+        buffer = self._buffer(spec, (b, c, spec.region.rows, spec.region.cols), spec.fill)
         for r in spec.receives:
-            receives.append((self.arrays.empty((b, c, r.into.rows, r.into.cols)), part(buffer, r.into), r.src, r.tag))
+            receives.append((self._buffer(r, (b, c, r.into.rows, r.into.cols)), part(buffer, r.into), r.src, r.tag))
         if spec.local is not None:
             part(buffer, spec.local[1])[...] = part(tile, spec.local[0])
         return buffer
+
+    def _buffer(self, key, shape: tuple[int, ...], fill: float | None = None) -> Array:
+        """The buffer of one input, message or map, made once per batch size and kept: its padding is written
+        once, and everything else is overwritten at every use."""
+        key = (key, shape)
+        if key not in self.memory:
+            self.memory[key] = self.arrays.empty(shape) if fill is None else self.arrays.full(shape, fill)
+        return self.memory[key]
 
     def reset_stats(self) -> None:
         """Start counting afresh (after the warm-up)."""
