@@ -39,6 +39,8 @@ def parse_args(argv):
     m.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     m.add_argument("--pin-cores", action="store_true")
     m.add_argument("--timeout", type=float, default=60.0)
+    m.add_argument("--spatial", action="store_true", help="also time each device's tiles of the peers' spatial "
+                   "splits (modnn, grid), for the cost model's prediction of them")
     m.add_argument("--out", default="results/profile.json", help="JSON file (default %(default)s)")
     q = sub.add_parser("plan", help="rank every way to run from a profile")
     q.add_argument("profile", help="a profile JSON written by `profile`")
@@ -77,7 +79,7 @@ def main(argv=None) -> int:
         cfg = InferConfig(random_init=True, model=args.model, groups=args.groups, width=args.width, stem=args.stem,
                           batch=args.batch, image_size=args.image_size, threads=args.threads,
                           pin_cores=args.pin_cores, timeout=args.timeout, devices=args.devices).check()
-        job = ProfileArgs(dataclasses.replace(cfg, devices=None), args.out)
+        job = ProfileArgs(dataclasses.replace(cfg, devices=None), args.out, args.spatial)
         if under_launcher() or not args.devices or args.devices == 1:
             profile_rank(job)
         else:

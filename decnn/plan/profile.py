@@ -32,6 +32,7 @@ from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
 from decnn.inference.pipeline_mode import profile_units
 from decnn.inference.spec import ModelSpec, resolve_model
 from decnn.partition import Placement, extract_branches, local_exchange, run_branches_locally
+from decnn.plan.spatial import time_spatial
 from decnn.timing import Clock
 
 PROFILE_VERSION = 1
@@ -53,6 +54,7 @@ class DeviceProfile:
     segment_s: list[list[float]]  # [k - 1][i]: segment i of a branch holding k groups; the head last
     pack_s: dict[str, list[list[float]]]  # dtype -> [k - 1][s]: pack + codec + unpack at shuffle point s (k < G)
     unit_s: list[float]  # the pipeline baseline's units (whole model, as mode pipeline runs it)
+    spatial_s: dict[str, list[float]] = field(default_factory=dict)  # mode -> [step]: its tile, its head last
 
 
 @dataclass
@@ -82,6 +84,9 @@ class Profile:
     agreement: dict[str, dict[str, float]]  # exchange dtype -> agreement of its logits with fp32's
     devices: list[DeviceProfile]
     links: LinkProfile
+    # With --spatial: each spatial mode's halo bytes per batch, [step][src][dst], and the pooled features' bytes
+    halo_bytes: dict[str, list[list[list[int]]]] = field(default_factory=dict)
+    pooled_bytes: int = 0
     version: int = PROFILE_VERSION
 
     @property
@@ -269,11 +274,15 @@ def measure_links(comm: Communicator) -> LinkProfile:
     return LinkProfile(latency, rate, collective)
 
 
-def measure_profile(comm: Communicator, spec: ModelSpec, batch: int, image_size: int) -> Profile | None:
-    """Every rank times its device, then the group measures its links; returns the profile on rank 0."""
+def measure_profile(comm: Communicator, spec: ModelSpec, batch: int, image_size: int,
+                    spatial: bool = False) -> Profile | None:
+    """Every rank times its device (with ``spatial`` also its tiles of the spatial splits), then the group
+    measures its links; returns the profile on rank 0."""
     mine = time_device(spec, batch, image_size)
+    spatial_s, halos, pooled = (time_spatial(spec, batch, image_size, comm.world_size, comm.rank) if spatial
+                                else ({}, {}, 0))
     device = DeviceProfile(comm.rank, socket.gethostname(), torch.get_num_threads(), mine["segment_s"],
-                           mine["pack_s"], mine["unit_s"])
+                           mine["pack_s"], mine["unit_s"], spatial_s)
     devices = comm.gather_object(device)
     links = measure_links(comm)
     if comm.rank != 0:
@@ -282,7 +291,7 @@ def measure_profile(comm: Communicator, spec: ModelSpec, batch: int, image_size:
         model=spec.name, groups=spec.groups, width=spec.width, stem=spec.stem, batch=batch,
         image_size=image_size, **shapes(spec, image_size), unit_names=mine["unit_names"],
         unit_out_bytes=mine["unit_out_bytes"], agreement=measure_agreement(spec, image_size),
-        devices=devices, links=links,
+        devices=devices, links=links, halo_bytes=halos, pooled_bytes=pooled,
     )
 
 
@@ -290,6 +299,7 @@ def measure_profile(comm: Communicator, spec: ModelSpec, batch: int, image_size:
 class ProfileArgs:
     infer: InferConfig
     out: str
+    spatial: bool = False  # also time the spatial splits (decnn.plan.spatial)
 
 
 def profile_rank(args: ProfileArgs) -> None:
@@ -301,7 +311,7 @@ def profile_rank(args: ProfileArgs) -> None:
     spec = resolve_model(cfg)
     comm = Communicator(cfg.timeout)
     try:
-        profile = measure_profile(comm, spec, cfg.batch, cfg.image_size or spec.input_size)
+        profile = measure_profile(comm, spec, cfg.batch, cfg.image_size or spec.input_size, args.spatial)
     finally:
         comm.close()
     if profile is not None:
