@@ -145,3 +145,19 @@ def test_profile_over_two_processes_then_plan_runs_and_reports(tmp_path, capsys)
     report = json.loads(out.read_text())
     assert report["plan"]["args"] == plan(profile, "latency")[0].infer_args()
     assert report["plan"]["measured_ms"] > 0 and "predicted" in capsys.readouterr().out
+
+
+def test_a_spatial_split_costs_each_step_of_its_slowest_device_and_each_exchange():
+    """Lockstep: per step the slowest device, then the halo (latency + the busiest endpoint's bytes)."""
+    from decnn.plan.spatial import predict_spatial
+
+    profile = synthetic(rate=1e6)  # 1 MB/s, 0.1 ms per message
+    profile.devices[0].spatial_s["modnn"] = [0.001, 0.002, 0.003, 0.0005]  # three steps, the head
+    profile.devices[1].spatial_s["modnn"] = [0.002, 0.001, 0.003, 0.0002]
+    profile.halo_bytes["modnn"] = [[[0, 0], [0, 0]], [[0, 100], [100, 0]], [[0, 300], [0, 0]]]
+    profile.pooled_bytes = 40
+    prediction = predict_spatial(profile, "modnn")
+    broadcast, reduce = 1e-4 + 768 / 1e6, 1e-4 + 40 / 1e6
+    halos = (1e-4 + 100 / 1e6) + (1e-4 + 300 / 1e6)  # device 0's egress is the busiest both times
+    assert prediction.step_s == pytest.approx(broadcast + 0.002 + 0.002 + 0.003 + halos + 0.0005 + reduce)
+    assert prediction.transfer_s == pytest.approx(halos)

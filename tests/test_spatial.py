@@ -14,7 +14,10 @@ from conftest import randomize_
 
 from decnn.common.checkpoint import save_checkpoint
 from decnn.deploy.export import main as export_main
+from decnn.inference.config import InferConfig
+from decnn.inference.spec import resolve_model
 from decnn.partition.spatial import run_spatial_locally, spatial_model
+from decnn.plan.spatial import time_spatial
 from decnn.spatial import Layout, SpatialError, Tiling, compile_programs
 
 # (name, kwargs, image size): plain ResNet-18 (tiny stem), plain ResNet-50 (7x7/2 stem and max-pool) and VGG-16 at
@@ -102,6 +105,10 @@ def test_the_layout_travels_as_json(models):
     assert Layout.from_dict(json.loads(json.dumps(layout.to_dict()))) == layout
 
 
+def _spec():
+    return resolve_model(InferConfig(random_init=True, model="decnn_resnet18", groups=1, width=0.25))
+
+
 def _infer(tmp: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict | None]:
     out = tmp / "report.json"
     run = subprocess.run([sys.executable, "-m", "decnn.inference", "--random-init", "--log-dir", "", "--out", str(out),
@@ -122,6 +129,9 @@ def test_the_pytorch_runtime_equals_the_whole_model(tmp_path, mode, devices):
     assert record["params_per_rank"] == [whole] * devices  # every device holds every weight
     counts = record["collectives_per_batch"]  # halos: what one device sends, another receives
     assert sum(c["send"] for c in counts) == sum(c["recv"] for c in counts) > 0 and all(c["send"] for c in counts)
+    _, halos, _ = time_spatial(_spec(), batch=3, image_size=33, devices=devices, rank=0, repeats=0)
+    sent = [sum(map(sum, step)) / 3 for step in halos[mode] if sum(map(sum, step))]
+    assert record["bytes_per_image_per_point"] == pytest.approx(sent)  # what the cost model counts, the run sends
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -176,3 +186,10 @@ def test_the_device_runtime_refuses_what_it_cannot_cut(spatial_export):
                           "grid"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "a grid needs a device count that factors" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_the_profile_times_every_step_of_every_mode_the_devices_allow():
+    seconds, halos, pooled = time_spatial(_spec(), batch=1, image_size=33, devices=4, rank=1, repeats=1)
+    assert sorted(seconds) == ["grid", "modnn"] and len(seconds["modnn"]) == 17 + 1  # 17 pieces, the head
+    assert all(t > 0 for t in seconds["modnn"]) and pooled == 128 * 4  # ResNet-18 x0.25: 128 features of fp32
+    assert len(halos["grid"]) == 17 and sum(map(sum, halos["grid"][0])) == 0  # the stem reads the image
