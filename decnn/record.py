@@ -297,6 +297,10 @@ def format_table(r: RunRecord) -> str:
     ]
     if r.bytes_saved_vs_fp32:
         rows.append(("saved vs fp32", f"{r.bytes_saved_vs_fp32 * 100:.1f}% of the activation bytes"))
+    if r.predicted_latency_ms is not None:
+        rows.append(("cost model", f"predicted {r.predicted_latency_ms:.2f} ms per batch (compute "
+                                   f"{r.predicted_compute_ms:.2f} + transfers {r.predicted_transfer_ms:.2f}), measured "
+                                   f"{r.measured_for_prediction_ms:.2f}"))
     if r.top1_agreement is not None:
         rows.append(("vs monolithic", f"max |dlogit| {r.max_abs_diff:.2e} ({r.max_rel_diff:.1e} of the largest "
                                       f"logit), top-1 agreement {r.top1_agreement * 100:.2f}%"))

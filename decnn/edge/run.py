@@ -26,7 +26,8 @@ import numpy as np
 from decnn.distributed.faults import inject_fault
 from decnn.edge.bundle import BundleError, DeviceBundle, read_manifest, split_mode, whole_model
 from decnn.edge.codec import EXCHANGE_DTYPES, make_codec
-from decnn.edge.spatial import EdgeSpatial, tiling_of
+from decnn.edge.profile import predict_run
+from decnn.edge.spatial import EdgeSpatial, MpiTransport, SpatialBundle, tiling_of
 from decnn.edge.split import EdgeSplit, EdgeWhole
 from decnn.edge.transport import MpiComm, PeerError
 from decnn.exitcodes import INTERRUPTED, RUNTIME, USAGE
@@ -56,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pin-cores", dest="pin_cores", action="store_false", help="leave the cores unpinned")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a peer may stay silent (default 60)")
     p.add_argument("--verify", action="store_true", help="also run model.onnx on rank 0: agreement with the split")
+    p.add_argument("--predict", action="store_true", help="before the timed run, profile every rank's steps and "
+                   "every link, and record the cost model's prediction beside the measurement (one batch in flight)")
     p.add_argument("--transport", default=None, help=argparse.SUPPRESS)  # set by `decnn edge`: mpi-shm / mpi-tcp
     p.add_argument("--out", help="write the run's record as JSON")
     p.add_argument("--logits", help="write rank 0's logits of the timed images as .npy")
@@ -135,8 +138,12 @@ def run(args, comm: MpiComm, manifest: dict, images: _Images) -> tuple[RunRecord
     steps = [sizes[i:i + mode.batches_per_step] for i in range(0, len(sizes), mode.batches_per_step)]
     size = images.size
     reset_peak_rss()
-    for _ in range(args.warmup):
+    for _ in range(max(args.warmup, args.predict)):
         mode.step(images.load(steps[0], 0, comm.rank))
+    prediction = None
+    if args.predict and not args.single and args.overlap == 1:
+        prediction = predict_run(mode, images.load(steps[0][:1], 0, comm.rank), comm, _result_bytes(mode, manifest,
+                                                                                                     steps[0][0]))
     mode.reset_stats()
     counts_before = comm.counts.copy()
     latency, logits, first, busy = [], [], 0, 0.0
@@ -162,7 +169,20 @@ def run(args, comm: MpiComm, manifest: dict, images: _Images) -> tuple[RunRecord
     if args.logits:
         np.save(args.logits, logits)
     quality = images.quality(logits, args.verify and not args.single, args.directory, threads)
-    return _record(args, manifest, devices, size, sizes, latency, busy, all_stats, quality), latency
+    record = _record(args, manifest, devices, size, sizes, latency, busy, all_stats, quality)
+    if prediction is not None:
+        record = dataclasses.replace(record, predicted_latency_ms=1e3 * prediction.step_s,
+                                     predicted_compute_ms=1e3 * prediction.compute_s,
+                                     predicted_transfer_ms=1e3 * prediction.transfer_s,
+                                     measured_for_prediction_ms=record.latency_ms.p50)
+    return record, latency
+
+
+def _result_bytes(split: EdgeSplit | EdgeSpatial, manifest: dict, batch: int) -> int:
+    """What a rank's reduce carries per batch: DeCNN's partial logits, a spatial split's pooled tile."""
+    if isinstance(split, EdgeSplit):
+        return manifest["num_classes"] * 4 * batch
+    return int(split.rank_stats()["pooled_bytes_per_image"] * batch)
 
 
 def open_split(args, manifest: dict, comm: MpiComm, threads: int) -> EdgeSplit | EdgeSpatial:
@@ -174,7 +194,7 @@ def open_split(args, manifest: dict, comm: MpiComm, threads: int) -> EdgeSplit |
         raise InputError(f"{args.directory} holds a {split_mode(manifest)} split, which exchanges fp32 halos one "
                          "batch at a time: drop --exchange-dtype and --overlap")
     tiling = tiling_of(manifest, comm.size, args.mode, args.speeds)
-    return EdgeSpatial(args.directory, comm, tiling, threads)
+    return EdgeSpatial(SpatialBundle(args.directory, comm.rank, threads), MpiTransport(comm), tiling)
 
 
 class InputError(ValueError):

@@ -61,21 +61,30 @@ class MpiTransport:
         return Then(self.comm.reduce(array, out, root), lambda: out)
 
 
-class EdgeSpatial(SpatialStep):
-    """This rank's part of the spatial split exported in ``directory``, cut by ``tiling``."""
+class SpatialBundle:
+    """What a device reads of a spatial export: the manifest, the layout and the graphs (each piece, the pool,
+    and on device 0 the classifier)."""
 
-    def __init__(self, directory: str | Path, comm: MpiComm, tiling: Tiling, threads: int = 1):
+    def __init__(self, directory: str | Path, device: int, threads: int = 1):
         directory = Path(directory)
-        manifest = read_manifest(directory)
+        self.manifest = manifest = read_manifest(directory)
         graphs = manifest["graphs"]
-        names = [*graphs["pieces"], graphs["pool"], *([graphs["classifier"]] if comm.rank == 0 else [])]
+        names = [*graphs["pieces"], graphs["pool"], *([graphs["classifier"]] if device == 0 else [])]
         missing = [n for n in names if not (directory / n).is_file()]
         if missing:
             raise BundleError(f"{directory} lacks {', '.join(missing)}: copy them there, or export again")
-        program = compile_programs(Layout.from_dict(manifest["layout"]), tiling)[comm.rank]
-        pieces = [Graph(directory / name, threads).run for name in graphs["pieces"]]
-        pool = Graph(directory / graphs["pool"], threads)
-        classifier = Graph(directory / graphs["classifier"], threads) if comm.rank == 0 else None
-        super().__init__(program, pieces, NumpyArrays(), MpiTransport(comm),
-                         Normalize(manifest["mean"], manifest["std"]), pool, classifier)
+        self.layout = Layout.from_dict(manifest["layout"])
+        self.pieces = [Graph(directory / name, threads).run for name in graphs["pieces"]]
+        self.pool = Graph(directory / graphs["pool"], threads)
+        self.classifier = Graph(directory / graphs["classifier"], threads) if device == 0 else None
         self.param_bytes: int = manifest["devices"][0]["param_bytes"]
+
+
+class EdgeSpatial(SpatialStep):
+    """Device ``transport.rank``'s part of a spatial split, cut by ``tiling``."""
+
+    def __init__(self, bundle: SpatialBundle, transport, tiling: Tiling):
+        program = compile_programs(bundle.layout, tiling)[transport.rank]
+        super().__init__(program, bundle.pieces, NumpyArrays(), transport,
+                         Normalize(bundle.manifest["mean"], bundle.manifest["std"]), bundle.pool, bundle.classifier)
+        self.bundle, self.tiling, self.param_bytes = bundle, tiling, bundle.param_bytes

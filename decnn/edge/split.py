@@ -39,7 +39,7 @@ class EdgeSplit(ExchangeCounters):
     """This rank's branch driven through a run, ``in_flight`` batches per step."""
 
     def __init__(self, bundle: DeviceBundle, comm: MpiComm, codec: Codec, in_flight: int = 1):
-        self.bundle, self.comm, self.param_bytes = bundle, comm, bundle.param_bytes
+        self.bundle, self.comm, self.codec, self.param_bytes = bundle, comm, codec, bundle.param_bytes
         self.normalize = Normalize(bundle.manifest["mean"], bundle.manifest["std"])
         self.batches_per_step = in_flight
         self.clock = Clock()

@@ -93,6 +93,10 @@ class MpiComm:
         self.counts["reduce"] += 1
         return Request(self, self.world.Ireduce(send, recv, op=self.MPI.SUM, root=root), "reduce")
 
+    def barrier(self) -> None:
+        """Every rank has come this far (within the timeout)."""
+        Request(self, self.world.Ibarrier(), "barrier").wait()
+
     def gather_object(self, obj, root: int = 0) -> list | None:
         """Every rank's ``obj`` on ``root`` (None elsewhere), within the timeout."""
         if self.rank != root:

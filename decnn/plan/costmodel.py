@@ -88,3 +88,21 @@ def pipeline(stage_s: list[float], cut_s: list[float], microbatches: int, result
     """
     step = sum(stage_s) + sum(cut_s) + (microbatches - 1) * max(stage_s + cut_s) + result_s
     return Prediction(step, step, max(stage_s) * microbatches, (sum(cut_s) + result_s) * microbatches)
+
+
+def lockstep(compute: list[list[float]], sent: list[list[list[float]]], latency: list[list[float]],
+             bandwidth: list[list[float]], broadcast_s: float = 0.0, reduce_s: float = 0.0) -> Prediction:
+    """One batch of a split whose devices work in lockstep (a spatial split; DeCNN's branches one batch at a
+    time): ``compute[d][s]`` seconds of device d before exchange s (``compute[d][-1]``: after the last one, the
+    head), ``sent[s][i][j]`` bytes from i to j at exchange s. Per step the slowest device computes, then the
+    exchange takes the slowest pair's message latency plus the busiest endpoint's bytes over its links."""
+    n = len(compute)
+    step, moved = broadcast_s, 0.0
+    for s, matrix in enumerate(sent):
+        step += max(c[s] for c in compute)
+        pairs = [(i, j) for i in range(n) for j in range(n) if i != j and matrix[i][j]]
+        if pairs:
+            transfer = transfer_seconds(matrix, bandwidth, max(latency[i][j] for i, j in pairs))
+            step, moved = step + transfer, moved + transfer
+    step += max(c[-1] for c in compute) + reduce_s
+    return Prediction(step, step, max(sum(c) for c in compute), moved)

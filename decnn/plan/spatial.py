@@ -21,7 +21,7 @@ import torch
 from decnn.inference.inputs import Normalize, SyntheticImages
 from decnn.inference.spec import ModelSpec
 from decnn.partition.spatial import TorchArrays, spatial_model
-from decnn.plan.costmodel import Prediction
+from decnn.plan.costmodel import Prediction, lockstep
 from decnn.spatial import SPATIAL_MODES, SpatialError, Tiling, compile_programs
 from decnn.spatial.executor import SpatialStep, Then, part
 
@@ -111,23 +111,12 @@ def time_spatial(spec: ModelSpec, batch: int, image_size: int, devices: int, ran
 
 def predict_spatial(profile, mode: str) -> Prediction:
     """A batch of a spatial split from a profile measured with ``--spatial``."""
-    n, b = profile.num_devices, profile.batch
-    links = profile.links
-    compute = [dev.spatial_s[mode] for dev in profile.devices]
-    step_s = max((links.latency_s[0][j] + b * profile.input_bytes / links.bytes_per_s[0][j] for j in range(1, n)),
-                 default=0.0)
-    transfer_s = 0.0
-    for s, sent in enumerate(profile.halo_bytes[mode]):
-        step_s += max(c[s] for c in compute)
-        pairs = [(i, j) for i in range(n) for j in range(n) if sent[i][j]]
-        if pairs:
-            busiest = max(max(sum(sent[i][j] / links.bytes_per_s[i][j] for j in range(n) if sent[i][j]),
-                              sum(sent[j][i] / links.bytes_per_s[j][i] for j in range(n) if sent[j][i]))
-                          for i in range(n))
-            transfer = max(links.latency_s[i][j] for i, j in pairs) + busiest
-            step_s, transfer_s = step_s + transfer, transfer_s + transfer
-    reduce = max((links.latency_s[j][0] + b * profile.pooled_bytes / links.bytes_per_s[j][0] for j in range(1, n)),
-                 default=0.0)
-    step_s += max(c[-1] for c in compute) + reduce
-    busiest = max(sum(c) for c in compute)
-    return Prediction(step_s, step_s, busiest, transfer_s)
+    n, b, links = profile.num_devices, profile.batch, profile.links
+
+    def link(i: int, j: int, nbytes: float) -> float:
+        return links.latency_s[i][j] + nbytes / links.bytes_per_s[i][j]
+
+    broadcast = max((link(0, j, b * profile.input_bytes) for j in range(1, n)), default=0.0)
+    reduce = max((link(j, 0, b * profile.pooled_bytes) for j in range(1, n)), default=0.0)
+    return lockstep([dev.spatial_s[mode] for dev in profile.devices], profile.halo_bytes[mode], links.latency_s,
+                    links.bytes_per_s, broadcast, reduce)
