@@ -21,6 +21,8 @@ PERIOD_US = 10_000
 PREFIX = "decnn-quota"
 _V2 = Path("/sys/fs/cgroup")
 _V1 = Path("/sys/fs/cgroup/cpu")
+# The largest weights: a quota'd process gets its fraction even where other work keeps the cores busy.
+_V2_WEIGHT, _V1_SHARES = 10_000, 262_144
 _EMPTY_TIMEOUT_S = 5.0  # how long leaving waits for the processes it killed to leave the cgroup
 
 
@@ -63,9 +65,11 @@ class CpuQuota:
             self.path.mkdir()
             if self.v2:
                 (self.path / "cpu.max").write_text(f"{self.quota_us} {PERIOD_US}\n")
+                (self.path / "cpu.weight").write_text(f"{_V2_WEIGHT}\n")
             else:
                 (self.path / "cpu.cfs_period_us").write_text(f"{PERIOD_US}\n")
                 (self.path / "cpu.cfs_quota_us").write_text(f"{self.quota_us}\n")
+                (self.path / "cpu.shares").write_text(f"{_V1_SHARES}\n")
         except OSError as e:
             self._remove()
             raise LinkError(f"cannot set up the CPU quota at {self.path} (needs root): {e}") from None
