@@ -1,6 +1,7 @@
 """Emulated boards: waits that leave the CPU alone, devices in CPU quotas of their own, and the validation."""
 
 import os
+import subprocess
 import threading
 import time
 
@@ -10,8 +11,8 @@ from decnn.bench.boards import format_markdown, main, validate
 from decnn.distributed.faults import FAULT_ENV, SLOW_S
 from decnn.distributed.netns import links_available, netns_names
 from decnn.edge.transport import Request
-from decnn.emulation.boards import Boards
-from decnn.emulation.quota import quotas_available
+from decnn.emulation.boards import Boards, BoardsError
+from decnn.emulation.quota import PREFIX, CpuQuota, quotas_available
 from decnn.timing import WAIT_CPU, Clock
 
 RUN = ["--images", "4", "--warmup", "1"]
@@ -83,6 +84,8 @@ def test_boards_refuse_more_cpu_than_the_machine_has():
         Boards(2 * cores + 1, 0.5)
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         Boards(1, 1.5)
+    with pytest.raises(ValueError, match="mbit"):
+        Boards(2, 0.5, "fast")
 
 
 def test_bench_boards_bad_arguments_exit_2_in_one_line(capsys):
@@ -90,6 +93,21 @@ def test_bench_boards_bad_arguments_exit_2_in_one_line(capsys):
     assert main(["--rounds", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+
+
+@pytest.mark.netns
+def test_a_new_quota_removes_those_of_dead_creators_only(need_quotas):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = CpuQuota(0.5, name=f"{PREFIX}-{dead.pid}-0")
+    stale.path.mkdir()  # what a creator killed by SIGKILL leaves behind
+    try:
+        with CpuQuota(0.5) as live, CpuQuota(0.5) as other:
+            assert not stale.path.exists() and live.path.exists() and other.path.exists()
+    finally:
+        if stale.path.exists():
+            stale.path.rmdir()
+    assert not live.path.exists()
 
 
 @pytest.mark.netns
@@ -108,6 +126,8 @@ def test_a_split_on_boards_runs_each_device_in_its_quota(need_quotas, shards):
         record = boards.edge(shards, RUN)
         stats = [q.stat() for q in boards.quotas]
         paths = [q.path for q in boards.quotas]
+        with pytest.raises(BoardsError, match=r"^python -m decnn.edge.run: error: argument --batch"):
+            boards.edge(shards, ["--batch", "0"])
     assert (record.devices, record.cpu_fraction, record.link, record.transport) == (2, 0.5, "loopback", "mpi-shm")
     assert all(s["nr_throttled"] > 0 for s in stats)  # each device ran in its own quota, and the quota bit
     assert {"wait_cpu_ms", "peer_wait_ms", "wire_ms"} <= set(record.breakdown_per_rank[1])

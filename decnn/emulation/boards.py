@@ -31,6 +31,7 @@ from pathlib import Path
 
 from decnn.distributed.emulated_link import EmulatedLink
 from decnn.distributed.process import die_with_parent
+from decnn.distributed.rates import parse_rate
 from decnn.edge.launch import Report, mpiexec_command
 from decnn.emulation.quota import CpuQuota
 from decnn.record import RunRecord
@@ -58,6 +59,8 @@ class Boards:
                              f"{cores}: use cpu <= {cores / devices:g}")
         self.devices, self.cpu = devices, cpu
         self.link = None if link in (None, LOOPBACK) else link
+        if self.link:
+            parse_rate(self.link)  # a rate tc cannot take fails here, before any cgroup or namespace exists
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> Boards:
@@ -93,7 +96,6 @@ class Boards:
             # Every rank first joins its board's quota (mpiexec starts all ranks of one host from one proxy).
             at = cmd.index(sys.executable)
             cmd[at:at] = [str(self._rank_wrapper())]
-            started = self._start("edge", cmd, None, die_with_parent)
         else:
             boards = self.net.hosts[1:]
             cmd = mpiexec_command(directory, args, hosts=[h.address for h in boards], single=single,
@@ -101,13 +103,12 @@ class Boards:
             # mpiexec joins the laptop's network only: `ip netns exec` would hide the cgroups that the proxies it
             # starts through the launcher must join.
             cmd = ["nsenter", f"--net=/run/netns/{self.net.hosts[0].netns}", *cmd]
-            started = self._start("edge", cmd, None, die_with_parent)
-        output = _finish([started], timeout * 2 + 60)[0]
-        proc = started[0]
+        proc, log = self._start("edge", cmd, None, die_with_parent)
+        output = _finish([(proc, log)], timeout * 2 + 60)[0]
         if proc.returncode:
             report = Report()
             report.feed(output)
-            raise BoardsError(report.failure(proc.returncode))
+            raise BoardsError(_first_error(output) or report.failure(proc.returncode))
         return self._record(out)
 
     def _rank_wrapper(self) -> Path:
@@ -154,9 +155,8 @@ class Boards:
         outputs = _finish(started, timeout * 2 + 60)
         for i, ((proc, _), output) in enumerate(zip(started, outputs)):
             if proc.returncode:
-                errors = [line for line in output.splitlines() if line.startswith("error:")]
-                tail = errors[0] if errors else " | ".join(output.strip().splitlines()[-3:])
-                raise BoardsError(f"board {i} exited with code {proc.returncode}: {tail}")
+                said = _first_error(output) or " | ".join(output.strip().splitlines()[-3:])
+                raise BoardsError(f"board {i} exited with code {proc.returncode}: {said}")
         return self._record(out)
 
     def _start(self, name: str, argv: list[str], host: int | None, preexec) -> tuple[subprocess.Popen, Path]:
@@ -173,6 +173,11 @@ class Boards:
             raise BoardsError(f"the run ended without writing its record ({out})")
         record = RunRecord.from_dict(json.loads(out.read_text()))
         return dataclasses.replace(record, cpu_fraction=self.cpu, link=self.link_name)
+
+
+def _first_error(output: str) -> str | None:
+    """The first error line of a run's output: a device's own, or its argument parser's."""
+    return next((line.strip() for line in output.splitlines() if "error:" in line), None)
 
 
 def _joining(quota: CpuQuota):

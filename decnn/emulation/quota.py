@@ -2,11 +2,13 @@
 ``cpu.cfs_quota_us`` where only v1 is mounted), a board that many times slower than a core, with the same kernels.
 
 The period is 10 ms so that the throttling is smooth at the scale of one segment (milliseconds), not a stall
-of 100 ms now and then. Needs root.
+of 100 ms now and then. The cgroup also gets the largest CPU weight, so that its processes get their fraction
+while other work keeps the cores busy (that work waits meanwhile). Needs root.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -21,8 +23,7 @@ PERIOD_US = 10_000
 PREFIX = "decnn-quota"
 _V2 = Path("/sys/fs/cgroup")
 _V1 = Path("/sys/fs/cgroup/cpu")
-# The largest weights: a quota'd process gets its fraction even where other work keeps the cores busy.
-_V2_WEIGHT, _V1_SHARES = 10_000, 262_144
+_V2_WEIGHT, _V1_SHARES = 10_000, 262_144  # the largest CPU weights (cpu.weight, cpu.shares)
 _EMPTY_TIMEOUT_S = 5.0  # how long leaving waits for the processes it killed to leave the cgroup
 
 
@@ -103,27 +104,20 @@ class CpuQuota:
         if not self.path.exists():
             return
         for pid in self.pids():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + _EMPTY_TIMEOUT_S
         while self.pids() and time.monotonic() < deadline:
             time.sleep(0.01)
         self.path.rmdir()
 
 
-def remove_stale() -> list[Path]:
-    """Remove the empty quota cgroups whose creating process is gone (killed before it could); return them."""
+def remove_stale() -> None:
+    """Remove the empty quota cgroups whose creating process is gone (killed before it could)."""
     root = cgroup_root()
     pattern = re.compile(rf"^{re.escape(PREFIX)}-(\d+)-\d+$")
-    removed = []
     for path in root[0].glob(f"{PREFIX}-*") if root else []:
         m = pattern.match(path.name)
         if m and not pid_alive(int(m.group(1))):
-            try:
+            with contextlib.suppress(OSError):  # still holds processes: left for whoever owns them
                 path.rmdir()
-                removed.append(path)
-            except OSError:
-                pass  # still holds processes: left for whoever owns them
-    return removed
