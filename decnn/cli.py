@@ -49,6 +49,7 @@ BENCH_TOOLS = {  # `decnn bench TOOL`: the stand-alone measurements
     "edge-memory": "decnn.bench.edge_memory",
     "quantized": "decnn.bench.quantized",
     "elastic": "decnn.bench.elastic",
+    "boards": "decnn.bench.boards",
 }
 
 

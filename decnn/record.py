@@ -54,6 +54,7 @@ class RunRecord:
     backend: str | None = None  # what computed the branches: torch or onnxruntime
     transport: str | None = None  # what carried the exchanges: gloo, nccl, mpi-shm or mpi-tcp (None: 1 device)
     link: str | None = None  # the benchmark's emulated link, or "loopback"
+    cpu_fraction: float | None = None  # emulated boards: each device's CPU quota, in cores (decnn.emulation)
     oversubscribed: bool | None = None
     image_size: int | None = None
     images: int | None = None

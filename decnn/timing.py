@@ -36,6 +36,9 @@ class Event:
     done: float
 
 
+WAIT_CPU = "wait cpu"  # the Clock's part that holds the CPU time spent in waits (within their wall time)
+
+
 class Timed:
     """A pending collective whose wait is recorded on a :class:`Clock`."""
 
@@ -44,9 +47,11 @@ class Timed:
 
     def wait(self):
         """Wait for the collective; returns what its own ``wait`` returns."""
-        waited = time.perf_counter()
+        waited, cpu = time.perf_counter(), time.process_time()
         with self.clock.range(f"wait {self.key.split('#')[0]}"):
             value = self.pending.wait()
+        # The whole process's CPU time, so that a backend's own threads count: a wait that spins spends it.
+        self.clock.seconds[WAIT_CPU] += time.process_time() - cpu
         self.clock.events.append(Event(self.key, self.started, waited, time.perf_counter()))
         return value
 
@@ -119,6 +124,7 @@ class RankBreakdown:
     entry), ``peer_wait_ms`` the time blocked in a collective before the last rank had started it, and
     ``wire_ms`` the time blocked after that (the transfer itself); ``other_ms`` is the step time no part
     accounts for (Python, launching collectives, the reduce of the logits on the other ranks).
+    ``wait_cpu_ms`` is the CPU time the process spent during peer wait and wire: near 0 where waits block.
     """
 
     step_ms: float
@@ -130,6 +136,7 @@ class RankBreakdown:
     peer_wait_ms: float
     wire_ms: float
     other_ms: float
+    wait_cpu_ms: float
 
 
 def breakdowns(stats: list[dict], batches: int) -> list[RankBreakdown]:
@@ -161,6 +168,7 @@ def breakdowns(stats: list[dict], batches: int) -> list[RankBreakdown]:
             peer_wait_ms=1e3 * peer / n,
             wire_ms=1e3 * wire / n,
             other_ms=1e3 * (s["step_s"] - sum(parts)) / n,
+            wait_cpu_ms=1e3 * sec.get(WAIT_CPU, 0.0) / n,
         ))
     return out
 

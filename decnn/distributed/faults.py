@@ -9,13 +9,15 @@ import time
 
 __all__ = ["FAULT_ENV", "inject_fault"]
 
-# "RANK:POINT:KIND" makes that rank exit, kill itself, hang or stop at that point.
+# "RANK:POINT:KIND" makes that rank exit, kill itself, hang, stop or fall behind at that point.
 FAULT_ENV = "DECNN_INJECT_FAULT"
+SLOW_S = 0.5  # how long a "slow" peer falls behind
 
 
 def inject_fault(rank: int, point: str) -> None:
-    """Test hook (``DECNN_INJECT_FAULT=RANK:POINT:exit|kill|hang|stop``): play a peer that exits with code 17,
-    is killed by SIGKILL, hangs (sleeps, still answering signals) or is stopped by SIGSTOP at ``point``."""
+    """Test hook (``DECNN_INJECT_FAULT=RANK:POINT:exit|kill|hang|stop|slow``): play a peer that exits with code
+    17, is killed by SIGKILL, hangs (sleeps, still answering signals), is stopped by SIGSTOP, or falls
+    ``SLOW_S`` seconds behind (sleeps, then goes on) at ``point``."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
@@ -27,4 +29,4 @@ def inject_fault(rank: int, point: str) -> None:
         os._exit(17)
     if kind in ("kill", "stop"):
         os.kill(os.getpid(), signal.SIGKILL if kind == "kill" else signal.SIGSTOP)
-    time.sleep(3600)
+    time.sleep(SLOW_S if kind == "slow" else 3600)

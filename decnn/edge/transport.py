@@ -1,9 +1,13 @@
 """MPI for the device runtime: non-blocking collectives behind a deadline, and the naming of a silent peer.
 
 MPI's collectives wait forever by default. Every collective here is the non-blocking form, polled until
-``timeout`` seconds have passed. A rank whose collective times out tells every peer so on a communicator of
-its own, then listens for the same report from them for a moment: the peers it did not hear from are the
-ones that died, hung, were stopped or became unreachable, and the error names them with their hosts.
+``timeout`` seconds have passed. A wait tests its request a few times, then sleeps between tests, the longer
+the longer it has waited (a tenth of that, 50 us to 1 ms): MPI's own waits spin, and a rank that spins while
+its peer computes spends a core, or an emulated board's CPU quota (decnn.emulation).
+
+A rank whose collective times out tells every peer so on a communicator of its own, then listens for the same
+report from them for a moment: the peers it did not hear from are the ones that died, hung, were stopped or
+became unreachable, and the error names them with their hosts.
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ import numpy as np
 _REPORT_TAG = 77
 _REPORT_GRACE_S = 1.0  # how long a rank that timed out waits for the other ranks' reports
 _HOST_BYTES = 64
+_SPIN_TESTS = 20  # tests before a wait starts to sleep: a collective about to complete costs no sleep
+# Then a nap between tests of NAP_SHARE of the time waited so far, within [MIN, MAX]: it adds at most about
+# that share to a wait, and a rank waiting long for a slow peer wakes up rarely (a sleep costs ~10 us of CPU).
+_NAP_SHARE, _MIN_NAP_S, _MAX_NAP_S = 0.1, 50e-6, 1e-3
 
 
 class PeerError(RuntimeError):
@@ -37,11 +45,16 @@ class Request:
 
     def wait(self):
         done, value = self._test()
-        deadline = time.monotonic() + self.comm.timeout
+        start = time.monotonic()
+        tests = 1
         while not done:
-            if time.monotonic() > deadline:
+            waited = time.monotonic() - start
+            if waited > self.comm.timeout:
                 self.comm.timed_out(self.what)
+            if tests >= _SPIN_TESTS:
+                time.sleep(min(max(waited * _NAP_SHARE, _MIN_NAP_S), _MAX_NAP_S))
             done, value = self._test()
+            tests += 1
         return value
 
 

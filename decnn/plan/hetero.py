@@ -12,7 +12,6 @@ one segment (milliseconds), not a stall of 100 ms now and then.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -20,51 +19,11 @@ import tempfile
 from pathlib import Path
 
 from decnn.distributed.emulated_link import EmulatedLink
-from decnn.distributed.netns import LinkError
 from decnn.distributed.rates import parse_rate
+from decnn.emulation.quota import CpuQuota
 from decnn.partition import Placement
 from decnn.plan.planner import Plan, plan, predict_branch, predict_single
 from decnn.plan.profile import Profile
-
-_PERIOD_US = 10_000
-_V2 = Path("/sys/fs/cgroup")
-_V1 = Path("/sys/fs/cgroup/cpu")
-
-
-class CpuQuota:
-    """A cgroup whose processes get ``fraction`` of one core; ``wrap(argv)`` starts argv inside it."""
-
-    def __init__(self, fraction: float, name: str = f"decnn-plan-{os.getpid()}"):
-        if not 0 < fraction <= 1:
-            raise ValueError(f"CPU fraction must lie in (0, 1], e.g. 0.4; got {fraction}")
-        self.fraction, self.quota_us = fraction, int(fraction * _PERIOD_US)
-        if (_V2 / "cgroup.controllers").exists():
-            self.path, self.v2 = _V2 / name, True
-        elif (_V1 / "cpu.cfs_quota_us").exists():
-            self.path, self.v2 = _V1 / name, False
-        else:
-            raise LinkError("no writable cgroup cpu controller (v2 cpu.max or v1 cpu.cfs_quota_us) here")
-
-    def __enter__(self) -> CpuQuota:
-        try:
-            self.path.mkdir()
-            if self.v2:
-                (self.path / "cpu.max").write_text(f"{self.quota_us} {_PERIOD_US}\n")
-            else:
-                (self.path / "cpu.cfs_period_us").write_text(f"{_PERIOD_US}\n")
-                (self.path / "cpu.cfs_quota_us").write_text(f"{self.quota_us}\n")
-        except OSError as e:
-            raise LinkError(f"cannot set up the CPU quota at {self.path} (needs root): {e}") from None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.path.exists():
-            self.path.rmdir()  # its processes have ended with the link's
-
-    def add(self, pid: int) -> None:
-        """Move process ``pid`` into the cgroup (the children it starts later inherit it). Done from outside:
-        ``ip netns exec`` gives its command a fresh /sys without the cgroup mounts."""
-        (self.path / "cgroup.procs").write_text(f"{pid}\n")
 
 
 def shape_host(link: EmulatedLink, host: int, rate: str) -> None:
