@@ -50,6 +50,7 @@ BENCH_TOOLS = {  # `decnn bench TOOL`: the stand-alone measurements
     "quantized": "decnn.bench.quantized",
     "elastic": "decnn.bench.elastic",
     "boards": "decnn.bench.boards",
+    "scaling": "decnn.bench.scaling",
 }
 
 

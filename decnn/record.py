@@ -81,6 +81,7 @@ class RunRecord:
     peak_rss_mb: float | None = None  # the largest rank's peak RSS
     params_per_rank: list[int] | None = None
     peak_rss_per_rank: list[int] | None = None
+    rss_above_idle_vs_whole: float | None = None  # the largest rank's RSS above an idle device, over the whole model's
     compute_s_per_rank: list[float] | None = None
     comm_wait_s_per_rank: list[float] | None = None
     pack_s_per_rank: list[float] | None = None

@@ -136,15 +136,15 @@ def _main(argv: list[str]) -> None:
     if not ok:
         raise LinkError(reason)
     from decnn.bench.configurations import BenchConfig
-    from decnn.bench.edge import export_models  # imports torch: after the arguments are checked
+    from decnn.bench.edge import export_kind, export_models  # imports torch: after the arguments are checked
 
     configs = [BenchConfig("edge decnn single", "single", 1, args.batch, runtime="edge"),
                BenchConfig("edge decnn branch fp32", "branch", 2, args.batch, runtime="edge")]
     with tempfile.TemporaryDirectory(prefix="decnn-bench-boards-") as tmp:
         print("exporting DeCNN ResNet-34 G4 x1.5 for 1 and 2 devices ...", flush=True)
         folders = export_models(configs, Path(tmp))
-        result = validate(folders[("decnn", 1)], folders[("decnn", 2)], tuple(args.cpu), args.rounds, args.images,
-                          args.warmup, args.batch)
+        result = validate(folders[export_kind(configs[0])], folders[export_kind(configs[1])], tuple(args.cpu),
+                          args.rounds, args.images, args.warmup, args.batch)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

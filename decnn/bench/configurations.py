@@ -36,6 +36,9 @@ FAMILIES = {
     "resnet50": Family({"model": "decnn_resnet50", "groups": 1, "width": 1.0, "stem": "imagenet"},
                        {"model": "decnn_resnet50", "groups": 4, "width": 1.5, "stem": "imagenet"},
                        "resnet50", "decnn50", 224),
+    # A smoke test of a benchmark in seconds: ResNet-18 at quarter width against its G4 x0.5, 32x32.
+    "tiny": Family({"model": "decnn_resnet18", "groups": 1, "width": 0.25},
+                   {"model": "decnn_resnet18", "groups": 4, "width": 0.5}, "resnet18", "decnn18", 32),
 }
 BASELINE, DECNN = FAMILIES["resnet34"].plain, FAMILIES["resnet34"].decnn
 

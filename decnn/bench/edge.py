@@ -91,6 +91,17 @@ def run_edge(config: BenchConfig, folders: dict[tuple, Path], link: EmulatedLink
     return dataclasses.replace(record, checkpoint=None)
 
 
+IDLE = ("from mpi4py import MPI; import numpy, onnxruntime; import decnn.edge.run; "
+        "from decnn.timing import peak_rss_bytes; print(peak_rss_bytes())")
+
+
+def idle_rss_bytes() -> int:
+    """The peak RSS of an idle device of the runtime: its imports, joined to MPI, no graph loaded."""
+    mpiexec = str(Path(sys.executable).parent / "mpiexec")
+    return int(subprocess.run([mpiexec, "-n", "1", sys.executable, "-c", IDLE], capture_output=True, text=True,
+                              check=True).stdout)
+
+
 def write_launcher_exec(link: EmulatedLink, path: str | Path) -> Path:
     """An executable script at ``path`` that runs a command in the namespace of the host with its address."""
     cores = sorted(os.sched_getaffinity(0))

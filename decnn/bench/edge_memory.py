@@ -17,24 +17,23 @@ import tempfile
 from pathlib import Path
 
 from decnn.bench.configurations import BenchConfig
-from decnn.bench.edge import export_models
+from decnn.bench.edge import export_kind, export_models, idle_rss_bytes
 from decnn.command import job_parser
 
-IDLE = ("from mpi4py import MPI; import numpy, onnxruntime; import decnn.edge.run; "
-        "from decnn.timing import peak_rss_bytes; print(peak_rss_bytes())")
+CONFIGS = (BenchConfig("edge decnn branch fp32", "branch", 2, 1, runtime="edge"),
+           BenchConfig("edge decnn single", "single", 1, 1, runtime="edge"))
 
 
 def measure(folders: dict, batches: list[int], images: int) -> dict:
-    mpiexec = str(Path(sys.executable).parent / "mpiexec")
-    idle = int(subprocess.run([mpiexec, "-n", "1", sys.executable, "-c", IDLE], capture_output=True, text=True,
-                              check=True).stdout) / 2**20
+    idle = idle_rss_bytes() / 2**20
     rows = {"idle_mib": idle, "batches": {}}
+    branch_dir, whole_dir = (folders[export_kind(c)] for c in CONFIGS)
     for batch in batches:
         row = {}
-        for name, key, extra in (("branch", ("decnn", 2), []), ("whole", ("decnn", 1), ["--single"])):
+        for name, folder, extra in (("branch", branch_dir, []), ("whole", whole_dir, ["--single"])):
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "r.json"
-                subprocess.run([sys.executable, "-m", "decnn.edge.launch", str(folders[key]), *extra, "--batch",
+                subprocess.run([sys.executable, "-m", "decnn.edge.launch", str(folder), *extra, "--batch",
                                 str(batch), "--images", str(images), "--threads", "1", "--out", str(out)],
                                check=True, capture_output=True, text=True)
                 row[f"{name}_peak_mib_per_rank"] = [b / 2**20 for b in json.loads(out.read_text())["peak_rss_per_rank"]]
@@ -50,10 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--out", default="results/edge_memory.json")
     args = p.parse_args(argv)
-    configs = [BenchConfig("edge decnn branch fp32", "branch", 2, 1, runtime="edge"),
-               BenchConfig("edge decnn single", "single", 1, 1, runtime="edge")]
     with tempfile.TemporaryDirectory() as tmp:
-        result = measure(export_models(configs, Path(tmp)), args.batch, args.images)
+        result = measure(export_models(CONFIGS, Path(tmp)), args.batch, args.images)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"idle device runtime: {result['idle_mib']:.1f} MiB")
