@@ -49,7 +49,8 @@ def test_speedups_are_taken_within_each_round_and_memory_counts_above_an_idle_de
     assert decnn.rss_above_idle_vs_whole == pytest.approx((114 - 64) / (164 - 64))
     assert modnn.rss_above_idle_vs_whole == pytest.approx(1.0)  # every device holds the whole model
     assert decnn.latency_ms.p50 == 60 and decnn.predicted_latency_ms == 40  # medians over the rounds
-    row = "| 224 | DeCNN | resnet50 g4 x1.5 | 2 | 0.5 | loopback | 1 | 60.0 | 2.50x | 3 | 1 | 114 | 0.50 | 40.0 | -33.3% |"
+    row = ("| 224 | DeCNN | resnet50 g4 x1.5 | 2 | 0.5 | loopback | 1 | 60.0 | 2.50x | 3 | 1 | 114 | 0.50 | 40.0 "
+           "| -33.3% |")
     assert row in table(list(records.values()))
     assert "| 224 | 2 | loopback | 1 | 60.0 | 150.0 | – | 2.50x | – |" in versus(list(records.values()))
     out = tmp_path / "scaling.json"
@@ -58,8 +59,8 @@ def test_speedups_are_taken_within_each_round_and_memory_counts_above_an_idle_de
 
 
 def test_bad_arguments_are_one_line_and_exit_2():
-    run = subprocess.run([sys.executable, "-m", "decnn.cli", "bench", "scaling", "--family", "resnet50", "--cpu", "0.9"],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run([sys.executable, "-m", "decnn.cli", "bench", "scaling", "--family", "resnet50", "--cpu",
+                          "0.9"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "4 boards of 0.9 core need 3.6 cores" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
 
