@@ -174,8 +174,9 @@ def main(argv=None) -> None:
           "    .venv/bin/tensorboard --logdir runs\n"
           "then the HPARAMS tab, TABLE VIEW: one row per run. The infer/ rows of the trained models show\n"
           "'top-1 % (measured in this run)' beside 'latency p50 (ms per batch)' (and the training's best top-1),\n"
-          "with 'architecture' (resnet34, or resnet34 g4 for the DeCNN), 'width', 'mode' and 'devices' on the left;\n"
-          "the bench/ rows say 'random weights' under 'accuracy'. `decnn compare runs` prints the same rows.")
+          "with 'architecture' (e.g. resnet34 x0.25, or resnet34 g4 x0.375 for the DeCNN), 'split · runtime',\n"
+          "'devices × CPU each' and 'link · exchange · overlap' on the left; the benchmark's rows lead with their\n"
+          "name and say 'random weights' under 'accuracy'. `decnn compare runs` prints the same rows.")
 
 
 if __name__ == "__main__":

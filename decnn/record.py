@@ -148,7 +148,40 @@ class RunRecord:
 
     @property
     def architecture(self) -> str:
-        return architecture(self.model, self.groups)
+        return architecture(self.model, self.groups, self.width)
+
+    @property
+    def runtime(self) -> str | None:
+        """What ran it: "torch" (decnn infer), "torch + onnxruntime" (its ONNX backend) or "edge" (decnn edge)."""
+        if self.mode == "train":
+            return None
+        if self.backend != "onnxruntime":
+            return "torch"
+        return "torch + onnxruntime" if (self.transport or "").startswith(("gloo", "nccl")) else "edge"
+
+    @property
+    def split(self) -> str:
+        """The way it ran and what ran it, e.g. "branch · edge", "modnn · torch"."""
+        return self.mode if self.runtime is None else f"{self.mode} · {self.runtime}"
+
+    @property
+    def boards(self) -> str:
+        """The devices and, on emulated boards, each one's share of a core: "4 × 0.5 core"."""
+        return f"{self.devices}" + (f" × {self.cpu_fraction:g} core" if self.cpu_fraction else "")
+
+    @property
+    def wire(self) -> str | None:
+        """What crosses between devices: the link, the exchange's dtype and the batches in flight."""
+        if self.devices < 2:
+            return None
+        return f"{self.link or 'loopback'} · {self.exchange_dtype or 'fp32'} · overlap {self.overlap or 1}"
+
+    @property
+    def session(self) -> str | None:
+        """A benchmark row's name for the HPARAMS tab's first column; None: the run's folder names it."""
+        if self.name is None:
+            return None
+        return f"{self.name} x{self.devices} b{self.batch} @{self.link or 'loopback'}"
 
     @property
     def accuracy(self) -> str:
@@ -198,15 +231,18 @@ class RunRecord:
 
     def log_hparams(self, log) -> None:
         """Write the HPARAMS row through a :mod:`decnn.common.logger` logger."""
-        log.hparams(*self.tensorboard())
+        log.hparams(*self.tensorboard(), name=self.session)
 
 
 # The settings that tell runs apart in TensorBoard's HPARAMS tab, with the type each reads back as.
 HPARAMS = {"model": str, "groups": int, "width": float, "stem": str, "mode": str, "devices": int, "batch": int,
            "exchange_dtype": str, "backend": str, "transport": str, "overlap": int, "link": str, "name": str,
-           "trained_run": str}
-# Shown beside them, derived from the record's fields (properties of RunRecord): never read back.
-DERIVED_HPARAMS = {"architecture": str, "accuracy": str}
+           "trained_run": str, "cpu_fraction": float}
+# Shown beside them, derived from the record's fields (properties of RunRecord): never read back. The tab shows
+# five settings before any is ticked: these, which say what a row is (see FIRST_HPARAMS).
+DERIVED_HPARAMS = {"architecture": str, "accuracy": str, "split": str, "boards": str, "wire": str}
+DISPLAY_NAMES = {"architecture": "architecture (groups, width)", "split": "split · runtime",
+                 "boards": "devices × CPU each", "wire": "link · exchange · overlap", "cpu_fraction": "CPU per device"}
 # A training run's row (decnn.train.trainer.Trainer.hparams): its settings, beside architecture and mode.
 TRAINING_HPARAMS = {"params": int, "flops": int, "image_size": int, "batch_size": int, "optimizer": str,
                     "lr": float, "epochs": int}
@@ -224,6 +260,7 @@ METRIC_TAGS = {
         "throughput_ips", "bytes_per_image", "params_per_device_mb", "peak_rss_mb", "top1", "top5",
         "top1_agreement", "max_abs_diff", "max_rel_diff", "latency_ratio_vs_resnet34",
         "latency_ratio_vs_decnn_single", "throughput_ratio_vs_resnet34", "throughput_ratio_vs_decnn_single",
+        "speedup_vs_one_device", "rss_above_idle_vs_whole",
         "predicted_latency_ms")},
 }
 # Every HPARAMS column, in the order a reader wants them: one experiment for the whole log folder
@@ -236,14 +273,16 @@ EXPERIMENT_METRICS = {
     "infer/latency_p50_ms": "latency p50 (ms per batch)",
     "infer/throughput_ips": "throughput (images/s)",
     "infer/params_per_device_mb": "params per device (MiB)",
-    "infer/latency_ratio_vs_resnet34": "latency vs ResNet-34, 1 device (x)",
-    "infer/latency_ratio_vs_decnn_single": "latency vs DeCNN, 1 device (x)",
-    "infer/throughput_ratio_vs_resnet34": "throughput vs ResNet-34, 1 device (x)",
-    "infer/throughput_ratio_vs_decnn_single": "throughput vs DeCNN, 1 device (x)",
+    "infer/speedup_vs_one_device": "latency speed-up vs the same model on 1 device (x)",
+    "infer/latency_ratio_vs_resnet34": "latency speed-up vs ResNet-34 on 1 device (x)",
+    "infer/latency_ratio_vs_decnn_single": "latency speed-up vs DeCNN on 1 device (x)",
+    "infer/throughput_ratio_vs_resnet34": "throughput vs ResNet-34 on 1 device (x)",
+    "infer/throughput_ratio_vs_decnn_single": "throughput vs DeCNN on 1 device (x)",
     "infer/top1_agreement": "top-1 agreement with the whole model",
     "infer/latency_p95_ms": "latency p95 (ms per batch)",
     "infer/latency_p99_ms": "latency p99 (ms per batch)",
     "infer/peak_rss_mb": "peak RSS per device (MiB)",
+    "infer/rss_above_idle_vs_whole": "RSS above an idle device / the whole model's",
     "infer/bytes_per_image": "activation bytes per image",
     "infer/top5": "top-5 % (measured in this run)",
     TRAIN_TOP5: "top-5 % (training, best val)",
@@ -252,13 +291,14 @@ EXPERIMENT_METRICS = {
     "infer/max_rel_diff": "max relative logit difference",
 }
 # The settings the tab shows before any is ticked (it shows five): what tells the rows apart.
-FIRST_HPARAMS = ("accuracy", "architecture", "devices", "mode", "width")
+FIRST_HPARAMS = ("accuracy", "architecture", "split", "boards", "wire")
 
 
-def architecture(model: str, groups: int) -> str:
-    """A network's name as people say it, short enough for a table cell: "resnet34" for the plain one (1 group;
-    timm builds it as "decnn_resnet34"), "resnet34 g4" for a DeCNN of 4 groups (its width in the next column)."""
-    return model.removeprefix("decnn_") + (f" g{groups}" if groups > 1 else "")
+def architecture(model: str, groups: int, width: float = 1.0) -> str:
+    """A network's name as people say it, short enough for a table cell: "resnet34" for the plain one (1 group,
+    width 1; timm builds it as "decnn_resnet34"), "resnet34 g4 x1.5" for a DeCNN of 4 groups 1.5 times as wide."""
+    return (model.removeprefix("decnn_") + (f" g{groups}" if groups > 1 else "")
+            + (f" x{width:g}" if width != 1 else ""))
 
 
 KEYS = tuple(f.name for f in dataclasses.fields(RunRecord))
@@ -272,7 +312,7 @@ def _get(record: RunRecord, path: tuple[str, ...]):
 
 def _training_record(hparams: dict, metrics: dict[str, float]) -> RunRecord:
     """A training run: the whole model on one device; its accuracy is the best val top-1/top-5."""
-    params = hparams.get("params")
+    params = int(hparams["params"]) if "params" in hparams else None
     return RunRecord(
         model=hparams["model"], groups=int(hparams["groups"]), width=float(hparams["width"]), mode="train",
         devices=1, stem=hparams.get("stem"), batch=int(hparams["batch_size"]) if "batch_size" in hparams else None,

@@ -66,8 +66,8 @@ def test_a_training_runs_hparams_read_as_a_training_record():
 
 def test_rows_name_the_plain_network_and_say_where_their_accuracy_comes_from():
     plain = dataclasses.replace(RECORD, groups=1, width=1.0)
-    assert (plain.architecture, RECORD.architecture) == ("resnet34", "resnet34 g4")
-    assert dataclasses.replace(plain, width=0.25).architecture == "resnet34"  # its width: the next column
+    assert (plain.architecture, RECORD.architecture) == ("resnet34", "resnet34 g4 x1.5")
+    assert dataclasses.replace(plain, width=0.25).architecture == "resnet34 x0.25"
     assert RECORD.accuracy == "random weights" and RECORD.tensorboard()[0]["accuracy"] == "random weights"
     trained = dataclasses.replace(RECORD, checkpoint="runs/train/a/best.pt", trained_run="runs/train/a",
                                   trained_top1=61.0, trained_top5=84.0)
@@ -89,3 +89,31 @@ def test_an_inference_row_carries_its_checkpoints_training_under_the_training_co
 def test_the_experiment_lists_every_column_a_record_writes():
     assert set(METRIC_TAGS) == set(EXPERIMENT_METRICS)
     assert set(HPARAMS) | {"architecture", "accuracy"} <= set(EXPERIMENT_HPARAMS)
+
+
+def test_the_first_columns_say_what_a_row_is_and_counts_read_as_integers(tmp_path):
+    """The tab shows five settings before any is ticked: the split, its runtime, devices and their CPU, the link,
+    the exchange and the batches in flight are among them; a benchmark row's name leads its first column."""
+    from decnn.common.logger import make_logger
+    from decnn.record import FIRST_HPARAMS
+
+    edge = dataclasses.replace(RECORD, name="edge decnn branch fp32", backend="onnxruntime", transport="mpi-tcp",
+                               cpu_fraction=0.5, link="1gbit", overlap=2)
+    hparams = edge.tensorboard()[0]
+    shown = {k: hparams[k] for k in FIRST_HPARAMS}
+    assert shown["split"] == "branch · edge" and shown["boards"] == "2 × 0.5 core"
+    assert shown["wire"] == "1gbit · fp16 · overlap 2" and len(FIRST_HPARAMS) == 5
+    assert dataclasses.replace(RECORD, backend="torch").split == "branch · torch"
+    with make_logger(tmp_path / "bench" / "now" / "row", log_root=tmp_path) as log:
+        edge.log_hparams(log)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "bench" / "now" / "row"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    start = next(plugin_data_pb2.HParamsPluginData.FromString(v).session_start_info for v in content.values()
+                 if plugin_data_pb2.HParamsPluginData.FromString(v).HasField("session_start_info"))
+    assert start.group_name.startswith("edge decnn branch fp32 x2 b")  # the name first, then the folder
+    assert start.hparams["devices"].string_value == "2" and start.hparams["overlap"].string_value == "2"

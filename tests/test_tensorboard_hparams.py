@@ -86,19 +86,19 @@ def test_trained_models_rows_hold_accuracy_and_latency_and_name_their_training(r
         training = rows[f"train/{name}"]
         assert training["mode"] == "train" and training["accuracy"] == "best val epoch"
         assert training["hparam/best_top1"] == pytest.approx(trained[name]["best_top1"])
-        (inference,) = [r for k, r in rows.items() if k.startswith("infer/") and r["groups"] == groups]
+        (inference,) = [r for k, r in rows.items() if k.startswith("infer/") and r["groups"] == str(groups)]
         assert inference["trained_run"] == str(root / "train" / name)
         assert inference["accuracy"] == "measured"
         assert 0 <= inference["infer/top1"] <= 100 and inference["infer/latency_p50_ms"] > 0
         assert inference["hparam/best_top1"] == pytest.approx(trained[name]["best_top1"])  # beside its own
         assert inference["architecture"] == training["architecture"]
-    assert rows["train/plain"]["architecture"] == "resnet18"  # the plain network by its own name
-    assert rows["train/decnn"]["architecture"] == "resnet18 g2"
+    assert rows["train/plain"]["architecture"] == "resnet18 x0.25"  # the plain network by its own name
+    assert rows["train/decnn"]["architecture"] == "resnet18 g2 x0.25"
     assert rows["train/plain"]["width"] == rows["train/decnn"]["width"] == 0.25
 
 
-def test_benchmark_rows_say_random_weights(served):
-    (bench,) = [r for k, r in _rows(served[0][1]).items() if k.startswith("bench/")]
+def test_benchmark_rows_say_random_weights_and_lead_with_their_name(served):
+    (bench,) = [r for k, r in _rows(served[0][1]).items() if k.startswith("resnet34 single x1 b1 @loopback · bench/")]
     assert bench["accuracy"] == "random weights" and "infer/top1" not in bench
     assert bench["infer/latency_p50_ms"] > 0 and bench["infer/latency_ratio_vs_resnet34"] == pytest.approx(1.0)
 

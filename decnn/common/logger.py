@@ -26,7 +26,7 @@ from tensorboard.plugins.text.summary_v2 import text_pb
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from decnn.record import EXPERIMENT_HPARAMS, EXPERIMENT_METRICS, FIRST_HPARAMS
+from decnn.record import DISPLAY_NAMES, EXPERIMENT_HPARAMS, EXPERIMENT_METRICS, FIRST_HPARAMS
 
 # The experiment's event file in the log root: one fixed name, so that rewriting it replaces it.
 EXPERIMENT_FILE = "events.out.tfevents.decnn-experiment"
@@ -44,7 +44,7 @@ class NullLogger:
     def text(self, tag: str, s: str) -> None:
         pass
 
-    def hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
+    def hparams(self, hparams: dict, metrics: dict[str, float], name: str | None = None) -> None:
         pass
 
     def close(self) -> None:
@@ -79,12 +79,16 @@ class TensorBoardLogger(NullLogger):
     def text(self, tag: str, s: str) -> None:
         self._write(text_pb(tag, s))
 
-    def hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
-        """This run's row of the HPARAMS tab: a session with ``hparams``, then ``metrics`` as scalars."""
+    def hparams(self, hparams: dict, metrics: dict[str, float], name: str | None = None) -> None:
+        """This run's row of the HPARAMS tab: a session with ``hparams``, then ``metrics`` as scalars; ``name``
+        (a benchmark row's) comes first in its first column, before the run's folder."""
         root = Path(self.log_root) if self.log_root is not None else self.log_dir.parent
         # The session's group is the run itself: two runs with equal settings stay two rows.
-        hparams = {k: v for k, v in hparams.items() if v is not None}  # unset (a VGG's stem): an empty cell
-        self._write(hp.hparams_pb(hparams, trial_id=os.path.relpath(self.log_dir, root)))
+        trial = os.path.relpath(self.log_dir, root)
+        # unset (a VGG's stem): an empty cell; counts as text, which the tab shows without decimals
+        hparams = {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in hparams.items()
+                   if v is not None}
+        self._write(hp.hparams_pb(hparams, trial_id=f"{name} · {trial}" if name else trial))
         self.scalars(metrics, 0)
         self.writer.flush()
         if self.log_root is not None:
@@ -109,10 +113,11 @@ def experiment_root(runs_of_a_kind: str | Path) -> Path:
 
 def experiment_summary() -> Summary:
     """The HPARAMS experiment: every setting and metric any decnn run logs (decnn.record's lists). The tab
-    shows the first five settings at first, those marked ``differs``: the ones that tell rows apart."""
-    types = {str: api_pb2.DATA_TYPE_STRING, int: api_pb2.DATA_TYPE_FLOAT64, float: api_pb2.DATA_TYPE_FLOAT64}
-    hparams = [api_pb2.HParamInfo(name=name, type=types[kind], differs=name in FIRST_HPARAMS)
-               for name, kind in EXPERIMENT_HPARAMS.items()]
+    shows five settings at first, those marked ``differs`` first: the ones that say what a row is. Counts are
+    text, so that the tab shows "2", not "2.0000"."""
+    types = {str: api_pb2.DATA_TYPE_STRING, int: api_pb2.DATA_TYPE_STRING, float: api_pb2.DATA_TYPE_FLOAT64}
+    hparams = [api_pb2.HParamInfo(name=name, display_name=DISPLAY_NAMES.get(name, name), type=types[kind],
+                                  differs=name in FIRST_HPARAMS) for name, kind in EXPERIMENT_HPARAMS.items()]
     metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=name)
                for tag, name in EXPERIMENT_METRICS.items()]
     experiment = api_pb2.Experiment(hparam_infos=hparams, metric_infos=metrics)  # no time: the same bytes every time

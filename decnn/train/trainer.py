@@ -293,7 +293,8 @@ class Trainer:
         """What tells runs apart in TensorBoard's HPARAMS tab (columns of decnn.record.EXPERIMENT_HPARAMS)."""
         c = self.cfg
         return {
-            "architecture": architecture(c.model.name, c.model.groups), "mode": "train",
+            "architecture": architecture(c.model.name, c.model.groups, c.model.width), "mode": "train",
+            "split": "train",
             "accuracy": ACCURACY_TRAINING, "model": c.model.name, "groups": c.model.groups, "width": c.model.width,
             "stem": c.model.stem,
             "params": self.params, "flops": self.flops, "image_size": c.data.image_size,
