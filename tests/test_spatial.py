@@ -127,8 +127,8 @@ def test_the_pytorch_runtime_equals_the_whole_model(tmp_path, mode, devices):
     assert record["exchanges_per_batch"] == 16  # 16 3x3 convolutions after the stem
     whole = record["params_per_rank"][0]
     assert record["params_per_rank"] == [whole] * devices  # every device holds every weight
-    counts = record["collectives_per_batch"]  # halos: what one device sends, another receives
-    assert sum(c["send"] for c in counts) == sum(c["recv"] for c in counts) > 0 and all(c["send"] for c in counts)
+    # Per batch: the images' broadcast, one all-to-all of halos per exchange, the pooled tiles' reduce.
+    assert all(c == {"broadcast": 1, "all_to_all": 16, "reduce": 1} for c in record["collectives_per_batch"])
     _, halos, _ = time_spatial(_spec(), batch=3, image_size=33, devices=devices, rank=0, repeats=0)
     sent = [sum(map(sum, step)) / 3 for step in halos[mode] if sum(map(sum, step))]
     assert record["bytes_per_image_per_point"] == pytest.approx(sent)  # what the cost model counts, the run sends

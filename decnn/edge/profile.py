@@ -36,11 +36,9 @@ class _NoWire:
     def __init__(self, rank: int, size: int):
         self.rank, self.size, self.counts = rank, size, Counter()
 
-    def send(self, array, dst: int, tag: int) -> _Idle:
-        return _Idle()
-
-    def recv(self, array, src: int, tag: int) -> _Idle:
-        array[...] = 0
+    def exchange(self, sends: list, receives: list) -> _Idle:
+        for array, _, _ in receives:
+            array[...] = 0
         return _Idle()
 
     def broadcast(self, array, root: int) -> _Idle:

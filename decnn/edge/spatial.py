@@ -12,7 +12,7 @@ from decnn.edge.bundle import BundleError, Graph, read_manifest
 from decnn.edge.split import Normalize
 from decnn.edge.transport import MpiComm
 from decnn.spatial import Layout, SpatialError, Tiling, compile_programs
-from decnn.spatial.executor import SpatialStep, Then
+from decnn.spatial.executor import AllOf, SpatialStep, Then
 
 
 def tiling_of(manifest: dict, devices: int, mode: str | None = None, speeds: list[float] | None = None) -> Tiling:
@@ -47,11 +47,10 @@ class MpiTransport:
     def __init__(self, comm: MpiComm):
         self.comm, self.rank = comm, comm.rank
 
-    def send(self, array: np.ndarray, dst: int, tag: int):
-        return self.comm.send(array, dst, tag)
-
-    def recv(self, array: np.ndarray, src: int, tag: int):
-        return self.comm.recv(array, src, tag)
+    def exchange(self, sends: list, receives: list) -> AllOf:
+        """MoDNN's way: non-blocking point-to-point with the devices that hold or need the halos."""
+        return AllOf([self.comm.recv(a, src, tag) for a, src, tag in receives]
+                     + [self.comm.send(a, dst, tag) for a, dst, tag in sends])
 
     def broadcast(self, array: np.ndarray, root: int):
         return self.comm.bcast(array, root)

@@ -21,11 +21,26 @@ class CommTransport:
     def __init__(self, comm: Communicator):
         self.comm, self.rank = comm, comm.rank
 
-    def send(self, array: torch.Tensor, dst: int, tag: int):
-        return self.comm.send(array, dst, async_op=True, tag=tag)
+    def exchange(self, sends: list, receives: list) -> Then:
+        """One all-to-all per step, the halos packed by peer in tag order: a collective call costs gloo less
+        than a point-to-point pair per neighbour."""
+        n = self.comm.world_size
+        out_counts, in_counts = [0] * n, [0] * n
+        for a, dst, _ in sends:
+            out_counts[dst] += a.numel()
+        for a, src, _ in receives:
+            in_counts[src] += a.numel()
+        flat = (torch.cat([a.reshape(-1) for a, _, _ in sorted(sends, key=lambda m: (m[1], m[2]))]) if sends
+                else torch.empty(0, device=self.comm.device))
+        arrived = torch.empty(sum(in_counts), device=self.comm.device)
+        pending = self.comm.all_to_all(arrived, flat, in_counts, out_counts, async_op=True)
 
-    def recv(self, array: torch.Tensor, src: int, tag: int):
-        return self.comm.recv(array, src, async_op=True, tag=tag)
+        def unpack() -> None:
+            at = 0
+            for a, _, _ in sorted(receives, key=lambda m: (m[1], m[2])):
+                a.view(-1).copy_(arrived[at:at + a.numel()])
+                at += a.numel()
+        return Then(pending, unpack)
 
     def broadcast(self, array: torch.Tensor, root: int):
         return self.comm.broadcast(array, root, async_op=True)

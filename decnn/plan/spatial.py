@@ -39,11 +39,9 @@ class _NoWire:
     def __init__(self, rank: int):
         self.rank = rank
 
-    def send(self, array, dst: int, tag: int) -> _Idle:
-        return _Idle()
-
-    def recv(self, array, src: int, tag: int) -> _Idle:
-        array.zero_()
+    def exchange(self, sends: list, receives: list) -> _Idle:
+        for array, _, _ in receives:
+            array.zero_()
         return _Idle()
 
     def broadcast(self, array, root: int) -> _Idle:

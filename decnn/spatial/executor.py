@@ -41,9 +41,9 @@ class Transport(Protocol):
 
     rank: int
 
-    def send(self, array: Array, dst: int, tag: int) -> Pending: ...
-
-    def recv(self, array: Array, src: int, tag: int) -> Pending: ...
+    def exchange(self, sends: list[tuple[Array, int, int]], receives: list[tuple[Array, int, int]]) -> Pending:
+        """One step's halos, every device of the group taking part: ``sends`` (array, destination, tag) and
+        ``receives`` (array, source, tag; the arrays are filled). Between two devices, messages go in tag order."""
 
     def broadcast(self, array: Array, root: int) -> Pending: ...
 
@@ -70,8 +70,8 @@ class Then:
         return self.value()
 
 
-class _All:
-    """The transfers of one step, waited for together."""
+class AllOf:
+    """Several pending messages, waited for together."""
 
     def __init__(self, pending: list[Pending]):
         self.pending = pending
@@ -133,9 +133,10 @@ class SpatialStep:
                     message = self._buffer(x, data.shape)
                     message[...] = data
                     sends.append((message, x.dst, x.tag))
-            if sends or receives:
-                self.clock.issue(f"halo {step.piece}", lambda sends=sends, receives=receives: self._start(
-                    sends, receives)).wait()
+            if step.group_exchanges:
+                messages = [(data, src, tag) for data, _, src, tag in receives]
+                self.clock.issue(f"halo {step.piece}", lambda sends=sends, messages=messages: self.transport.exchange(
+                    sends, messages)).wait()
                 self.sent_bytes[s] += sum(int(data.nbytes) for data, _, _ in sends)
                 with self.clock.part("pack"):
                     for data, into, _, _ in receives:
@@ -146,12 +147,6 @@ class SpatialStep:
             for t in step.release:
                 del maps[t]
         return maps[self.program.features]
-
-    def _start(self, sends: list, receives: list) -> _All:
-        """Post every receive, then every send, of a step (all non-blocking)."""
-        t = self.transport
-        return _All([t.recv(data, src, tag) for data, _, src, tag in receives]
-                    + [t.send(data, dst, tag) for data, dst, tag in sends])
 
     def _input(self, spec: Input, tile: Array, receives: list) -> Array:
         """A piece's input: a view of the tile, or a buffer filled from it whose other pixels arrive from the
@@ -240,13 +235,13 @@ class LocalTransport:
     def __init__(self, group: LocalGroup, rank: int):
         self.group, self.rank = group, rank
 
-    def send(self, array: Array, dst: int, tag: int) -> Pending:
-        self.group.box((self.rank, dst, tag)).put(self.group.copy(array))
-        return _Done()
+    def exchange(self, sends: list, receives: list) -> Pending:
+        for array, dst, tag in sends:
+            self.group.box((self.rank, dst, tag)).put(self.group.copy(array))
 
-    def recv(self, array: Array, src: int, tag: int) -> Pending:
         def take():
-            array[...] = self.group.box((src, self.rank, tag)).get(timeout=60)
+            for array, src, tag in receives:
+                array[...] = self.group.box((src, self.rank, tag)).get(timeout=60)
         return _Done(then=take)
 
     def broadcast(self, array: Array, root: int) -> Pending:

@@ -122,16 +122,19 @@ class Input:
 
 @dataclass(frozen=True)
 class Step:
-    """Run piece ``piece`` on ``inputs`` after sending ``sends``; keep ``outputs``; drop ``release`` after."""
+    """Run piece ``piece`` on ``inputs`` after sending ``sends``; keep ``outputs``; drop ``release`` after.
+    ``group_exchanges``: some device sends halos at this step (every device takes part in the exchange)."""
 
     piece: int
     inputs: tuple[Input, ...]
     sends: tuple[Send, ...]
     outputs: tuple[int, ...]
     release: tuple[int, ...]
+    group_exchanges: bool = False
 
     @property
     def exchanges(self) -> bool:
+        """This device sends or receives at this step."""
         return bool(self.sends) or any(i.receives for i in self.inputs)
 
 
@@ -177,9 +180,10 @@ def compile_programs(layout: Layout, tiling: Tiling) -> list[DeviceProgram]:
                 inputs[d].append(_input(layout, tiles[use.tensor], use, reads[d], d, _TAGS + s * _SLOTS + slot, sends))
         release = tuple(t for t in dict.fromkeys(u.tensor for u in piece.inputs)
                         if last_use[t] == s and t != layout.features)
+        anyone = any(sends[d] for d in range(n))
         for d in range(n):
-            steps[d].append(Step(s, tuple(inputs[d]), tuple(sends[d]), piece.outputs, release))
-    exchanges = sum(any(steps[d][s].exchanges for d in range(n)) for s in range(len(layout.pieces)))
+            steps[d].append(Step(s, tuple(inputs[d]), tuple(sends[d]), piece.outputs, release, anyone))
+    exchanges = sum(steps[0][s].group_exchanges for s in range(len(layout.pieces)))
     return [DeviceProgram(d, n, tiling.describe(), tuple(steps[d]), layout.features, tiles[layout.features][d],
                           layout.shapes[layout.features], exchanges) for d in range(n)]
 
