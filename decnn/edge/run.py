@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from decnn.checksum import ExchangeCorrupted
 from decnn.distributed.faults import inject_fault
 from decnn.edge.bundle import BundleError, DeviceBundle, read_manifest, whole_model
 from decnn.edge.codec import EXCHANGE_DTYPES, make_codec
@@ -31,6 +32,7 @@ from decnn.edge.transport import MpiComm, PeerError
 from decnn.exitcodes import INTERRUPTED, RUNTIME, USAGE
 from decnn.record import MB, Latency, RunRecord, format_table
 from decnn.timing import breakdowns, peak_rss_bytes, percentiles_ms, reset_peak_rss
+from decnn.verification import VerificationError, check, compare
 
 IDENTITY = "[decnn-edge]"  # the start line a rank prints for ``decnn edge`` (which keeps it off the console)
 
@@ -47,10 +49,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=_non_negative, default=3, help="untimed steps first (default 3)")
     p.add_argument("--overlap", type=_positive, default=1, help="batches in flight (default 1)")
     p.add_argument("--exchange-dtype", choices=EXCHANGE_DTYPES, default="fp32")
+    p.add_argument("--check-exchange", action="store_true", help="send a CRC-32 of every block with each "
+                   "all-to-all and end the run at the first block that arrives with other bytes")
     p.add_argument("--threads", type=_positive, help="ONNX Runtime threads (default: cores / local ranks)")
     p.add_argument("--no-pin-cores", dest="pin_cores", action="store_false", help="leave the cores unpinned")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a peer may stay silent (default 60)")
-    p.add_argument("--verify", action="store_true", help="also run model.onnx on rank 0: agreement with the split")
+    p.add_argument("--verify", action="store_true", help="also run model.onnx on rank 0: agreement with the split; "
+                   "beyond the exchange's bound the run fails (exit 1)")
     p.add_argument("--transport", default=None, help=argparse.SUPPRESS)  # set by `decnn edge`: mpi-shm / mpi-tcp
     p.add_argument("--out", help="write the run's record as JSON")
     p.add_argument("--logits", help="write rank 0's logits of the timed images as .npy")
@@ -87,6 +92,8 @@ def as_device(timeout: float, body) -> int:
         return exit_now(f"error: {e}" if comm is None or comm.first_survivor(e) else "", RUNTIME)
     except (BundleError, InputError) as e:
         return exit_now(f"error: {_where(comm)}{e}", USAGE)
+    except (VerificationError, ExchangeCorrupted) as e:
+        return exit_now(f"error: {e}", RUNTIME)
     except Exception as e:
         return exit_now(f"error: {_where(comm)}failed: {type(e).__name__}: {e}", RUNTIME)
     return 0
@@ -100,6 +107,7 @@ def _run_and_write(args, comm: MpiComm, manifest: dict) -> None:
     result = run(args, comm, manifest, _Images(args, manifest, comm))
     if result is not None:
         write(*result, args)
+        check(result[0].to_dict())
 
 
 def run(args, comm: MpiComm, manifest: dict, images: _Images) -> tuple[RunRecord, list[float]] | None:
@@ -117,7 +125,8 @@ def run(args, comm: MpiComm, manifest: dict, images: _Images) -> tuple[RunRecord
         param_bytes = sum(d["param_bytes"] for d in manifest["devices"])
     else:
         bundle = DeviceBundle(args.directory, comm.rank, threads)
-        mode, param_bytes = EdgeSplit(bundle, comm, make_codec(args.exchange_dtype), args.overlap), bundle.param_bytes
+        mode = EdgeSplit(bundle, comm, make_codec(args.exchange_dtype), args.overlap, args.check_exchange)
+        param_bytes = bundle.param_bytes
     release_freed_memory()
     sizes = [min(args.batch, images.count - i) for i in range(0, images.count, args.batch)]
     steps = [sizes[i:i + mode.batches_per_step] for i in range(0, len(sizes), mode.batches_per_step)]
@@ -149,7 +158,7 @@ def run(args, comm: MpiComm, manifest: dict, images: _Images) -> tuple[RunRecord
     logits = np.concatenate(logits)
     if args.logits:
         np.save(args.logits, logits)
-    quality = images.quality(logits, args.verify and not args.single, args.directory, threads)
+    quality = images.quality(logits, args.verify and not args.single, args.directory, threads, args.exchange_dtype)
     return _record(args, manifest, devices, size, sizes, latency, busy, all_stats, quality), latency
 
 
@@ -183,8 +192,9 @@ class _Images:
             start += n
         return out
 
-    def quality(self, logits: np.ndarray, verify: bool, directory: str, threads: int) -> dict:
-        """Top-1/top-5 against the labels; with ``verify``, agreement with the whole model's graph."""
+    def quality(self, logits: np.ndarray, verify: bool, directory: str, threads: int, exchange_dtype: str) -> dict:
+        """Top-1/top-5 against the labels; with ``verify``, the comparison with the whole model's graph
+        (decnn.verification)."""
         out = {}
         if self.labels is not None:
             top5 = np.argsort(-logits, axis=1)[:, :5]
@@ -195,9 +205,7 @@ class _Images:
             manifest = read_manifest(directory)
             whole = EdgeWhole(whole_model(directory, threads), manifest["mean"], manifest["std"])
             reference = np.concatenate(whole.step([self.data[: len(logits)]]))
-            diff = float(np.abs(logits - reference).max())
-            out.update(max_abs_diff=diff, max_rel_diff=diff / max(float(np.abs(reference).max()), 1e-30),
-                       top1_agreement=float((logits.argmax(1) == reference.argmax(1)).mean()))
+            out.update(compare(logits, reference, exchange_dtype, "quantization" in manifest))
         return out
 
 
