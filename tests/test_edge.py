@@ -207,6 +207,9 @@ def test_bad_folders_are_one_line_and_exit_2(g4, g8, tmp_path):
     run = edge(tmp / "shards", "--inputs", str(tmp_path / "bad.npz"))
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert run.returncode == 2 and len(errors) == 1 and "--inputs" in errors[0], run.stderr
+    run = edge(tmp / "shards", "--single", "--check-exchange")
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert run.returncode == 2 and len(errors) == 1 and "--single runs none" in errors[0], run.stderr
     foreign = tmp_path / "foreign"
     subprocess.run(["cp", "-r", str(tmp / "shards"), str(foreign)], check=True)
     (foreign / "device1.plans.json").write_text((g8[1] / "shards" / "device1.plans.json").read_text())

@@ -32,13 +32,14 @@ from decnn.record import RunRecord
 from decnn.train.config import load_config
 from decnn.train.evaluate import evaluate_checkpoint
 from decnn.train.trainer import train
+from decnn.verification import EXCHANGE_BOUNDS
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--model", "decnn_resnet18", "--width", "0.5"]
 SYNTHETIC = ["--random-init", *SMALL, "--image-size", "32", "--num-images", "6", "--batch", "2", "--warmup", "1"]
 PLACEMENTS = {"even": "0,1/2,3", "uneven": "0,1,2/3", "interleaved": "0,2/1,3"}
-# Worst |dlogit| relative to the largest |logit| that each wire format may cost (fp32: 1e-4, as split == whole).
-TOLERANCE = {"fp16": 2e-3, "bf16": 2e-2, "int8": 5e-2}
+# Worst |dlogit| relative to the largest |logit| that each wire format may cost: what --verify allows.
+TOLERANCE = {dtype: bound for dtype, bound in EXCHANGE_BOUNDS.items() if dtype != "fp32"}
 
 
 def _small_model() -> torch.nn.Module:

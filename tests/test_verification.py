@@ -72,3 +72,14 @@ def test_a_changed_byte_names_the_point_the_sender_and_the_receiver():
     wire.view(np.uint8)[4, 0] ^= 0x80
     with pytest.raises(ExchangeCorrupted, match="shuffle point 1: the block rank 2 sent to rank 1 arrived corrupted"):
         check_blocks(wire, [2, 0, 3], sent, np.zeros(3, np.int64), point=1, rank=1)
+
+
+def test_the_elastic_timeline_names_the_worst_image_by_its_place_in_the_images():
+    from decnn.inference.config import InferConfig
+    from decnn.serve.timed_run import _compare
+
+    refs = {0: torch.tensor([[1.0, 0.0], [0.0, 1.0]]), 1: torch.tensor([[2.0, 0.0], [0.0, 2.0]])}
+    off = refs[0] + torch.tensor([[0.0, 0.0], [0.5, 0.0]])  # batch 0's second image (image 1)
+    calls = [(1, refs[1], None), (0, off, None), (1, refs[1], None)]  # the caller cycles the batches
+    result = _compare(InferConfig(random_init=True), calls, refs, starts=[0, 2])
+    assert not result["verified"] and result["worst_image"] == 1, result

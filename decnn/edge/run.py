@@ -69,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.log_dir and importlib.util.find_spec("tensorboard") is None:
             raise InputError("--log-dir needs the tensorboard package on rank 0's device (pip install tensorboard)")
+        if args.single and args.check_exchange:
+            raise InputError("--check-exchange checks the exchanges of a split; --single runs none: drop one")
         manifest = read_manifest(args.directory)
-    except BundleError as e:
+    except (BundleError, InputError) as e:
         return exit_now(f"error: {e}", USAGE)
     return as_device(args.timeout, lambda comm: _run_and_write(args, comm, manifest))
 

@@ -97,7 +97,8 @@ def _write(cfg: InferConfig, spec, timeline: Timeline, report: dict) -> None:
     """The console table and summary, ``--out`` JSON and, under ``--log-dir``, the run's TensorBoard."""
     print(timeline.table(), flush=True)
     checked = (f"; max |dlogit| vs the whole model {report['max_abs_diff']:.1e}, top-1 agreement "
-               f"{report['top1_agreement']:.4f}" if "max_abs_diff" in report else "")
+               f"{report['top1_agreement']:.4f}, {'verified' if report['verified'] else 'NOT verified'} (bound "
+               f"{report['verify_bound']:g})" if "max_abs_diff" in report else "")
     print(f"{report['calls']} calls ({report['images']} images), each answered once{checked}", flush=True)
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
