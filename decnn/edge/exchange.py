@@ -27,7 +27,8 @@ class ShuffleExchange:
         self.check = check
         world = len(plan.send_splits)
         self.crc_counts = [8] * world  # bytes: one int64 CRC per destination
-        self.crc_out, self.crc_in, self.crcs = (np.zeros(world, np.int64) for _ in range(3))
+        self.crc_out, self.crc_in = np.zeros(world, np.int64), np.zeros(world, np.int64)
+        self.crcs = np.zeros(world, np.int64)  # the received blocks' own
         me, first = plan.device, sum(plan.send_splits[:plan.device])
         self.kept = plan.send_splits[me]
         self.send_index = np.concatenate([plan.send_index[:first], plan.send_index[first + self.kept:]])
