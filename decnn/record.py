@@ -98,6 +98,9 @@ class RunRecord:
     top1_agreement: float | None = None
     max_abs_diff: float | None = None
     max_rel_diff: float | None = None
+    verified: bool | None = None  # within the bound of decnn.verification (the fp32 exchange: top-1 too)
+    verify_bound: float | None = None  # the largest max_rel_diff it allows
+    worst_image: int | None = None  # the run's image farthest off (of those beyond the bound, if any)
     # The benchmark: ratios against the 1-device baselines (within a round, then the median): the same model and
     # runtime on 1 device (a speed-up), the plain ResNet-34 and the DeCNN of the row's family.
     speedup_vs_one_device: float | None = None
@@ -199,7 +202,7 @@ class RunRecord:
     def tensorboard(self) -> tuple[dict, dict[str, float]]:
         """The HPARAMS row: (hparams, metrics), ``None`` fields left out."""
         hparams = {k: getattr(self, k) for k in (*DERIVED_HPARAMS, *HPARAMS) if getattr(self, k) is not None}
-        metrics = {tag: value for tag, value in ((tag, _get(self, path)) for tag, path in METRIC_TAGS.items())
+        metrics = {tag: float(value) for tag, value in ((tag, _get(self, path)) for tag, path in METRIC_TAGS.items())
                    if value is not None}
         return hparams, metrics
 
@@ -224,7 +227,7 @@ class RunRecord:
                 if path[0] == "latency_ms":
                     latency[path[1]] = metrics[tag]
                 else:
-                    values[path[0]] = metrics[tag]
+                    values[path[0]] = METRIC_TYPES.get(path[0], float)(metrics[tag])
         if latency:
             values["latency_ms"] = latency
         return cls.from_dict(values)
@@ -258,11 +261,13 @@ METRIC_TAGS = {
     "infer/latency_p99_ms": ("latency_ms", "p99"),
     **{f"infer/{k}": (k,) for k in (
         "throughput_ips", "bytes_per_image", "params_per_device_mb", "peak_rss_mb", "top1", "top5",
-        "top1_agreement", "max_abs_diff", "max_rel_diff", "latency_ratio_vs_resnet34",
+        "top1_agreement", "max_abs_diff", "max_rel_diff", "verified", "latency_ratio_vs_resnet34",
         "latency_ratio_vs_decnn_single", "throughput_ratio_vs_resnet34", "throughput_ratio_vs_decnn_single",
         "speedup_vs_one_device", "rss_above_idle_vs_whole",
         "predicted_latency_ms")},
 }
+# Metrics that read back as another type than TensorBoard's float.
+METRIC_TYPES = {"verified": bool}
 # Every HPARAMS column, in the order a reader wants them: one experiment for the whole log folder
 # (decnn.common.logger.write_experiment), whichever runs it holds. Display names say what each number is.
 EXPERIMENT_HPARAMS = {**DERIVED_HPARAMS, **HPARAMS, **TRAINING_HPARAMS}
@@ -289,6 +294,7 @@ EXPERIMENT_METRICS = {
     "infer/predicted_latency_ms": "predicted latency (ms, cost model)",
     "infer/max_abs_diff": "max |logit difference| vs the whole model",
     "infer/max_rel_diff": "max relative logit difference",
+    "infer/verified": "verified: within the bound (1) or not (0)",
 }
 # The settings the tab shows before any is ticked (it shows five): what tells the rows apart.
 FIRST_HPARAMS = ("accuracy", "architecture", "split", "boards", "wire")
@@ -344,8 +350,10 @@ def format_table(r: RunRecord) -> str:
                                    f"{r.predicted_compute_ms:.2f} + transfers {r.predicted_transfer_ms:.2f}), measured "
                                    f"{r.measured_for_prediction_ms:.2f}"))
     if r.top1_agreement is not None:
+        verdict = ("" if r.verified is None
+                   else f"; {'verified' if r.verified else 'NOT verified'} (bound {r.verify_bound:g})")
         rows.append(("vs monolithic", f"max |dlogit| {r.max_abs_diff:.2e} ({r.max_rel_diff:.1e} of the largest "
-                                      f"logit), top-1 agreement {r.top1_agreement * 100:.2f}%"))
+                                      f"logit), top-1 agreement {r.top1_agreement * 100:.2f}%{verdict}"))
     if r.top1 is not None:
         rows.append(("accuracy", f"top-1 {r.top1:.2f}%  top-5 {r.top5:.2f}%"))
     if r.run_dir is not None:

@@ -87,8 +87,9 @@ def test_codecs_write_the_wire_bytes_of_the_torch_runtime(dtype, channels):
 def test_split_logits_equal_the_whole_models(export, batch, request):
     model, tmp = request.getfixturevalue(export)
     out = tmp / f"b{batch}"
+    checked = export == "g8"  # --check-exchange on 3 devices, uneven: every block's CRC matches
     run = edge(tmp / "shards", "--inputs", str(tmp / "inputs.npz"), "--batch", str(batch), "--verify",
-               "--logits", f"{out}.npy", "--out", f"{out}.json", "--warmup", "1")
+               "--logits", f"{out}.npy", "--out", f"{out}.json", "--warmup", "1", *["--check-exchange"] * checked)
     assert run.returncode == 0, run.stderr
     logits, expected = torch.from_numpy(np.load(f"{out}.npy")), reference(model, tmp)
     assert (logits - expected).abs().max() <= 1e-4
@@ -97,11 +98,33 @@ def test_split_logits_equal_the_whole_models(export, batch, request):
     devices = 3 if export == "g8" else 2
     assert record["devices"] == devices and record["transport"] == "mpi-shm" and record["images"] == IMAGES
     assert record["top1_agreement"] == 1.0 and record["max_abs_diff"] <= 1e-4  # against model.onnx
+    assert record["verified"] is True and record["verify_bound"] == 1e-4
     assert record["top1"] == (expected.argmax(1) == torch.arange(IMAGES) % 10).float().mean().item() * 100
     whole = sum(p.numel() * 4 for p in model.parameters())
     assert max(record["params_per_rank"]) < 0.6 * whole
-    # Per batch: one broadcast, one all-to-all per shuffle point, one reduce; nothing else crosses.
-    assert all(c == {"broadcast": 1, "all_to_all": 3, "reduce": 1} for c in record["collectives_per_batch"])
+    # Per batch: one broadcast, one all-to-all per shuffle point (and one of CRCs if checked), one reduce.
+    per_batch = {"broadcast": 1, "all_to_all": 6 if checked else 3, "reduce": 1}
+    assert all(c == per_batch for c in record["collectives_per_batch"])
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--verify", "error: verification failed: image 3 differs from the whole model by max |dlogit| "),
+    ("--check-exchange", "error: shuffle point 0: the block rank 1 sent to rank 0 arrived corrupted"),
+])
+def test_a_corrupted_exchange_fails_verify_naming_the_image_and_the_check_naming_the_ranks(g4, flag, message,
+                                                                                          tmp_path):
+    """Rank 0's transport flips the bytes of the block it receives at step 3 (image 3: batches of 1)."""
+    _, tmp = g4
+    out = tmp_path / "report.json"
+    run = edge(tmp / "shards", "--inputs", str(tmp / "inputs.npz"), "--batch", "1", "--warmup", "1", flag,
+               "--out", str(out), env={"DECNN_INJECT_FAULT": "0:3:flip"})
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert run.returncode == 1 and len(errors) == 1 and errors[0].startswith(message), run.stderr
+    if flag == "--verify":  # beyond fp32's bound, and said so in the record as well
+        assert "beyond the bound 0.0001" in errors[0] and json.loads(out.read_text())["verified"] is False
+    else:  # the run ended at the corrupted block, before any report
+        assert not out.exists()
+    assert not leftovers(tmp / "shards")
 
 
 def test_overlap_gives_the_same_logits_and_int8_moves_a_quarter(g4):
@@ -184,6 +207,9 @@ def test_bad_folders_are_one_line_and_exit_2(g4, g8, tmp_path):
     run = edge(tmp / "shards", "--inputs", str(tmp_path / "bad.npz"))
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert run.returncode == 2 and len(errors) == 1 and "--inputs" in errors[0], run.stderr
+    run = edge(tmp / "shards", "--single", "--check-exchange")
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert run.returncode == 2 and len(errors) == 1 and "--single runs none" in errors[0], run.stderr
     foreign = tmp_path / "foreign"
     subprocess.run(["cp", "-r", str(tmp / "shards"), str(foreign)], check=True)
     (foreign / "device1.plans.json").write_text((g8[1] / "shards" / "device1.plans.json").read_text())

@@ -200,6 +200,7 @@ NO_TORCH = "import sys, runpy; sys.argv = {argv!r}; " \
         (["--random-init", "--placement", "[[0, 1, 2], [3]]"], "e.g. --placement 0,1,2/3"),
         (["--random-init", "--data-root", "x"], "--data-root applies to --checkpoint runs"),
         (["--devices", "2"], "give either --checkpoint PATH"),
+        (["--random-init", "--mode", "single", "--check-exchange"], "--check-exchange applies to mode branch"),
     ],
 )
 def test_infer_usage_errors_exit_2_before_torch_loads(args, message):

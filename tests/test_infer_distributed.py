@@ -32,13 +32,14 @@ from decnn.record import RunRecord
 from decnn.train.config import load_config
 from decnn.train.evaluate import evaluate_checkpoint
 from decnn.train.trainer import train
+from decnn.verification import EXCHANGE_BOUNDS
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--model", "decnn_resnet18", "--width", "0.5"]
 SYNTHETIC = ["--random-init", *SMALL, "--image-size", "32", "--num-images", "6", "--batch", "2", "--warmup", "1"]
 PLACEMENTS = {"even": "0,1/2,3", "uneven": "0,1,2/3", "interleaved": "0,2/1,3"}
-# Worst |dlogit| relative to the largest |logit| that each wire format may cost (fp32: 1e-4, as split == whole).
-TOLERANCE = {"fp16": 2e-3, "bf16": 2e-2, "int8": 5e-2}
+# Worst |dlogit| relative to the largest |logit| that each wire format may cost: what --verify allows.
+TOLERANCE = {dtype: bound for dtype, bound in EXCHANGE_BOUNDS.items() if dtype != "fp32"}
 
 
 def _small_model() -> torch.nn.Module:
@@ -166,9 +167,9 @@ def _assert_one_pinned_thread_per_rank(r: dict) -> None:
     assert len(r["breakdown_per_rank"]) == r["devices"]
 
 
-def test_cli_branch_uneven_overlapped_verified(tmp_path):
+def test_cli_branch_uneven_overlapped_verified_and_checked(tmp_path):
     r = _report(tmp_path, *SYNTHETIC, "--devices", "2", "--placement", "0,1,2/3", "--overlap", "--verify",
-                "--threads", "1", entry_script=True)
+                "--check-exchange", "--threads", "1", entry_script=True)
     _assert_one_pinned_thread_per_rank(r)
     for key in ("model", "groups", "width", "mode", "devices", "batch", "exchange_dtype", "throughput_ips",
                 "bytes_per_image", "params_per_rank"):
@@ -176,10 +177,32 @@ def test_cli_branch_uneven_overlapped_verified(tmp_path):
     assert set(r["latency_ms"]) >= {"p50", "p95", "p99"}
     assert (r["mode"], r["devices"], r["placement"], r["overlap"]) == ("branch", 2, [[0, 1, 2], [3]], 2)
     assert r["max_abs_diff"] <= 1e-4 and r["max_rel_diff"] <= 1e-4 and r["top1_agreement"] == 1.0
-    assert r["collectives_per_batch"] == [{"broadcast": 1, "all_to_all": 3, "reduce": 1}] * 2
+    assert r["verified"] is True and r["verify_bound"] == 1e-4
+    # --check-exchange: one all-to-all of CRCs beside each shuffle point's activations
+    assert r["collectives_per_batch"] == [{"broadcast": 1, "all_to_all": 6, "reduce": 1}] * 2
     assert r["params_per_rank"][0] > 2.5 * r["params_per_rank"][1]  # 3 groups vs 1
     assert len(r["bytes_per_image_per_point"]) == 3 and r["bytes_per_image"] > 0
     assert list(Path(r["run_dir"]).glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--verify", "error: verification failed: image 3 differs from the whole model by max |dlogit| "),
+    ("--check-exchange", "error: rank 1 failed: ExchangeCorrupted: shuffle point 0: the block rank 0 sent to rank 1 "
+                         "arrived corrupted"),
+])
+def test_a_corrupted_exchange_fails_verify_naming_the_image_and_the_check_naming_the_ranks(flag, message, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """Rank 1's transport flips the bytes of the block it receives at step 3 (image 3: batches of 1)."""
+    monkeypatch.setenv("DECNN_INJECT_FAULT", "1:3:flip")
+    out = tmp_path / "report.json"
+    assert main([*SYNTHETIC, "--batch", "1", "--devices", "2", "--threads", "1", flag, "--out", str(out),
+                 "--log-dir", ""]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(message), errors
+    if flag == "--verify":  # beyond fp32's bound, and said so in the record as well
+        assert "beyond the bound 0.0001" in errors[0] and json.loads(out.read_text())["verified"] is False
+    else:  # the run ended at the corrupted block, before any report
+        assert not out.exists()
 
 
 def test_cli_int8_exchange_saves_bytes_and_agrees_and_traces_its_parts(tmp_path):

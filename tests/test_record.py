@@ -24,7 +24,8 @@ RECORD = RunRecord(
     latency_ms=Latency(40.0, 45.0, 47.5, 41.0), throughput_ips=66.0, bytes_per_image=672e3,
     bytes_per_image_per_point=[224e3] * 3, params_per_device_mb=23.2, peak_rss_mb=310.0,
     collectives_per_batch=[{"broadcast": 1, "all_to_all": 3, "reduce": 1}] * 2, top1_agreement=1.0,
-    max_abs_diff=2e-6, max_rel_diff=1e-7, latency_ratio_vs_resnet34=2.5, predicted_latency_ms=38.0,
+    max_abs_diff=2e-6, max_rel_diff=1e-7, verified=True, verify_bound=1e-4, worst_image=3,
+    latency_ratio_vs_resnet34=2.5, predicted_latency_ms=38.0,
 )
 
 
@@ -54,6 +55,7 @@ def test_tensorboard_hparams_round_trip_through_real_event_files(tmp_path):
     assert back.tensorboard()[0] == RECORD.tensorboard()[0]  # settings, with their types
     assert back.tensorboard()[1] == pytest.approx(RECORD.tensorboard()[1])  # headline numbers (TensorBoard: fp32)
     assert (back.groups, back.devices, back.latency_ms.p95) == (4, 2, pytest.approx(45.0))
+    assert back.verified is True  # a scalar in TensorBoard, a bool again in the record
 
 
 def test_a_training_runs_hparams_read_as_a_training_record():

@@ -7,6 +7,7 @@ rank; :func:`exit_with_launcher` makes a worker die with its parent and at once 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import uuid
@@ -17,6 +18,7 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+from decnn.distributed.faults import FAULT_ENV
 from decnn.distributed.process import (
     LOCAL_ENDPOINT,
     die_with_parent,
@@ -88,7 +90,7 @@ def launch(
         log.setLevel(logging.CRITICAL)
     try:
         with terminable_when_stopped(), worker_environment(local):
-            return elastic_launch(config, fn)(*args)
+            return elastic_launch(config, _with_faults)(os.environ.get(FAULT_ENV), fn, *args)
     except ChildFailedError as e:
         raise LaunchError(_describe_failures(e)) from None
     except SignalException as e:  # the agent stopped the workers first
@@ -100,6 +102,14 @@ def launch(
     finally:
         for log, level in zip(quiet, levels):
             log.setLevel(level)
+
+
+def _with_faults(fault: str | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """A worker: ``fn(*args)`` under the launching process's fault injection (test hook; the server that the
+    workers fork from may have started before it was set)."""
+    if fault:
+        os.environ[FAULT_ENV] = fault
+    return fn(*args)
 
 
 def _is_local_address(host: str) -> bool:

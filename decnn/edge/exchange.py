@@ -3,13 +3,16 @@
 The same data movement as the PyTorch runtime's ``ShuffleExchange``: outgoing channels are gathered in
 destination order into channels-first rows ``(C, B, H*W)`` and encoded; the block a device keeps for itself
 never enters the all-to-all (its count is 0) and is gathered in fp32 while the exchange runs; received rows
-are decoded and put back in local channel order into a ``(B, C, H, W)`` buffer for the next segment.
+are decoded and put back in local channel order into a ``(B, C, H, W)`` buffer for the next segment. With
+``check``, a CRC-32 of every block travels beside it (decnn.checksum, the PyTorch runtime's wire).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from decnn.checksum import block_crcs, check_blocks
+from decnn.distributed.faults import corrupts_next_block, flip_bytes
 from decnn.edge.bundle import Plan
 from decnn.edge.codec import Codec
 from decnn.edge.transport import MpiComm
@@ -19,8 +22,13 @@ from decnn.timing import Clock, Timed
 class ShuffleExchange:
     """Shuffle point ``point`` of one in-flight batch; buffers are reused while the shape stays."""
 
-    def __init__(self, point: int, plan: Plan, codec: Codec, comm: MpiComm, clock: Clock):
+    def __init__(self, point: int, plan: Plan, codec: Codec, comm: MpiComm, clock: Clock, check: bool = False):
         self.point, self.plan, self.codec, self.comm, self.clock = point, plan, codec, comm, clock
+        self.check = check
+        world = len(plan.send_splits)
+        self.crc_counts = [8] * world  # bytes: one int64 CRC per destination
+        self.crc_out, self.crc_in = np.zeros(world, np.int64), np.zeros(world, np.int64)
+        self.crcs = np.zeros(world, np.int64)  # the received blocks' own
         me, first = plan.device, sum(plan.send_splits[:plan.device])
         self.kept = plan.send_splits[me]
         self.send_index = np.concatenate([plan.send_index[:first], plan.send_index[first + self.kept:]])
@@ -34,6 +42,7 @@ class ShuffleExchange:
         self.recv_index = np.argsort(new_to_old)[plan.recv_index]
         self.shape: tuple | None = None
         self.pending: Timed | None = None
+        self.crc_pending: Timed | None = None
         self.sent_bytes = self.sent_fp32_bytes = 0  # to other ranks; and what fp32 would have taken
 
     def _allocate(self, x: np.ndarray) -> None:
@@ -69,6 +78,11 @@ class ShuffleExchange:
             lambda: self.comm.alltoallv(wire, self.send_counts, self.recv_wire, self.recv_counts,
                                         what=f"all_to_all {self.point}"),
         )
+        if self.check:  # while the activations travel
+            with self.clock.part("codec"):
+                block_crcs(wire, self.send_splits, self.crc_out)
+            self.crc_pending = self.clock.issue(f"crc {self.point}", lambda: self.comm.alltoallv(
+                self.crc_out, self.crc_counts, self.crc_in, self.crc_counts, what=f"crc {self.point}"))
         with self.clock.part("pack"):
             np.take(channels_first, self.keep_index, axis=0, out=self.kept_rows.reshape(self.kept, b, h, w))
         self.sent_bytes += self.bytes_per_batch
@@ -78,6 +92,12 @@ class ShuffleExchange:
         """Wait for the all-to-all; return this rank's new activation (B, C_local, H, W)."""
         self.pending.wait()
         self.pending = None
+        if corrupts_next_block():  # test hook (DECNN_INJECT_FAULT=RANK:STEP:flip): the first block received
+            flip_bytes(self.recv_wire.view(np.uint8)[:next((n for n in self.recv_splits if n), 0)])
+        if self.check:
+            self.crc_pending.wait()
+            with self.clock.part("codec"):
+                check_blocks(self.recv_wire, self.recv_splits, self.crc_in, self.crcs, self.point, self.comm.rank)
         b, c, h, w = self.received.shape
         if self.codec.needs_buffer:
             with self.clock.part("codec"):

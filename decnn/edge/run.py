@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from decnn.checksum import ExchangeCorrupted
 from decnn.distributed.faults import inject_fault
 from decnn.edge.bundle import BundleError, DeviceBundle, read_manifest, split_mode, whole_model
 from decnn.edge.codec import EXCHANGE_DTYPES, make_codec
@@ -34,6 +35,7 @@ from decnn.exitcodes import INTERRUPTED, RUNTIME, USAGE
 from decnn.record import MB, Latency, RunRecord, format_table
 from decnn.spatial.tiling import SPATIAL_MODES
 from decnn.timing import breakdowns, peak_rss_bytes, percentiles_ms, reset_peak_rss
+from decnn.verification import VerificationError, check, compare
 
 IDENTITY = "[decnn-edge]"  # the start line a rank prints for ``decnn edge`` (which keeps it off the console)
 
@@ -53,10 +55,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=SPATIAL_MODES, help="a spatial export: run it as row bands (modnn) or tiles "
                    "(grid) on however many devices mpiexec starts (default: the export's mode)")
     p.add_argument("--speeds", type=speeds_arg, help="modnn: the devices' relative speeds, e.g. 1,0.4")
+    p.add_argument("--check-exchange", action="store_true", help="send a CRC-32 of every block with each "
+                   "all-to-all and end the run at the first block that arrives with other bytes")
     p.add_argument("--threads", type=_positive, help="ONNX Runtime threads (default: cores / local ranks)")
     p.add_argument("--no-pin-cores", dest="pin_cores", action="store_false", help="leave the cores unpinned")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a peer may stay silent (default 60)")
-    p.add_argument("--verify", action="store_true", help="also run model.onnx on rank 0: agreement with the split")
+    p.add_argument("--verify", action="store_true", help="also run model.onnx on rank 0: agreement with the split; "
+                   "beyond the exchange's bound the run fails (exit 1)")
     p.add_argument("--predict", action="store_true", help="before the timed run, profile every rank's steps and "
                    "every link, and record the cost model's prediction beside the measurement (one batch in flight)")
     p.add_argument("--transport", default=None, help=argparse.SUPPRESS)  # set by `decnn edge`: mpi-shm / mpi-tcp
@@ -72,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.log_dir and importlib.util.find_spec("tensorboard") is None:
             raise InputError("--log-dir needs the tensorboard package on rank 0's device (pip install tensorboard)")
+        if args.single and args.check_exchange:
+            raise InputError("--check-exchange checks the exchanges of a split; --single runs none: drop one")
         manifest = read_manifest(args.directory)
-    except BundleError as e:
+    except (BundleError, InputError) as e:
         return exit_now(f"error: {e}", USAGE)
     return as_device(args.timeout, lambda comm: _run_and_write(args, comm, manifest))
 
@@ -95,6 +102,8 @@ def as_device(timeout: float, body) -> int:
         return exit_now(f"error: {e}" if comm is None or comm.first_survivor(e) else "", RUNTIME)
     except (BundleError, InputError) as e:
         return exit_now(f"error: {_where(comm)}{e}", USAGE)
+    except (VerificationError, ExchangeCorrupted) as e:
+        return exit_now(f"error: {e}", RUNTIME)
     except Exception as e:
         return exit_now(f"error: {_where(comm)}failed: {type(e).__name__}: {e}", RUNTIME)
     return 0
@@ -108,6 +117,7 @@ def _run_and_write(args, comm: MpiComm, manifest: dict) -> None:
     result = run(args, comm, manifest, _Images(args, manifest, comm))
     if result is not None:
         write(*result, args)
+        check(result[0].to_dict())
 
 
 def run(args, comm: MpiComm, manifest: dict, images: _Images) -> tuple[RunRecord, list[float]] | None:
@@ -168,7 +178,7 @@ def run(args, comm: MpiComm, manifest: dict, images: _Images) -> tuple[RunRecord
     logits = np.concatenate(logits)
     if args.logits:
         np.save(args.logits, logits)
-    quality = images.quality(logits, args.verify and not args.single, args.directory, threads)
+    quality = images.quality(logits, args.verify and not args.single, args.directory, threads, args.exchange_dtype)
     record = _record(args, manifest, devices, size, sizes, latency, busy, all_stats, quality)
     if prediction is not None:
         record = dataclasses.replace(record, predicted_latency_ms=1e3 * prediction.step_s,
@@ -189,10 +199,11 @@ def open_split(args, manifest: dict, comm: MpiComm, threads: int) -> EdgeSplit |
     """This rank's part of the export: DeCNN's branch, or its tiles of a spatial split (fp32, a batch at a time)."""
     if split_mode(manifest) == "branch":
         codec = make_codec(args.exchange_dtype)
-        return EdgeSplit(DeviceBundle(args.directory, comm.rank, threads), comm, codec, args.overlap)
-    if args.exchange_dtype != "fp32" or args.overlap != 1:
+        return EdgeSplit(DeviceBundle(args.directory, comm.rank, threads), comm, codec, args.overlap,
+                         args.check_exchange)
+    if args.exchange_dtype != "fp32" or args.overlap != 1 or args.check_exchange:
         raise InputError(f"{args.directory} holds a {split_mode(manifest)} split, which exchanges fp32 halos one "
-                         "batch at a time: drop --exchange-dtype and --overlap")
+                         "batch at a time: drop --exchange-dtype, --overlap and --check-exchange")
     tiling = tiling_of(manifest, comm.size, args.mode, args.speeds)
     return EdgeSpatial(SpatialBundle(args.directory, comm.rank, threads), MpiTransport(comm), tiling)
 
@@ -227,8 +238,9 @@ class _Images:
             start += n
         return out
 
-    def quality(self, logits: np.ndarray, verify: bool, directory: str, threads: int) -> dict:
-        """Top-1/top-5 against the labels; with ``verify``, agreement with the whole model's graph."""
+    def quality(self, logits: np.ndarray, verify: bool, directory: str, threads: int, exchange_dtype: str) -> dict:
+        """Top-1/top-5 against the labels; with ``verify``, the comparison with the whole model's graph
+        (decnn.verification)."""
         out = {}
         if self.labels is not None:
             top5 = np.argsort(-logits, axis=1)[:, :5]
@@ -239,9 +251,7 @@ class _Images:
             manifest = read_manifest(directory)
             whole = EdgeWhole(whole_model(directory, threads), manifest["mean"], manifest["std"])
             reference = np.concatenate(whole.step([self.data[: len(logits)]]))
-            diff = float(np.abs(logits - reference).max())
-            out.update(max_abs_diff=diff, max_rel_diff=diff / max(float(np.abs(reference).max()), 1e-30),
-                       top1_agreement=float((logits.argmax(1) == reference.argmax(1)).mean()))
+            out.update(compare(logits, reference, exchange_dtype, "quantization" in manifest))
         return out
 
 

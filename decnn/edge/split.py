@@ -36,14 +36,14 @@ class Normalize:
 
 
 class EdgeSplit(ExchangeCounters):
-    """This rank's branch driven through a run, ``in_flight`` batches per step."""
+    """This rank's branch driven through a run, ``in_flight`` batches per step (``check``: --check-exchange)."""
 
-    def __init__(self, bundle: DeviceBundle, comm: MpiComm, codec: Codec, in_flight: int = 1):
+    def __init__(self, bundle: DeviceBundle, comm: MpiComm, codec: Codec, in_flight: int = 1, check: bool = False):
         self.bundle, self.comm, self.codec, self.param_bytes = bundle, comm, codec, bundle.param_bytes
         self.normalize = Normalize(bundle.manifest["mean"], bundle.manifest["std"])
         self.batches_per_step = in_flight
         self.clock = Clock()
-        self.exchanges = [[ShuffleExchange(i, plan, codec, comm, self.clock) for _ in range(in_flight)]
+        self.exchanges = [[ShuffleExchange(i, plan, codec, comm, self.clock, check) for _ in range(in_flight)]
                           for i, plan in enumerate(bundle.plans)]
 
     def step(self, inputs: list[np.ndarray]) -> list[np.ndarray] | None:

@@ -3,7 +3,7 @@
 ``decnn infer`` (also ``infer_distributed.py`` and ``python -m decnn.inference``): parse, check, then run
 here, under torchrun, or launch N processes. The settings are checked before torch is imported, so a usage
 error is reported at once. Exit codes: 2 for usage and input errors (settings, checkpoint, dataset), 1 for
-runtime failures (a peer that died or hung), 130 for Ctrl-C (see decnn.exitcodes).
+runtime failures (a peer that died or hung, a --verify beyond its bound), 130 for Ctrl-C (see decnn.exitcodes).
 """
 
 from __future__ import annotations
@@ -86,6 +86,8 @@ def parser(prog: str = "decnn infer") -> argparse.ArgumentParser:
                    help="what computes a branch: torch, or ONNX Runtime on the graphs of an --onnx export")
     g.add_argument("--exchange-dtype", choices=EXCHANGE_DTYPES, default=d.exchange_dtype,
                    help="activations on the wire: fp32, fp16, bf16 or int8 (8-bit, per-row scale)")
+    g.add_argument("--check-exchange", action="store_true", help="send a CRC-32 of every block with each "
+                   "all-to-all and end the run at the first block that arrives with other bytes")
     g.add_argument("--overlap", type=int, nargs="?", const=2, default=d.overlap, metavar="K",
                    help="keep K batches in flight so exchanges overlap compute (K=2 if no value); "
                    "mode pipeline: K micro-batches per batch")
@@ -104,7 +106,8 @@ def parser(prog: str = "decnn infer") -> argparse.ArgumentParser:
     g = p.add_argument_group("measuring")
     g.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps first (default %(default)s)")
     g.add_argument("--verify", action="store_true",
-                   help="also run the whole model on rank 0 and report max |dlogit| and top-1 agreement")
+                   help="also run the whole model on rank 0 and report max |dlogit| and top-1 agreement; "
+                   "beyond the exchange's bound the run fails (exit 1)")
     g.add_argument("--out", help="write the report as JSON here")
     g.add_argument("--trace", metavar="DIR", help="write a torch.profiler Chrome trace of the timed steps per "
                    "rank, DIR/rank<r>.json (open in chrome://tracing or ui.perfetto.dev)")
@@ -128,12 +131,14 @@ def main(argv: list[str] | None = None, prog: str = "decnn infer") -> int:
         return 2
     if not planned and not cfg.elastic and not under_launcher() and cfg.world_size > 1:
         start_worker_server("decnn.inference.runner", is_local_launch(cfg.nnodes, cfg.rdzv_endpoint))
+    from decnn.checksum import ExchangeCorrupted
     from decnn.distributed.communicator import PeerError
     from decnn.distributed.launcher import LaunchError
     from decnn.serve.split import WorkerError
+    from decnn.verification import VerificationError
 
     return run_main(lambda: _run(cfg, planned, objective), usage_errors=(ConfigError,),
-                    runtime_errors=(PeerError, LaunchError, WorkerError))
+                    runtime_errors=(PeerError, LaunchError, WorkerError, VerificationError, ExchangeCorrupted))
 
 
 def _run(cfg: InferConfig, planned: str | None, objective: str) -> None:
@@ -148,15 +153,23 @@ def _run(cfg: InferConfig, planned: str | None, objective: str) -> None:
     if planned:
         from decnn.plan.auto import run_planned
 
-        run_planned(cfg, planned, objective)
+        _check(run_planned(cfg, planned, objective))
         return
     if under_launcher() or cfg.world_size == 1:
-        run_rank(cfg)  # a process of torchrun's, or a group of one
+        _check(run_rank(cfg))  # a process of torchrun's, or a group of one
         return
     preflight(cfg)  # bad settings, checkpoint or dataset: fail before any process starts
     # The processes learn their number from the launcher, as under torchrun.
     worker_cfg = dataclasses.replace(cfg, devices=None)
-    launch(run_rank, (worker_cfg,), cfg.devices, nnodes=cfg.nnodes, rdzv_endpoint=cfg.rdzv_endpoint)
+    _check(launch(run_rank, (worker_cfg,), cfg.devices, nnodes=cfg.nnodes, rdzv_endpoint=cfg.rdzv_endpoint).get(0))
+
+
+def _check(report) -> None:
+    """With --verify, fail the run (exit 1, one line) if rank 0's report (None on other ranks) is not verified."""
+    from decnn.verification import check
+
+    if report is not None:
+        check(report.to_dict())
 
 
 if __name__ == "__main__":

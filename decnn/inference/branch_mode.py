@@ -11,9 +11,12 @@ in the same order on every rank, so the results are those of the batches run one
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from decnn.checksum import block_crcs, check_blocks
 from decnn.distributed.communicator import Communicator
+from decnn.distributed.faults import corrupts_next_block, flip_bytes
 from decnn.inference.codec import Codec
 from decnn.inference.inputs import Normalize
 from decnn.partition import Branch, ExchangePlan
@@ -28,11 +31,19 @@ class ShuffleExchange:
     order straight into a ``(B, C, H, W)`` buffer in the activation's layout (NCHW or channels-last).
     The block a rank keeps for itself never enters the all-to-all (its split is 0): it is gathered from
     the activation in fp32 while the exchange runs, behind the received rows, so it skips the codec and
-    the copy through the wire (at 2 devices, half of each exchange's rows).
+    the copy through the wire (at 2 devices, half of each exchange's rows). With ``check``, a CRC-32 of every
+    block travels beside it (decnn.checksum).
     """
 
-    def __init__(self, point: int, plan: ExchangePlan, codec: Codec, comm: Communicator, clock: Clock):
+    def __init__(self, point: int, plan: ExchangePlan, codec: Codec, comm: Communicator, clock: Clock,
+                 check: bool = False):
         self.point, self.plan, self.codec, self.comm, self.clock = point, plan, codec, comm, clock
+        self.check = check
+        world = len(plan.send_splits)
+        self.crc_splits = [1] * world  # one CRC per destination
+        self.crc_out = torch.zeros(world, dtype=torch.int64, device=comm.device)
+        self.crc_in = torch.zeros_like(self.crc_out)
+        self.crcs = np.zeros(world, np.int64)
         me, first = plan.device, sum(plan.send_splits[:plan.device])
         self.kept = plan.send_splits[me]
         self.send_index = torch.cat([plan.send_index[:first], plan.send_index[first + self.kept:]]).to(comm.device)
@@ -46,6 +57,7 @@ class ShuffleExchange:
         self.recv_index = torch.argsort(new_to_old)[plan.recv_index].to(comm.device)
         self.shape: torch.Size | None = None
         self.pending: Timed | None = None
+        self.crc_pending: Timed | None = None
         self.sent_bytes = self.sent_fp32_bytes = 0  # to other ranks; and what fp32 would have taken
 
     def _allocate(self, x: torch.Tensor) -> None:
@@ -82,6 +94,11 @@ class ShuffleExchange:
             f"all_to_all {self.point}",
             lambda: self.comm.all_to_all(self.recv_wire, wire, self.recv_splits, self.send_splits, async_op=True),
         )
+        if self.check:  # while the activations travel
+            with self.clock.part("codec"):
+                self.crc_out.copy_(torch.from_numpy(block_crcs(_bytes(wire), self.send_splits, self.crcs)))
+            self.crc_pending = self.clock.issue(f"crc {self.point}", lambda: self.comm.all_to_all(
+                self.crc_in, self.crc_out, self.crc_splits, self.crc_splits, async_op=True))
         with self.clock.part("pack"):
             torch.index_select(channels_first, 0, self.keep_index, out=self.kept_rows.view(self.kept, b, h, w))
         self.sent_bytes += self.bytes_per_batch
@@ -91,6 +108,13 @@ class ShuffleExchange:
         """Wait for the all-to-all; return this rank's new activation [B, C_local, H, W]."""
         self.pending.wait()
         self.pending = None
+        if corrupts_next_block():  # test hook (DECNN_INJECT_FAULT=RANK:STEP:flip): the first block received
+            flip_bytes(_bytes(self.recv_wire)[:next((n for n in self.recv_splits if n), 0)])
+        if self.check:
+            self.crc_pending.wait()
+            with self.clock.part("codec"):
+                check_blocks(_bytes(self.recv_wire), self.recv_splits, self.crc_in.cpu().numpy(), self.crcs,
+                             self.point, self.comm.rank)
         b, c, h, w = self.received.shape
         if self.codec.needs_buffer:
             with self.clock.part("codec"):
@@ -105,14 +129,20 @@ class ShuffleExchange:
         return self.received
 
 
-class BranchMode(ExchangeCounters):
-    """This rank's branch driven through the run, ``in_flight`` batches at a time."""
+def _bytes(wire: torch.Tensor) -> np.ndarray:
+    """The bytes of wire rows (C, row) as a uint8 numpy array: a view on the CPU, a copy from a GPU."""
+    return wire.view(torch.uint8).cpu().numpy()
 
-    def __init__(self, branch: Branch, comm: Communicator, codec: Codec, normalize: Normalize, in_flight: int = 1):
+
+class BranchMode(ExchangeCounters):
+    """This rank's branch driven through the run, ``in_flight`` batches at a time (``check``: --check-exchange)."""
+
+    def __init__(self, branch: Branch, comm: Communicator, codec: Codec, normalize: Normalize, in_flight: int = 1,
+                 check: bool = False):
         self.module, self.comm, self.normalize = branch, comm, normalize
         self.batches_per_step = in_flight
         self.clock = Clock()
-        self.exchanges = [[ShuffleExchange(i, plan, codec, comm, self.clock) for _ in range(in_flight)]
+        self.exchanges = [[ShuffleExchange(i, plan, codec, comm, self.clock, check) for _ in range(in_flight)]
                           for i, plan in enumerate(branch.plans)]
 
     @torch.inference_mode()

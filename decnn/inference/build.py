@@ -45,10 +45,11 @@ def build_mode(cfg: InferConfig, comm: Communicator, spec: ModelSpec, normalize:
             from decnn.deploy.onnx_branch import OnnxBranch
 
             branch = OnnxBranch(spec.checkpoint, comm.rank, threads=torch.get_num_threads())
-            return BuiltMode(BranchMode(branch, comm, codec, normalize, cfg.overlap), branch.param_bytes,
+            return BuiltMode(BranchMode(branch, comm, codec, normalize, cfg.overlap, cfg.check_exchange),
+                             branch.param_bytes,
                              placement.as_lists())
         branch = prepare_for_inference(spec.build_branch(placement, comm.rank).to(comm.device))
-        mode = BranchMode(branch, comm, codec, normalize, cfg.overlap)
+        mode = BranchMode(branch, comm, codec, normalize, cfg.overlap, cfg.check_exchange)
         return BuiltMode(mode, param_bytes(branch), placement.as_lists())
     if cfg.mode in SPATIAL_MODES:  # every rank holds the whole model: the method's memory cost
         model = spec.build(comm.device)

@@ -42,6 +42,7 @@ class InferConfig:
     backend: str = "torch"
     overlap: int = 1
     verify: bool = False
+    check_exchange: bool = False  # a CRC-32 of every block of every exchange travels with it (decnn.checksum)
     warmup: int = 3
     timeout: float = 60.0
     threads: int | None = None
@@ -142,6 +143,7 @@ class InferConfig:
                 raise ConfigError(f"{option('mode', self.mode)}: {e}") from None
         need(self.speeds is None or self.mode == "modnn", f"{option('speeds')} applies to mode modnn (row bands "
              "in proportion to the devices' speeds)")
+        need(self.mode == "branch" or not self.check_exchange, f"{option('check_exchange')} applies to mode branch")
         need(self.mode in ("branch", "pipeline") or self.overlap == 1,
              f"{option('overlap')} applies to modes branch (batches in flight) and pipeline (micro-batches)")
         need(self.device in ("cpu", "cuda"), f"unknown device {self.device!r}; choose cpu or cuda")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from decnn.common.meters import agreement
+from decnn.deploy.shards import read_manifest
 from decnn.distributed.communicator import Communicator
 from decnn.distributed.faults import inject_fault
 from decnn.distributed.launcher import exit_with_launcher
@@ -36,6 +36,7 @@ from decnn.inference.spec import ModelSpec, resolve_model
 from decnn.record import RunRecord
 from decnn.spatial import SPATIAL_MODES
 from decnn.timing import Clock, peak_rss_bytes, reset_peak_rss
+from decnn.verification import compare
 
 SYNTHETIC_IMAGES = 64
 _PROGRESS_EVERY_S = 5.0
@@ -76,7 +77,8 @@ def preflight(cfg: InferConfig, rank: int = 0) -> tuple[ModelSpec, object]:
 
 
 def run_rank(cfg: InferConfig) -> RunRecord | None:
-    """The whole run on this rank (the function every process runs); returns the report on rank 0."""
+    """The whole run on this rank (the function every process runs); returns the report on rank 0 (its caller
+    fails the run if it says ``verified: false``: decnn.verification.check)."""
     if under_launcher():
         exit_with_launcher()
     rank = int(os.environ.get("RANK", 0))
@@ -187,7 +189,8 @@ def _tracing(trace_dir: str | None, rank: int, clock: Clock) -> Iterator[None]:
 
 
 def _quality(cfg, spec: ModelSpec, normalize, source, sizes, timing: Timing) -> dict:
-    """Rank 0, after the timed run: top-1/top-5 with labels; with --verify, agreement with the whole model."""
+    """Rank 0, after the timed run: top-1/top-5 with labels; with --verify, the comparison with the whole model
+    (decnn.verification)."""
     quality = {}
     if not timing.logits:
         return quality
@@ -204,7 +207,8 @@ def _quality(cfg, spec: ModelSpec, normalize, source, sizes, timing: Timing) -> 
                 x, _ = source.batch(start, n)
                 refs.append(reference_model(normalize(x)))
                 start += n
-        quality.update(agreement(logits, torch.cat(refs)))
+        quantized = cfg.backend == "onnxruntime" and "quantization" in read_manifest(spec.checkpoint)
+        quality.update(compare(logits.numpy(), torch.cat(refs).numpy(), cfg.exchange_dtype, quantized))
     return quality
 
 

@@ -3,7 +3,7 @@
 The caller streams the images (cycling them for ``--duration`` seconds) one batch per call, and reports the
 timeline: per group of devices its placement, latency and, with ``--verify``, its answers against the whole
 model; per membership change its cause and how long no call was answered. A call that gets no answer within
-``--deadline`` ends the run (exit 1) saying which devices are left.
+``--deadline`` ends the run (exit 1) saying which devices are left, and so do answers beyond ``--verify``'s bound.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from decnn.common.logger import make_logger
-from decnn.common.meters import agreement
 from decnn.inference.config import InferConfig
 from decnn.inference.inputs import batch_sizes
 from decnn.inference.metrics import topk_accuracy
@@ -25,12 +24,14 @@ from decnn.inference.runner import open_inputs
 from decnn.inference.spec import resolve_model
 from decnn.serve.elastic import ElasticSplitModel
 from decnn.serve.timeline import Timeline
+from decnn.verification import check, compare
 
 _PROGRESS_EVERY_S = 5.0
 
 
 def run_elastic(cfg: InferConfig) -> dict:
-    """Run, report (console, ``--out`` JSON, TensorBoard under ``--log-dir``) and return the report."""
+    """Run, report (console, ``--out`` JSON, TensorBoard under ``--log-dir``) and return the report; raise
+    VerificationError if ``--verify`` found answers beyond the bound."""
     spec = resolve_model(cfg)
     source = open_inputs(cfg, spec)
     sizes = batch_sizes(len(source), cfg.batch)
@@ -54,6 +55,7 @@ def run_elastic(cfg: InferConfig) -> dict:
     timeline = model.timeline
     report = _report(cfg, spec, timeline, calls, source, starts, sizes)
     _write(cfg, spec, timeline, report)
+    check(report)
     return report
 
 
@@ -71,11 +73,18 @@ def _report(cfg, spec, timeline: Timeline, calls, source, starts, sizes) -> dict
         for epoch in timeline.groups:
             mine = [i for i, a in enumerate(timeline.answers) if a.epoch == epoch]
             if mine:
-                timeline.checks[epoch] = agreement(torch.cat([calls[i][1] for i in mine]),
-                                                   torch.cat([refs[calls[i][0]] for i in mine]))
-        report.update(agreement(torch.cat([y for _, y, _ in calls]), torch.cat([refs[b] for b, _, _ in calls])))
+                timeline.checks[epoch] = _compare(cfg, [calls[i] for i in mine], refs, starts)
+        report.update(_compare(cfg, calls, refs, starts))
     report["timeline"] = timeline.to_dict()
     return report
+
+
+def _compare(cfg, calls, refs, starts) -> dict:
+    """``calls``' answers against the whole model's (``refs``, per batch); the worst image by its index."""
+    result = compare(torch.cat([y for _, y, _ in calls]).numpy(), torch.cat([refs[b] for b, _, _ in calls]).numpy(),
+                     cfg.exchange_dtype)
+    images = [starts[b] + i for b, y, _ in calls for i in range(len(y))]
+    return {**result, "worst_image": images[result["worst_image"]]}
 
 
 def _normalize(spec, images: torch.Tensor) -> torch.Tensor:
@@ -88,7 +97,8 @@ def _write(cfg: InferConfig, spec, timeline: Timeline, report: dict) -> None:
     """The console table and summary, ``--out`` JSON and, under ``--log-dir``, the run's TensorBoard."""
     print(timeline.table(), flush=True)
     checked = (f"; max |dlogit| vs the whole model {report['max_abs_diff']:.1e}, top-1 agreement "
-               f"{report['top1_agreement']:.4f}" if "max_abs_diff" in report else "")
+               f"{report['top1_agreement']:.4f}, {'verified' if report['verified'] else 'NOT verified'} (bound "
+               f"{report['verify_bound']:g})" if "max_abs_diff" in report else "")
     print(f"{report['calls']} calls ({report['images']} images), each answered once{checked}", flush=True)
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
