@@ -87,10 +87,13 @@ def test_small_benchmark_runs_every_configuration(tmp_path):
                        "--exchange-dtype", "fp16", "--out", str(out), "--log-dir", str(tmp_path / "runs")]) == 0
     _, records = read(out)  # every key of the JSON is a record field
     assert {r.name for r in records} == {"resnet34 single", "decnn single", "decnn branch fp16",
-                                        "decnn branch fp16 overlap", "resnet34 pipeline", "resnet34 data",
-                                        "edge resnet34 single", "edge decnn single", "edge decnn branch fp16",
-                                        "edge decnn branch fp16 overlap"}
+                                        "decnn branch fp16 overlap", "resnet34 modnn", "resnet34 pipeline",
+                                        "resnet34 data", "edge resnet34 single", "edge decnn single",
+                                        "edge decnn branch fp16", "edge decnn branch fp16 overlap",
+                                        "edge resnet34 modnn"}
     assert {r.transport for r in records if r.name.startswith("edge decnn branch")} == {"mpi-shm"}
+    # The cost model predicts every split of one batch in flight, in both runtimes.
+    assert all(r.predicted_latency_ms > 0 for r in records if r.mode in ("branch", "modnn") and r.overlap == 1)
     assert all(r.latency_ms.p50 > 0 and r.latency_ratio_vs_resnet34 > 0 for r in records)
     assert out.with_suffix(".md").exists() and any((tmp_path / "runs").rglob("events.out.tfevents.*"))
 

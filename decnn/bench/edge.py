@@ -77,6 +77,8 @@ def run_edge(config: BenchConfig, folders: dict[tuple, Path], link: EmulatedLink
             args += ["--overlap", str(config.overlap), "--exchange-dtype", config.exchange_dtype]
         elif config.mode in SPATIAL_MODES:
             args += ["--mode", config.mode]
+        if config.mode != "single" and config.overlap == 1:
+            args += ["--predict"]  # the cost model, from parts measured on these very devices
         if link is None:
             argv = [sys.executable, "-m", "decnn.edge.launch", str(folder), *args]
             argv += ["--single"] if config.mode == "single" else ["--devices", str(config.devices)]

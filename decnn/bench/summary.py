@@ -65,8 +65,13 @@ def summarize(config: BenchConfig, reports: list[RunRecord], baselines: list[dic
         breakdown_per_rank=sorted(reports, key=lambda r: r.latency_ms.p50)[len(reports) // 2].breakdown_per_rank,
         **ratios,
     )
-    if prediction is None:
-        return record
+    if prediction is None:  # the device runtime predicts in the run itself (decnn edge --predict)
+        predicted = [r for r in reports if r.predicted_latency_ms is not None]
+        if not predicted:
+            return record
+        return dataclasses.replace(record, **{k: statistics.median(getattr(r, k) for r in predicted) for k in (
+            "predicted_latency_ms", "predicted_compute_ms", "predicted_transfer_ms")},
+            measured_for_prediction_ms=latency.p50)
     # With batches in flight the per-batch cost is the steady-state time, 1 / throughput.
     measured = 1e3 * config.batch / record.throughput_ips if config.overlap > 1 else latency.p50
     return dataclasses.replace(

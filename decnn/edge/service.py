@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("directory")
     p.add_argument("--exchange-dtype", choices=EXCHANGE_DTYPES, default="fp32")
     p.add_argument("--overlap", type=int, default=1)
+    p.add_argument("--check-exchange", action="store_true")
     p.add_argument("--mode", choices=SPATIAL_MODES)
     p.add_argument("--speeds", type=speeds_arg)
     p.add_argument("--threads", type=int)
