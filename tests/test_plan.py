@@ -161,3 +161,18 @@ def test_a_spatial_split_costs_each_step_of_its_slowest_device_and_each_exchange
     halos = (1e-4 + 100 / 1e6) + (1e-4 + 300 / 1e6)  # device 0's egress is the busiest both times
     assert prediction.step_s == pytest.approx(broadcast + 0.002 + 0.002 + 0.003 + halos + 0.0005 + reduce)
     assert prediction.transfer_s == pytest.approx(halos)
+
+
+def test_a_shaped_link_lets_its_saved_up_burst_through_at_once():
+    """tbf's token bucket: an idle link passes ``burst`` bytes at once and refills at its rate while the devices
+    compute; what is left over goes at the rate."""
+    from decnn.plan.costmodel import lockstep
+
+    rate, latency = 1e6, [[0.0, 1e-4], [1e-4, 0.0]]
+    compute = [[0.010, 0.010, 0.001], [0.010, 0.010, 0.001]]  # two steps, then the head
+    sent = [[[0, 100_000], [100_000, 0]]] * 2
+    plain = lockstep(compute, sent, latency, [[0, rate], [rate, 0]])
+    shaped = lockstep(compute, sent, latency, [[0, rate], [rate, 0]], burst=[64_000, 64_000])
+    assert plain.step_s == pytest.approx(0.021 + 2 * (1e-4 + 0.1))
+    # The full bucket covers 64 kB of the first exchange; 10 ms of compute refill 10 kB for the second.
+    assert shaped.transfer_s == pytest.approx((1e-4 + 0.036) + (1e-4 + 0.090))

@@ -52,7 +52,7 @@ def test_speedups_are_taken_within_each_round_and_memory_counts_above_an_idle_de
     row = ("| 224 | DeCNN | resnet50 g4 x1.5 | 2 | 0.5 | loopback | 1 | 60.0 | 2.50x | 3 | 1 | 114 | 0.50 | 40.0 "
            "| -33.3% |")
     assert row in table(list(records.values()))
-    assert "| 224 | 2 | loopback | 1 | 60.0 | 150.0 | – | 2.50x | – |" in versus(list(records.values()))
+    assert "| 224 | 2 | loopback | 1 | fp32 | 60.0 | 150.0 | – | 2.50x | – |" in versus(list(records.values()))
     out = tmp_path / "scaling.json"
     write(list(records.values()), None, {"started": "now", "command": "decnn bench scaling"}, out, None)
     assert len(json.loads(out.read_text())["records"]) == 4 and out.with_suffix(".png").stat().st_size > 0

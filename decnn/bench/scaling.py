@@ -44,16 +44,19 @@ METHODS = {"branch": "DeCNN", "modnn": "MoDNN", "grid": "Coates et al."}
 
 @dataclass(frozen=True)
 class Series:
-    """One method on one model (timm kwargs with ``model``) over ``devices``; 1 device is its whole model."""
+    """One method on one model (timm kwargs with ``model``) over ``devices``; 1 device is its whole model.
+    DeCNN's branches exchange in ``exchange_dtype`` (its own codecs: int8 moves a quarter of the bytes)."""
 
     name: str
     method: str
     model: dict
     devices: tuple[int, ...]
+    exchange_dtype: str = "fp32"
 
 
 SERIES = {
     "resnet50": (Series("decnn50", "branch", FAMILIES["resnet50"].decnn, (1, 2, 4)),
+                 Series("decnn50", "branch", FAMILIES["resnet50"].decnn, (1, 2, 4), "int8"),
                  Series("resnet50", "modnn", FAMILIES["resnet50"].plain, (1, 2, 4)),
                  Series("resnet50", "grid", FAMILIES["resnet50"].plain, (1, 4))),
     "resnet34": (Series("decnn", "branch", DECNN, (1, 2, 4)),
@@ -75,9 +78,10 @@ def runs(families: list[str], batches: list[int], links: list[str]) -> list[Benc
                 for n in series.devices:
                     for link in ([LOOPBACK] if n == 1 else links):
                         mode = "single" if n == 1 else series.method
-                        name = f"{series.name} {'single' if n == 1 else series.method}"
-                        config = BenchConfig(name, mode, n, batch, dict(series.model), link=link, runtime="edge",
-                                             family=family)
+                        dtype = series.exchange_dtype if mode == "branch" else "fp32"
+                        name = f"{series.name} {mode}" + (f" {dtype}" if dtype != "fp32" else "")
+                        config = BenchConfig(name, mode, n, batch, dict(series.model), dtype, link=link,
+                                             runtime="edge", family=family)
                         out[config.label()] = config
     return list(out.values())
 
@@ -124,7 +128,7 @@ def table(records: list[RunRecord]) -> str:
              "| predicted ms | error |",
              "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
-        method = METHODS.get(r.mode, "whole model")
+        method = METHODS.get(r.mode, "whole model") + _dtype(r)
         model = f"{r.model.removeprefix('decnn_')} g{r.groups} x{r.width:g}"
         rss = max(r.peak_rss_per_rank) / MB
         error = (f"{(r.predicted_latency_ms - r.latency_ms.p50) / r.latency_ms.p50:+.1%}"
@@ -139,8 +143,8 @@ def table(records: list[RunRecord]) -> str:
 
 def versus(records: list[RunRecord]) -> str:
     """DeCNN against each spatial split at the same family, devices, link and batch (ratio of p50 latencies)."""
-    lines = ["| image | devices | link | batch | DeCNN p50 ms | MoDNN p50 ms | Coates p50 ms | DeCNN vs MoDNN "
-             "| DeCNN vs Coates |", "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| image | devices | link | batch | DeCNN exchange | DeCNN p50 ms | MoDNN p50 ms | Coates p50 ms "
+             "| DeCNN vs MoDNN | DeCNN vs Coates |", "|---:|---:|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in records:
         if r.mode != "branch" or r.groups != 4:
             continue
@@ -148,9 +152,16 @@ def versus(records: list[RunRecord]) -> str:
                  and p.link == r.link and p.batch == r.batch and p.mode in ("modnn", "grid")}
         cells = [f"{peers[m]:.1f}" if m in peers else "–" for m in ("modnn", "grid")]
         ratios = [f"{peers[m] / r.latency_ms.p50:.2f}x" if m in peers else "–" for m in ("modnn", "grid")]
-        lines.append(f"| {r.image_size} | {r.devices} | {r.link} | {r.batch} | {r.latency_ms.p50:.1f} "
+        lines.append(f"| {r.image_size} | {r.devices} | {r.link} | {r.batch} | {r.exchange_dtype or 'fp32'} "
+                     f"| {r.latency_ms.p50:.1f} "
                      f"| {' | '.join(cells)} | {' | '.join(ratios)} |")
     return "\n".join(lines)
+
+
+def _dtype(r: RunRecord, dtype: str | None = None) -> str:
+    """" int8" where DeCNN's exchange is compressed, "" for fp32."""
+    dtype = r.exchange_dtype if dtype is None else dtype
+    return f" {dtype}" if dtype not in (None, "fp32") else ""
 
 
 def plot(records: list[RunRecord], path: Path) -> None:
@@ -164,13 +175,14 @@ def plot(records: list[RunRecord], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (size, batch) in zip(axes[0], panels):
         mine = [r for r in records if (r.image_size, r.batch) == (size, batch)]
-        methods = sorted({(r.mode, r.model, r.groups) for r in mine if r.devices > 1})
+        methods = sorted({(r.mode, r.model, r.groups, r.exchange_dtype) for r in mine if r.devices > 1})
         links = sorted({r.link for r in mine if r.devices > 1}, key=lambda link: link != LOOPBACK)
-        for (mode, model, groups), color in zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        for (mode, model, groups, dtype), color in zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
             for link, style in zip(links, ("-", "--", ":", "-.")):
                 pts = sorted([(1, 1.0)] + [(r.devices, r.speedup_vs_one_device) for r in mine
-                                           if (r.mode, r.model, r.groups, r.link) == (mode, model, groups, link)])
-                label = f"{METHODS[mode]}, {model.removeprefix('decnn_')} g{groups}, {link}"
+                                           if (r.mode, r.model, r.groups, r.exchange_dtype, r.link)
+                                           == (mode, model, groups, dtype, link)])
+                label = f"{METHODS[mode]}{_dtype(mine[0], dtype)}, {model.removeprefix('decnn_')} g{groups}, {link}"
                 ax.plot([d for d, _ in pts], [s for _, s in pts], marker="o", color=color, linestyle=style,
                         label=label)
         most = max(r.devices for r in mine)
@@ -260,8 +272,10 @@ def _main(argv: list[str]) -> None:
             for c in configs[r % len(configs):] + configs[:r % len(configs)]:  # no run always first
                 bar.set_postfix_str(c.label())
                 run_args = ["--batch", c.batch, "--images", args.images * c.batch, "--warmup", args.warmup]
-                if c.mode != "single":
-                    run_args += ["--predict", *(["--mode", c.mode] if c.mode != "branch" else [])]
+                if c.mode == "branch":
+                    run_args += ["--predict", "--exchange-dtype", c.exchange_dtype]
+                elif c.mode != "single":
+                    run_args += ["--predict", "--mode", c.mode]
                 with Boards(c.devices, shares[c.family], c.link) as boards:
                     records[c.label()].append(boards.edge(folders[export_kind(c)], run_args, single=c.mode == "single"))
                 bar.update()

@@ -22,6 +22,7 @@ from decnn.spatial.executor import Then
 
 _REPEATS = 5
 _SMALL, _LARGE = 64, 1 << 20
+_BURST_PROBE, _IDLE_S = 256 * 1024, 0.05  # a mid-sized message after 50 ms idle: what a token bucket saved up
 _PING, _PONG = 3, 4  # MPI tags of their own
 
 
@@ -93,31 +94,38 @@ def time_steps(split: EdgeSplit | EdgeSpatial, inputs: list[np.ndarray], repeats
     return [statistics.median(t) for t in zip(*runs)]
 
 
-def measure_links(comm: MpiComm) -> tuple[list[list[float]], list[list[float]]]:
+def measure_links(comm: MpiComm) -> tuple[list[list[float]], list[list[float]], list[float]]:
     """Per ordered pair (i, j): the one-way latency of a small message and the bandwidth of a large one
-    (bytes/s), from ping-pongs; every rank takes part in every pair's turn."""
+    (bytes/s), from ping-pongs; per rank the burst its link lets through at once after an idle spell (what a
+    token bucket shaping it saved up: a mid-sized message after a pause, against the rate). Every rank takes
+    part in every pair's turn."""
     n = comm.size
-    table = np.zeros((2, n, n))  # latency, rate; rank i fills row i (it times its pings)
+    table = np.zeros((3, n, n))  # latency, rate, burst; rank i fills row i (it times its pings)
     small, large, reply = np.zeros(_SMALL, np.uint8), np.zeros(_LARGE, np.uint8), np.zeros(_SMALL, np.uint8)
     for i in range(n):
         for j in range(n):
             if i != j:
-                times = {nbytes: _ping(comm, i, j, buf, reply) for nbytes, buf in ((_SMALL, small), (_LARGE, large))}
-                if comm.rank == i:
-                    table[0, i, j] = times[_SMALL] / 2
-                    table[1, i, j] = (_LARGE - _SMALL) / max(times[_LARGE] - times[_SMALL], 1e-9)
+                small_s, large_s = _ping(comm, i, j, small, reply, 5), _ping(comm, i, j, large, reply, 3)
+                rate = (_LARGE - _SMALL) / max(large_s - small_s, 1e-9)
+                table[:2, i, j] = small_s / 2, rate
+                if j == (i + 1) % n:  # a link's bucket is its sender's: one receiver tells it
+                    after_idle = _ping(comm, i, j, large[:_BURST_PROBE], reply, 3, pause=_IDLE_S)
+                    table[2, i, j] = min(max(_BURST_PROBE - (after_idle - small_s) * rate, 0.0), _BURST_PROBE)
     rows = comm.gather_object(table[:, comm.rank])
     if comm.rank == 0:
         table = np.stack(rows, axis=1)
     comm.bcast(table, 0).wait()
-    return table[0].tolist(), table[1].tolist()
+    return table[0].tolist(), table[1].tolist(), [max(row) for row in table[2].tolist()]
 
 
-def _ping(comm: MpiComm, i: int, j: int, message: np.ndarray, reply: np.ndarray) -> float:
-    """Median round trip of ``message`` from i to j and a small reply back, as rank i sees it."""
+def _ping(comm: MpiComm, i: int, j: int, message: np.ndarray, reply: np.ndarray, repeats: int,
+          pause: float = 0.0) -> float:
+    """Median of ``repeats`` round trips of ``message`` from i to j and a small reply back, as rank i sees them
+    (each after ``pause`` seconds of an idle link); 0 on other ranks."""
     times = []
-    for _ in range(2 * _REPEATS):
+    for _ in range(repeats):
         comm.barrier()
+        time.sleep(pause)
         if comm.rank == i:
             start = time.perf_counter()
             comm.send(message, j, _PING).wait()
@@ -139,14 +147,15 @@ def sent_bytes(split: EdgeSplit | EdgeSpatial, batch: int) -> list[list[int]]:
 
 
 def predict(compute: list[list[float]], sent: list[list[list[float]]], latency: list[list[float]],
-            rate: list[list[float]], input_bytes: float, result_bytes: float) -> Prediction:
+            rate: list[list[float]], input_bytes: float, result_bytes: float, burst: list[float] | None = None
+            ) -> Prediction:
     """The run's step from every rank's step times (the head last), the bytes of each exchange (``sent[s][i][j]``
     from rank i to j; compute and exchanges alternate) and the links."""
     n = len(compute)
     sent = sent + [[[0] * n for _ in range(n)]] * (len(compute[0]) - 1 - len(sent))
     broadcast = max((latency[0][j] + input_bytes / rate[0][j] for j in range(1, n)), default=0.0)
     reduce = max((latency[j][0] + result_bytes / rate[j][0] for j in range(1, n)), default=0.0)
-    return lockstep(compute, sent, latency, rate, broadcast, reduce)
+    return lockstep(compute, sent, latency, rate, broadcast, reduce, burst)
 
 
 def predict_run(split: EdgeSplit | EdgeSpatial, inputs: list[np.ndarray], comm: MpiComm, result_bytes: int
@@ -155,9 +164,9 @@ def predict_run(split: EdgeSplit | EdgeSpatial, inputs: list[np.ndarray], comm: 
     rank 0 (None elsewhere); ``result_bytes``: what each rank's reduce carries per batch."""
     compute = time_steps(split, inputs)
     sent = sent_bytes(split, sum(len(x) for x in inputs))
-    latency, rate = measure_links(comm)
+    latency, rate, burst = measure_links(comm)
     parts = comm.gather_object((compute, sent))
     if comm.rank != 0:
         return None
     matrices = [[row[s] for _, row in parts] for s in range(len(parts[0][1]))]  # [s][i][j]
-    return predict([c for c, _ in parts], matrices, latency, rate, inputs[0].nbytes, result_bytes)
+    return predict([c for c, _ in parts], matrices, latency, rate, inputs[0].nbytes, result_bytes, burst)

@@ -91,18 +91,35 @@ def pipeline(stage_s: list[float], cut_s: list[float], microbatches: int, result
 
 
 def lockstep(compute: list[list[float]], sent: list[list[list[float]]], latency: list[list[float]],
-             bandwidth: list[list[float]], broadcast_s: float = 0.0, reduce_s: float = 0.0) -> Prediction:
+             bandwidth: list[list[float]], broadcast_s: float = 0.0, reduce_s: float = 0.0,
+             burst: list[float] | None = None) -> Prediction:
     """One batch of a split whose devices work in lockstep (a spatial split; DeCNN's branches one batch at a
     time): ``compute[d][s]`` seconds of device d before exchange s (``compute[d][-1]``: after the last one, the
     head), ``sent[s][i][j]`` bytes from i to j at exchange s. Per step the slowest device computes, then the
-    exchange takes the slowest pair's message latency plus the busiest endpoint's bytes over its links."""
+    exchange takes the slowest pair's message latency plus the busiest endpoint's bytes over its links.
+
+    ``burst[i]``: bytes that device i's link lets through at once when it has been idle (a token bucket, as tc's
+    tbf shapes an emulated link: it refills at the link's rate while the devices compute); None: none."""
     n = len(compute)
     step, moved = broadcast_s, 0.0
+    bucket = list(burst) if burst else [0.0] * n
+    refilled = 0.0  # when the buckets were last brought up to date
+    rate = [min((bandwidth[i][j] for j in range(n) if j != i), default=float("inf")) for i in range(n)]
     for s, matrix in enumerate(sent):
         step += max(c[s] for c in compute)
         pairs = [(i, j) for i in range(n) for j in range(n) if i != j and matrix[i][j]]
-        if pairs:
+        if not pairs:
+            continue
+        if burst:  # what each link saved up while idle passes at once; the rest at the link's rate
+            for i in range(n):
+                bucket[i] = min(burst[i], bucket[i] + rate[i] * (step - refilled))
+            egress = [sum(matrix[i][j] for j in range(n) if j != i) for i in range(n)]
+            transfer = max(latency[i][j] for i, j in pairs) + max(
+                max(egress[i] - bucket[i], 0.0) / rate[i] for i in range(n))
+            bucket = [max(bucket[i] - egress[i], 0.0) for i in range(n)]
+            refilled = step + transfer
+        else:
             transfer = transfer_seconds(matrix, bandwidth, max(latency[i][j] for i, j in pairs))
-            step, moved = step + transfer, moved + transfer
+        step, moved = step + transfer, moved + transfer
     step += max(c[-1] for c in compute) + reduce_s
     return Prediction(step, step, max(sum(c) for c in compute), moved)
