@@ -3,7 +3,7 @@
     python infer_distributed.py --random-init --devices 2 --verify
     torchrun --nproc-per-node 2 infer_distributed.py --random-init
 
-See ``python infer_distributed.py --help``; the work is done in ``decnn.inference``.
+See ``python infer_distributed.py --help``; the work is done in ``decnn.jobs.infer`` and ``decnn.inference``.
 """
 
 import sys

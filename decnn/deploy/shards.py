@@ -45,7 +45,8 @@ def export_shards(checkpoint: str | Path, placement: Placement, out: str | Path)
     out.mkdir(parents=True, exist_ok=True)
     export_id = uuid.uuid4().hex
     stamp = {"format": FORMAT, "export_id": export_id, "model_name": ckpt["model_name"],
-             "model_kwargs": ckpt["model_kwargs"], "placement": placement.as_lists()}
+             "model_kwargs": json.loads(json.dumps(ckpt["model_kwargs"])),  # as the manifest reads them back
+             "placement": placement.as_lists()}
     devices = []
     for d in range(placement.num_devices):
         branch = extract_branch(model, placement, d)

@@ -6,8 +6,8 @@
     decnn edge shards/ --single                                  # the whole model on one device
     decnn edge modnn/ --devices 3 --verify                       # a spatial export on any device count
 
-Every argument after the folder that this command does not know goes to each device's run
-(``python -m decnn.edge.device_run --help``). The command checks the folder first, starts ``mpiexec``, passes the
+The options under "each device's run" go to every device's run as they are (``python -m
+decnn.edge.device_run``). The command checks the folder first, starts ``mpiexec``, passes the
 devices' output through, and turns ``mpiexec``'s report of a dead process into one line naming its rank and
 host. Exit codes: 0, 2 (bad input), 1 (a device failed), 130 (Ctrl-C).
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from decnn.common.exitcodes import INTERRUPTED, RUNTIME, USAGE
 from decnn.common.job_parser import job_parser
-from decnn.edge.device_run import IDENTITY, speeds_arg
+from decnn.edge.device_run import IDENTITY, add_run_arguments, speeds_arg
 from decnn.edge.spatial import tiling_of
 from decnn.wire.export_format import BundleError, read_manifest, split_mode
 from decnn.wire.spatial import SPATIAL_MODES
@@ -38,6 +38,13 @@ _HYDRA_EXIT = re.compile(r"EXIT (?:CODE|STRING): (.+)")
 
 
 def parser() -> argparse.ArgumentParser:
+    """Every option of ``decnn edge``: its own and each device's run's."""
+    p = _launcher_parser()
+    add_run_arguments(p.add_argument_group("each device's run"))
+    return p
+
+
+def _launcher_parser() -> argparse.ArgumentParser:
     p = job_parser("edge", __doc__)
     p.add_argument("directory", help="a folder written by `decnn export CHECKPOINT --onnx`")
     where = p.add_mutually_exclusive_group()
@@ -140,7 +147,8 @@ class Report:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, run_args = parser().parse_known_args(argv)
+    args = parser().parse_args(argv)  # every option checked, the devices' too, before anything starts
+    run_args = _launcher_parser().parse_known_args(argv)[1]
     try:
         cmd = mpiexec_command(args.directory, run_args, devices=args.devices, single=args.single,
                               hosts=args.hosts.split(",") if args.hosts else None, transport=args.transport,

@@ -1,6 +1,6 @@
 """Split inference of a decoupled CNN: each device runs its branch and exchanges activations only at the shuffle points.
 
-``decnn infer`` (also ``infer_distributed.py`` and ``python -m decnn.inference``): parse, check, then run
+``decnn infer`` (also ``infer_distributed.py`` and ``python -m decnn.jobs.infer``): parse, check, then run
 here, under torchrun, or launch N processes. The settings are checked before torch is imported, so a usage
 error is reported at once. Exit codes: 2 for usage and input errors (settings, checkpoint, dataset), 1 for
 runtime failures (a peer that died or hung, a --verify beyond its bound), 130 for Ctrl-C (see decnn.common.exitcodes).

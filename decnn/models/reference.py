@@ -3,7 +3,7 @@
 ``REFERENCE_ZOO`` names, for each architecture of the authors' ``main.py -a ARCH`` that decnn builds, the timm
 model and arguments that give the same layers in the same order (and, with the authors' channel shuffle,
 the same function). ``to_decnn_state_dict`` renames the parameters of a state dict saved by their code to
-decnn's names; ``decnn convert`` (``decnn.models.convert``) turns their checkpoint files into decnn's.
+decnn's names; ``decnn convert`` (``decnn.train.convert``) turns their checkpoint files into decnn's.
 """
 
 from __future__ import annotations

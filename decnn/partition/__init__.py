@@ -1,4 +1,5 @@
-"""Partitioning a decoupled model into per-device branches (pure torch; no torch.distributed here)."""
+"""Partitioning a decoupled model: per-device branches (``branch``) and their exchange plans (``exchange_plans``),
+and its pieces for the peers' spatial splits (``spatial``)."""
 
 from decnn.partition.branch import Branch, extract_branch, extract_branches, run_branches_locally
 from decnn.partition.exchange_plans import exchange_plans, local_exchange

@@ -31,7 +31,7 @@ def shape_host(link: EmulatedLink, host: int, rate: str) -> None:
     bits = int(parse_rate(rate))
     burst = str(max(64 * 1024, bits // 8 // 1000))
     h = link.hosts[host]
-    for netns, dev in ((h.netns, h.ifname), (link.bridge_netns, f"h{host}")):  # emulated_link.py names ports h<i>
+    for netns, dev in ((h.netns, h.ifname), (link.bridge_netns, f"h{host}")):  # emulation.links names ports h<i>
         subprocess.run(["tc", "-n", netns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", f"{bits}bit",
                         "burst", burst, "latency", "100ms"], check=True, capture_output=True)
 
