@@ -1,6 +1,8 @@
 """Layer-wise pipeline baseline: stages rebuild the model exactly, cuts are balanced, and a gloo run through
 the communicator matches the whole model, ragged last batch included."""
 
+import copy
+import functools
 import itertools
 
 import pytest
@@ -31,6 +33,11 @@ SAMPLE = torch.zeros(1, 3, 32, 32)
 
 
 def _model(key: str) -> torch.nn.Module:
+    return copy.deepcopy(_built(key))  # a copy: preparing a model folds its batch norms in place
+
+
+@functools.cache
+def _built(key: str) -> torch.nn.Module:
     name, kwargs = MODELS[key]
     return randomize_(timm.create_model(name, num_classes=10, **kwargs))
 
@@ -77,8 +84,9 @@ def test_cuts_are_balanced(key, num_stages):
     assert len(cuts) == num_stages - 1 and cuts == sorted(set(cuts)) and 0 < cuts[0] and cuts[-1] < len(costs)
     bounds = [0, *cuts, len(costs)]
     stage_costs = [sum(costs[a:b]) for a, b in itertools.pairwise(bounds)]
-    ideal = sum(costs) / num_stages
-    assert max(stage_costs) <= 2 * ideal
+    # Whatever the measured times: a contiguous split exists whose costliest stage is under the mean plus the
+    # costliest unit, and the chosen one is the best of all.
+    assert max(stage_costs) <= sum(costs) / num_stages + max(costs)
     every_split = itertools.combinations(range(1, len(costs)), num_stages - 1)
     slowest = [max(sum(costs[a:b]) for a, b in itertools.pairwise([0, *c, len(costs)])) for c in every_split]
     assert max(stage_costs) == min(slowest)
