@@ -25,8 +25,10 @@ $(EDGE_VENV)/.installed: setup.cfg pyproject.toml
 	$(EDGE_VENV)/bin/python -m pip install --quiet $$($(EDGE_VENV)/bin/python -m decnn.edge.requirements)
 	touch $@
 
+# The fast tests in parallel, a test file per worker (its fixtures built once); TEST_WORKERS=0 runs them in one process
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
