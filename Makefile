@@ -15,14 +15,13 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# A device's environment without torch: decnn itself (no dependencies) and its `edge` extra.
+# A device's environment without torch: decnn and its `edge` extra (numpy, onnxruntime, mpi4py, mpich).
 edge: $(EDGE_VENV)/.installed
 
 $(EDGE_VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(EDGE_VENV)/bin/python || $(PYTHON) -m venv $(EDGE_VENV)
 	$(EDGE_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(EDGE_VENV)/bin/python -m pip install --quiet --no-deps -e .
-	$(EDGE_VENV)/bin/python -m pip install --quiet $$($(EDGE_VENV)/bin/python -m decnn.edge.requirements)
+	$(EDGE_VENV)/bin/python -m pip install --quiet -e '.[edge]'
 	touch $@
 
 test: $(STAMP)
