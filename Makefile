@@ -5,7 +5,7 @@ EDGE_VENV ?= .venv-edge
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all demo screenshot lint clean edge
+.PHONY: install test test-all demo screenshot lint clean edge arm-check
 
 install: $(STAMP)
 
@@ -36,6 +36,11 @@ demo: $(STAMP)
 # TensorBoard's HPARAMS tab over runs/ (after `make demo`), as headless Chromium renders it (apt-get install chromium)
 screenshot: $(STAMP)
 	$(PY) tests/hparams_ui.py runs paper/hparams_tab.png
+
+# An arm64 board's userland (Debian under qemu-user; root, ~2 GB, minutes): decnn[edge] installed as decnn deploy
+# installs a board, decnn edge --verify --check-exchange on 1 and 2 devices, logits equal to x86's within 1e-4
+arm-check: $(STAMP)
+	$(PY) tests/arm_check.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -53,6 +53,7 @@ BENCH_TOOLS = {  # `decnn bench TOOL`: the stand-alone measurements
     "elastic": "decnn.bench.elastic",
     "boards": "decnn.bench.boards",
     "scaling": "decnn.bench.scaling",
+    "deploy": "decnn.bench.deploy",
 }
 
 

@@ -147,7 +147,7 @@ def deploy(todo: Job, args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="decnn-deploy-") as tmp:
         tmp = Path(tmp)
         inputs = _inputs(todo, args, tmp / INPUTS)
-        wheels = Wheels(tmp)
+        wheels = Wheels()
         session = Session(todo.hosts, Ssh(args.ssh_config), wheels)
         folder = export_folder(todo.manifest)
         marker = _verified_marker(todo.hosts)
@@ -238,7 +238,7 @@ def _inputs(todo: Job, args: argparse.Namespace, path: Path) -> Path:
 
 def _board_lines(boards: list[Board], manifest: dict, folder: str, check: bool) -> list[str]:
     """Per board: what it is, and what it receives (or would: ``check``)."""
-    verb = "would" if check else "did"
+    verb = "would copy" if check else "copying"
     env = {"ready": "decnn[edge] already installed", "decnn": "decnn's own wheel changed: reinstall it"}
     lines = []
     for b in boards:
@@ -249,9 +249,9 @@ def _board_lines(boards: list[Board], manifest: dict, folder: str, check: bool) 
                   f"{len(b.wheels.files)} wheels fetched here ({b.wheels.bytes / MiB:.1f} MiB)")
         lines += [f"{b.host}: {b.facts.describe()}",
                   f"  environment: {env.get(b.environment, f'install decnn[edge] in {b.python[:-11]} from {source}')}"
-                  + (f"; {verb} copy {len(b.wheels.missing)} wheel(s)" if b.environment != "ready" else ""),
+                  + (f"; {verb} {len(b.wheels.missing)} wheel(s)" if b.environment != "ready" else ""),
                   f"  files: {part}: {len(files.files)} files, {files.bytes / MiB:.2f} MiB (weights "
-                  f"{weights / MiB:.2f} MiB); {verb} copy {len(files.missing)} ({files.missing_bytes / MiB:.2f} MiB), "
+                  f"{weights / MiB:.2f} MiB); {verb} {len(files.missing)} ({files.missing_bytes / MiB:.2f} MiB), "
                   f"{len(files.files) - len(files.missing)} already there"]
     return lines
 

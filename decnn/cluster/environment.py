@@ -1,7 +1,8 @@
 """The device environment on a board: ``decnn[edge]`` in a venv at ``~/.decnn/env``.
 
 decnn's own wheel is built here from this source tree (``pip wheel``, from a clean copy and with fixed
-timestamps, so the same sources give the same bytes and a board that has them installs nothing). Its
+timestamps, so the same sources give the same bytes and a board that has them installs nothing; built once per
+version of the sources). Its
 dependencies (numpy, onnxruntime, mpi4py, mpich) come from the package index where the board reaches it;
 otherwise they are fetched here for the board's platform (``pip download --platform ... --only-binary=:all:``,
 kept in ``~/.cache/decnn/wheels``) and copied over. The board's MPICH is pinned to this laptop's: the laptop's
@@ -31,6 +32,8 @@ STAMP = "decnn-env.json"
 _PINNED = ("mpich",)  # the laptop's mpiexec and the boards' hydra proxies speak one protocol
 _OLDEST_MANYLINUX = 17  # manylinux_2_17 (manylinux2014): the oldest glibc the wheels are built for
 _REPRODUCIBLE = {"SOURCE_DATE_EPOCH": "315532800"}  # 1980-01-01: wheel entries' timestamps, whatever the files'
+_SOURCE_FILES = ("setup.cfg", "pyproject.toml", "README.md")
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
 class LaptopError(RuntimeError):
@@ -52,9 +55,9 @@ def build_wheel(out: Path) -> Path:
     copy = out / "source"
     shutil.rmtree(copy, ignore_errors=True)
     copy.mkdir(parents=True)
-    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+    for name in _SOURCE_FILES:
         shutil.copy2(root / name, copy / name)
-    shutil.copytree(root / "decnn", copy / "decnn", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(root / "decnn", copy / "decnn", ignore=_IGNORED)
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                            "--wheel-dir", str(out), str(copy)], capture_output=True, text=True,
                           env={**os.environ, **_REPRODUCIBLE})
@@ -64,6 +67,17 @@ def build_wheel(out: Path) -> Path:
         said = (proc.stderr.strip().splitlines() or ["no wheel written"])[-1]
         raise LaptopError(f"building decnn's wheel failed ({said}): pip install 'setuptools>=70.1' here")
     return wheels[-1]
+
+
+def source_id() -> str:
+    """A hash of what decnn's wheel is built from: the same id, the same wheel."""
+    root = source_tree()
+    h = hashlib.sha256()
+    files = [root / n for n in _SOURCE_FILES] + sorted(
+        p for p in (root / "decnn").rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+    for path in files:
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def requirements(wheel: Path) -> list[str]:
@@ -113,10 +127,9 @@ class Platform:
 
 
 class Wheels:
-    """The wheels this deploy copies to boards: decnn's, built once, and per platform its dependencies."""
+    """The wheels a deploy copies to boards: decnn's, and per platform its dependencies; kept in ``cache``."""
 
-    def __init__(self, workdir: Path, cache: Path | None = None):
-        self.workdir = workdir
+    def __init__(self, cache: Path | None = None):
         self.cache = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "decnn" / "wheels"
         self._lock = threading.Lock()
         self._decnn: Path | None = None
@@ -124,9 +137,16 @@ class Wheels:
         self.fetch_s = 0.0  # spent in pip download
 
     def decnn(self) -> Path:
+        """decnn's wheel, built once per version of the sources (kept beside the fetched ones)."""
         with self._lock:
             if self._decnn is None:
-                self._decnn = build_wheel(self.workdir / "decnn-wheel")
+                folder = self.cache / f"decnn-{source_id()}"
+                built = sorted(folder.glob("decnn-*.whl"))
+                if not built:
+                    for stale in self.cache.glob("decnn-*"):
+                        shutil.rmtree(stale, ignore_errors=True)
+                    built = [build_wheel(folder)]
+                self._decnn = built[-1]
             return self._decnn
 
     def dependencies(self, platform: Platform) -> list[Path]:

@@ -83,7 +83,7 @@ def plan_boards(args: argparse.Namespace, hosts: list[Host]) -> int:
         groups, traffic = export_profile_set(args.checkpoint, tmp / PROFILE)
         if len(hosts) > groups:
             raise PlanError(f"the model has {groups} groups: at most {groups} boards, not {len(hosts)}")
-        session = Session(hosts, Ssh(args.ssh_config), Wheels(tmp))
+        session = Session(hosts, Ssh(args.ssh_config), Wheels())
         folders = {f"{PROFILE}/k{k}": sorted(p for p in (tmp / PROFILE / f"k{k}").iterdir())
                    for k in range(1, groups + 1)}
         boards, errors = on_every_board(lambda h: session.prepare(h, folders, IDLE_DEVICE_BYTES), hosts)
