@@ -8,7 +8,7 @@ See ``python infer_distributed.py --help``; the work is done in ``decnn.inferenc
 
 import sys
 
-from decnn.inference.__main__ import main
+from decnn.jobs.infer import main
 
 if __name__ == "__main__":
     sys.exit(main(prog="infer_distributed.py"))

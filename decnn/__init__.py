@@ -3,7 +3,7 @@
 ``import decnn`` is light (no torch): the command lines check their arguments before anything heavy loads.
 The DeCNN models are registered with timm as soon as timm is imported, before or after decnn, so that
 ``import decnn, timm; timm.create_model("decnn_resnet34")`` works.
-``decnn.split(...)`` runs a model split across worker processes (see :mod:`decnn.serve.split`).
+``decnn.split(...)`` runs a model split across worker processes (see :mod:`decnn.serve.split_model`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # decnn.split pulls in torch.distributed and the inference stack: only when it is used.
     if name == "split":
-        from decnn.serve.split import split
+        from decnn.serve.split_model import split
 
         return split
     raise AttributeError(f"module 'decnn' has no attribute {name!r}")

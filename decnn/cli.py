@@ -25,18 +25,18 @@ from __future__ import annotations
 import importlib
 import sys
 
-from decnn.exitcodes import USAGE, run_main
+from decnn.common.exitcodes import USAGE, run_main
 
 JOBS = {
     "train": "decnn.train.__main__",
-    "infer": "decnn.inference.__main__",
+    "infer": "decnn.jobs.infer",
     "plan": "decnn.plan.__main__",
     "bench": "decnn.bench.__main__",
     "export": "decnn.deploy.export",
     "convert": "decnn.train.convert",
     "compare": "decnn.bench.compare",
     "data": "decnn.data.__main__",
-    "models": "decnn.models.table",
+    "models": "decnn.jobs.models",
     "edge": "decnn.edge.launch",
     "deploy": "decnn.cluster.deploy",
     "device": "decnn.serve.device",
@@ -50,8 +50,8 @@ BENCH_TOOLS = {  # `decnn bench TOOL`: the stand-alone measurements
     "links": "decnn.bench.link_check",
     "edge-memory": "decnn.bench.edge_memory",
     "quantized": "decnn.bench.quantized",
-    "elastic": "decnn.bench.elastic",
-    "boards": "decnn.bench.boards",
+    "elastic": "decnn.bench.lost_devices",
+    "boards": "decnn.bench.validate_boards",
     "scaling": "decnn.bench.scaling",
     "deploy": "decnn.bench.deploy",
 }

@@ -24,9 +24,9 @@ import textwrap
 import time
 from pathlib import Path
 
+from decnn.common.exitcodes import run_main
 from decnn.data import DEFAULT_ROOT, STANDIN_ROOT, DatasetCorruptError, DatasetNotFoundError
 from decnn.data.layout import scan
-from decnn.exitcodes import run_main
 
 MODELS = {"resnet34": "configs/demo_resnet34.yaml", "decnn": "configs/demo_decnn_resnet34_g4_x1.5.yaml"}
 # The trained models' timed runs: (what, its infer_distributed.py arguments besides checkpoint and data).

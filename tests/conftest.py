@@ -1,7 +1,10 @@
 """Shared test helpers."""
 
+import fcntl
 import multiprocessing
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,10 +42,27 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def made_once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
+    """The folder ``name`` that ``make(folder)`` fills once per test run, shared by pytest-xdist's workers (each
+    of which has sessions of its own): the first to come makes it, under a lock, the others wait and reuse it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above every worker's
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            folder.mkdir(exist_ok=True)
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def standin(tmp_path_factory):
-    """The offline stand-in dataset, made once for the whole session; a test that damages data uses a copy."""
-    return make_standin(tmp_path_factory.mktemp("data") / "standin-digits")
+    """The offline stand-in dataset, made once for the whole run; a test that damages data uses a copy."""
+    data = made_once(tmp_path_factory, "data", lambda folder: make_standin(folder / "standin-digits"))
+    return data / "standin-digits"
 
 
 @pytest.fixture(autouse=True)
@@ -70,12 +90,15 @@ def onnx_export(tmp_path_factory):
     from decnn.common.checkpoint import save_checkpoint
     from decnn.deploy.export import main as export_main
 
-    tmp = tmp_path_factory.mktemp("onnx-export")
     kwargs = {"width": 0.5, "num_classes": 10}
-    model = randomize_(timm.create_model("decnn_resnet18", **kwargs))
-    save_checkpoint(tmp / "best.pt", {"model": model.state_dict(), "model_name": "decnn_resnet18",
-                                      "model_kwargs": kwargs, "config": {"data": {"image_size": 32}}})
-    assert export_main([str(tmp / "best.pt"), "--placement", "0,1/2,3", "--out", str(tmp / "shards"), "--onnx"]) == 0
-    images = np.random.default_rng(0).integers(0, 256, (8, 3, 32, 32), dtype=np.uint8)
-    np.savez(tmp / "inputs.npz", images=images, labels=np.arange(8) % 10)
-    return model, tmp
+    model = randomize_(timm.create_model("decnn_resnet18", **kwargs))  # seeded: the same in every worker
+
+    def export(tmp: Path) -> None:
+        save_checkpoint(tmp / "best.pt", {"model": model.state_dict(), "model_name": "decnn_resnet18",
+                                          "model_kwargs": kwargs, "config": {"data": {"image_size": 32}}})
+        assert export_main([str(tmp / "best.pt"), "--placement", "0,1/2,3", "--out", str(tmp / "shards"),
+                            "--onnx"]) == 0
+        images = np.random.default_rng(0).integers(0, 256, (8, 3, 32, 32), dtype=np.uint8)
+        np.savez(tmp / "inputs.npz", images=images, labels=np.arange(8) % 10)
+
+    return model, made_once(tmp_path_factory, "onnx-export", export)

@@ -5,8 +5,8 @@ import pytest
 from decnn.bench.__main__ import main as bench_main
 from decnn.bench.configurations import FAMILIES, configurations
 from decnn.bench.summary import bench_table, read, summarize, write
-from decnn.plan.costmodel import Prediction
-from decnn.record import Latency, RunRecord
+from decnn.common.costmodel import Prediction
+from decnn.common.record import Latency, RunRecord
 
 
 def test_plan_has_baselines_once_and_each_split_per_link_and_dtype():

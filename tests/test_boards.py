@@ -7,13 +7,13 @@ import time
 
 import pytest
 
-from decnn.bench.boards import format_markdown, main, validate
-from decnn.distributed.faults import FAULT_ENV, SLOW_S
-from decnn.distributed.netns import links_available, netns_names
+from decnn.bench.boards import Boards, BoardsError
+from decnn.bench.validate_boards import format_markdown, main, validate
+from decnn.common.timing import WAIT_CPU, Clock
 from decnn.edge.transport import Request
-from decnn.emulation.boards import Boards, BoardsError
+from decnn.emulation.faults import FAULT_ENV, SLOW_S
+from decnn.emulation.netns import links_available, netns_names
 from decnn.emulation.quota import PREFIX, CpuQuota, quotas_available
-from decnn.timing import WAIT_CPU, Clock
 
 RUN = ["--images", "4", "--warmup", "1"]
 
@@ -126,7 +126,7 @@ def test_a_split_on_boards_runs_each_device_in_its_quota(need_quotas, shards):
         record = boards.edge(shards, RUN)
         stats = [q.stat() for q in boards.quotas]
         paths = [q.path for q in boards.quotas]
-        with pytest.raises(BoardsError, match=r"^python -m decnn.edge.run: error: argument --batch"):
+        with pytest.raises(BoardsError, match=r"^python -m decnn.edge.device_run: error: argument --batch"):
             boards.edge(shards, ["--batch", "0"])
     assert (record.devices, record.cpu_fraction, record.link, record.transport) == (2, 0.5, "loopback", "mpi-shm")
     assert all(s["nr_throttled"] > 0 for s in stats)  # each device ran in its own quota, and the quota bit

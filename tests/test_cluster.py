@@ -21,7 +21,7 @@ from decnn.cluster.files import device_files, sha256, transfer
 from decnn.cluster.hosts import Host, Ssh, failure, parse_hosts
 from decnn.cluster.placement import BoardProfile, Links, Traffic, rank, sent_bytes
 from decnn.cluster.session import Session
-from decnn.edge.bundle import read_manifest
+from decnn.wire.export_format import read_manifest
 
 EDGE = {"numpy", "onnxruntime", "mpi4py", "mpich"}
 

@@ -18,9 +18,9 @@ from decnn.cluster.facts import ARCHITECTURES
 from decnn.cluster.files import device_files
 from decnn.common.checkpoint import save_checkpoint
 from decnn.deploy.export import main as export_main
-from decnn.distributed.netns import netns_names
-from decnn.edge.bundle import read_manifest
+from decnn.emulation.netns import netns_names
 from decnn.emulation.ssh_boards import SshBoards, ssh_boards_available
+from decnn.wire.export_format import read_manifest
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 PREFIX = "decnnsshtest"

@@ -4,7 +4,7 @@ import pytest
 
 from decnn.bench.compare import comparison_rows, comparison_table, load_runs, main, plot, read_run
 from decnn.common.logger import make_logger
-from decnn.record import Latency, RecordError, RunRecord
+from decnn.common.record import Latency, RecordError, RunRecord
 
 
 def _log_run(path, hparams, metrics):

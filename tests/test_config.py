@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from decnn.errors import ConfigError
+from decnn.common.errors import ConfigError
 from decnn.train.config import TrainingConfig, load_config
 
 CONFIGS = sorted(Path(__file__).parents[1].glob("configs/*.yaml"))

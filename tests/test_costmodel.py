@@ -2,7 +2,7 @@
 
 import pytest
 
-from decnn.plan.costmodel import data_parallel, pipeline, simulate_branch, transfer_seconds
+from decnn.common.costmodel import data_parallel, pipeline, simulate_branch, transfer_seconds
 
 
 def test_transfer_is_the_busiest_endpoint_plus_one_message():

@@ -17,8 +17,10 @@ from conftest import randomize_
 
 from decnn.common.checkpoint import save_checkpoint
 from decnn.deploy.export import main as export_main
-from decnn.edge.codec import EXCHANGE_DTYPES, make_codec
-from decnn.inference.codec import make_codec as torch_codec
+from decnn.distributed.transport import TorchTensors
+from decnn.edge.numpy_codecs import make_codec
+from decnn.inference.tensor_codecs import make_codec as torch_codec
+from decnn.wire.exchange import EXCHANGE_DTYPES, WIRE_DTYPES, row_elements
 
 SIZE = 32
 IMAGES = 8
@@ -62,25 +64,23 @@ def reference(model, tmp: Path) -> torch.Tensor:
 
 def leftovers(directory: Path) -> list[str]:
     """Device processes of a run on ``directory`` still alive."""
-    out = subprocess.run(["pgrep", "-f", f"decnn.edge.run {directory}"], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-f", f"decnn.edge.device_run {directory}"], capture_output=True, text=True).stdout
     return out.split()
 
 
 @pytest.mark.parametrize("channels", [6, 0])  # 0: a device alone sends no rows
 @pytest.mark.parametrize("dtype", EXCHANGE_DTYPES)
 def test_codecs_write_the_wire_bytes_of_the_torch_runtime(dtype, channels):
-    rows = torch.randn(channels, 3, 20) * 4
+    rows = torch.randn(channels, 20) * 4
     rows[:1] = 1.5  # a constant row (int8: zero range)
-    ours, theirs = make_codec(dtype), torch_codec(dtype)
-    row = theirs.row_elements(3, 20)
-    wire = theirs.encode(rows.clone(), torch.empty(channels, row, dtype=theirs.wire_dtype) if theirs.needs_buffer
-                         else None)
-    mine = ours.encode(rows.numpy().copy(), np.empty((channels, row), ours.wire_dtype) if ours.needs_buffer else None)
-    assert wire.shape == mine.shape == (channels, row)
-    assert wire.contiguous().view(torch.uint8).numpy().tobytes() == np.ascontiguousarray(mine).view(np.uint8).tobytes()
-    decoded = ours.decode(mine, 3, np.empty((channels, 3, 20), np.float32))
-    assert decoded.shape == (channels, 3, 20)
-    assert np.array_equal(decoded, theirs.decode(wire, 3, torch.empty(channels, 3, 20)).numpy())
+    ours, theirs, tensors = make_codec(dtype), torch_codec(dtype), TorchTensors()
+    shape = (channels, row_elements(dtype, 20))
+    wire = theirs.encode(rows.clone(), tensors.empty(shape, WIRE_DTYPES[dtype]))
+    mine = ours.encode(rows.numpy().copy(), np.empty(shape, WIRE_DTYPES[dtype]))
+    assert tuple(wire.shape) == mine.shape == shape
+    assert tensors.numpy(wire).tobytes() == mine.tobytes()
+    decoded = ours.decode(mine, np.empty((channels, 20), np.float32))
+    assert np.array_equal(decoded, theirs.decode(wire, torch.empty(channels, 20)).numpy())
 
 
 @pytest.mark.parametrize(("export", "batch"), [("g4", 1), ("g4", 3), ("g4", 8), ("g8", 3)])
@@ -174,22 +174,25 @@ def test_a_lost_device_ends_the_run_in_one_line_naming_it(g4, fault):
 
 def test_ctrl_c_ends_every_device_with_130(g4):
     _, tmp = g4
+    # Rank 1 falls behind at its third timed step and says so: then the run is surely in its timed loop.
     proc = subprocess.Popen([sys.executable, "-m", "decnn.edge.launch", str(tmp / "shards"), "--images", "100000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while len(leftovers(tmp / "shards")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)  # into the timed loop
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "DECNN_INJECT_FAULT": "1:2:slow"})
+    seen = []
+    while not seen or not seen[-1].startswith("[fault]"):
+        seen.append(proc.stderr.readline())
+        assert seen[-1], "".join(seen)  # the run ended before its timed loop
     os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    _, rest = proc.communicate(timeout=30)
+    err = "".join(seen) + rest
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
     assert err.count("interrupted") == 1 and "Traceback" not in err
     assert not leftovers(tmp / "shards")
 
 
 def test_the_launcher_keeps_a_rank_s_identity_apart_from_the_output_mpiexec_puts_behind_it():
+    from decnn.edge.device_run import IDENTITY
     from decnn.edge.launch import Report
-    from decnn.edge.run import IDENTITY
 
     report = Report()
     shown = report.feed(f"{IDENTITY} rank 1 pid 42 host vm;error: rank 0 (host vm): --inputs bad.npz: unreadable\n")
@@ -222,8 +225,8 @@ def test_bad_folders_are_one_line_and_exit_2(g4, g8, tmp_path):
 @pytest.mark.netns
 def test_devices_in_two_namespaces_exchange_over_tcp(g4, tmp_path):
     from decnn.bench.edge import edge_argv, tx_bytes, write_launcher_exec
-    from decnn.distributed.emulated_link import EmulatedLink
-    from decnn.distributed.netns import links_available
+    from decnn.emulation.links import EmulatedLink
+    from decnn.emulation.netns import links_available
 
     ok, reason = links_available()
     if not ok:
@@ -262,7 +265,7 @@ def test_make_edge_installs_a_device_without_torch_that_runs_the_split(g4, tmp_p
 
 def test_decnn_split_serves_the_export_through_the_device_runtime(g4):
     import decnn
-    from decnn.serve.split import WorkerError
+    from decnn.serve.calls import WorkerError
 
     model, tmp = g4
     images = torch.from_numpy(np.load(tmp / "inputs.npz")["images"])

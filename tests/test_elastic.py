@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import decnn
-from decnn.distributed import procfs
-from decnn.errors import ConfigError
-from decnn.serve.split import WorkerError
+from decnn.common import processes
+from decnn.common.errors import ConfigError
+from decnn.serve.calls import WorkerError
 
 TIMEOUT_S = 4  # the devices' --timeout: short, so that a stopped device is noticed quickly
 SLACK_S = 10  # the issue's target: the first answer on the survivors within the timeout + 10 s
@@ -68,21 +68,29 @@ def _answered_by(model, devices: int, after_epoch: int = 0, count: int = 3) -> i
     return None
 
 
-@pytest.mark.parametrize("fault", ["kill", "stop"])
-def test_a_lost_device_shrinks_the_split_and_its_return_grows_it_back(fault):
+def _shrinks_and_grows_back(model, stream: Stream, lost, fault: str, after_epoch: int) -> int:
+    """Kill (then replace by a new device) or stop (then continue) the device process ``lost``; the epoch of the
+    group grown back."""
+    os.killpg(lost.pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
+    stream.until(lambda: _answered_by(model, 2, after_epoch))
+    shrunk = _answered_by(model, 2, after_epoch)
+    if fault == "kill":
+        model.add_device()  # a new device takes the lost one's place
+    else:
+        os.killpg(lost.pid, signal.SIGCONT)  # the same device comes back
+    stream.until(lambda: _answered_by(model, 3, after_epoch=shrunk))
+    return _answered_by(model, 3, after_epoch=shrunk)
+
+
+def test_a_killed_or_stopped_device_shrinks_the_split_and_its_return_grows_it_back():
+    """One split of 3 devices: device1 killed and replaced by a new device (device3), then device2 stopped and
+    continued."""
     with decnn.split("decnn_resnet18", devices=3, elastic=True, timeout=TIMEOUT_S, deadline=90, **MODEL) as model:
         reference = model.spec.build()
-        lost = model.local_devices[1]
         stream = Stream(model)
         stream.until(lambda: _answered_by(model, 3))
-        os.killpg(lost.pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
-        stream.until(lambda: _answered_by(model, 2))
-        if fault == "kill":
-            model.add_device()  # a new device takes the lost one's place
-        else:
-            os.killpg(lost.pid, signal.SIGCONT)  # the same device comes back
-        shrunk = _answered_by(model, 2)
-        stream.until(lambda: _answered_by(model, 3, after_epoch=shrunk))
+        grown = _shrinks_and_grows_back(model, stream, model.local_devices[1], "kill", after_epoch=0)
+        _shrinks_and_grows_back(model, stream, model.local_devices[2], "stop", after_epoch=grown)
         calls = stream.stop()
         # The grown group re-sliced its branches from the checkpoint: no device holds the whole model.
         whole = sum(p.numel() * 4 for p in reference.parameters())
@@ -101,24 +109,23 @@ def test_a_lost_device_shrinks_the_split_and_its_return_grows_it_back(fault):
     assert [(len(p["devices"]), p["placement"]) for p in served][:1] == [(3, "0,1/2/3")]
     assert (2, "0,1/2,3") in [(len(p["devices"]), p["placement"]) for p in served]
     changes = [c for c in model.timeline.changes() if c["outage_s"] is not None]
-    shrink = next(c for c in changes if c["lost"])
-    assert shrink["lost"] == ["device1"] and shrink["devices_after"] == 2
-    happened = "closed its connection" if fault == "kill" else "did not answer within the timeout"
-    assert "device1 lost: rank" in shrink["cause"] and happened in shrink["cause"], shrink["cause"]
-    assert shrink["outage_s"] <= TIMEOUT_S + SLACK_S
-    grow = next(c for c in changes if c["joined"])
-    assert grow["joined"] == (["device3"] if fault == "kill" else ["device1"]) and grow["devices_after"] == 3
-    assert "joined" in grow["cause"]
+    shrinks, grows = [c for c in changes if c["lost"]], [c for c in changes if c["joined"]]
+    assert [c["lost"] for c in shrinks] == [["device1"], ["device2"]]
+    assert [c["joined"] for c in grows] == [["device3"], ["device2"]]
+    for shrink, happened in zip(shrinks, ["closed its connection", "did not answer within the timeout"]):
+        assert shrink["devices_after"] == 2 and f"{shrink['lost'][0]} lost: rank" in shrink["cause"], shrink
+        assert happened in shrink["cause"] and shrink["outage_s"] <= TIMEOUT_S + SLACK_S, shrink
+    assert all(c["devices_after"] == 3 and "joined" in c["cause"] for c in grows)
     # Closing ends every device's agent and worker.
-    assert all(proc.poll() is not None and not procfs.group_alive(proc.pid) for proc in devices)
+    assert all(proc.poll() is not None and not processes.group_alive(proc.pid) for proc in devices)
 
 
 def test_down_to_one_device_the_split_is_the_whole_model_and_with_none_a_call_fails_at_the_deadline():
-    deadline_s = 30  # also the limit for the first group to form: two devices starting torch on a busy machine
-    with decnn.split("decnn_resnet18", devices=2, elastic=True, timeout=TIMEOUT_S, deadline=deadline_s,
-                     **MODEL) as model:
+    # 30 s for the first group to form (two devices starting torch on a busy machine), then a call's 8 s.
+    with decnn.split("decnn_resnet18", devices=2, elastic=True, timeout=TIMEOUT_S, deadline=30, **MODEL) as model:
         reference = model.spec.build()
         model(_images(0))
+        model.deadline = deadline_s = 8
         os.killpg(model.local_devices[1].pid, signal.SIGKILL)
         stream = Stream(model, callers=1)
         stream.until(lambda: _answered_by(model, 1))
@@ -160,8 +167,8 @@ def _normalized(model, images: torch.Tensor) -> torch.Tensor:
 def test_over_namespaces_a_killed_stopped_or_cut_off_device_shrinks_the_split_and_its_return_grows_it():
     """Separate hosts (network namespaces, TCP between them): the caller streams batch-1 calls while device2 is
     killed and replaced, stopped and continued, its link taken down and up (`decnn bench elastic`)."""
-    from decnn.bench.elastic import FAULTS, run_scenario
-    from decnn.distributed.netns import links_available
+    from decnn.bench.lost_devices import FAULTS, run_scenario
+    from decnn.emulation.netns import links_available
 
     ok, why = links_available()
     if not ok:

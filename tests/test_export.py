@@ -11,9 +11,9 @@ from conftest import randomize_
 import decnn
 from decnn.bench.shard_memory import measure
 from decnn.common.checkpoint import save_checkpoint
+from decnn.common.errors import ConfigError
 from decnn.deploy.export import main as export_main
 from decnn.deploy.shards import load_checkpoint_branch, load_shard_branch
-from decnn.errors import ConfigError
 from decnn.partition import Placement, run_branches_locally
 
 SIZE = 32

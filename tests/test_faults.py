@@ -46,16 +46,22 @@ def _children(pid: int) -> list[int]:
     return children
 
 
-def _alive(pids: set[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.append(pid)
-    return alive
+def _alive(pids: set[int], grace_s: float = 3.0) -> list[int]:
+    """Those of ``pids`` still running (zombies aside) ``grace_s`` after the command ended: a worker server
+    notices its parent's exit through a pipe, a moment later on a loaded machine."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        alive = []
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                alive.append(pid)
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
 
 
 class Run:
@@ -243,7 +249,7 @@ def test_a_pickle_with_code_is_refused_without_suggesting_the_unsafe_option(tmp_
 
 
 def test_python_m_entry_points_exit_2_on_usage_errors():
-    for res in _side_by_side(["-m", "decnn.bench", "--rounds", "0"], ["-m", "decnn.inference", "--batch", "0",
+    for res in _side_by_side(["-m", "decnn.bench", "--rounds", "0"], ["-m", "decnn.jobs.infer", "--batch", "0",
                              "--random-init"], ["-m", "decnn.cli", "nonsense"]):
         assert res.returncode == 2, (res.args, res.stderr)
 
@@ -280,6 +286,28 @@ for _ in sys.stdin:
 """
 
 
+def _wait_until(condition, what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} in {timeout_s:.0f} s"
+        time.sleep(0.001)
+
+
+def _inode(path: Path) -> int | None:
+    with suppress(FileNotFoundError):
+        return path.stat().st_ino
+    return None
+
+
+def _temporary_bytes(folder: Path) -> int:
+    """The bytes written so far by the save in progress in ``folder`` (0 if none)."""
+    sizes = [0]
+    for tmp in folder.glob(".last.pt.*.tmp"):
+        with suppress(FileNotFoundError):  # renamed meanwhile
+            sizes.append(tmp.stat().st_size)
+    return max(sizes)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_a_checkpoint_interrupted_while_being_written_is_never_torn(tmp_path, sig):
     import torch
@@ -291,11 +319,14 @@ def test_a_checkpoint_interrupted_while_being_written_is_never_torn(tmp_path, si
     savers = subprocess.Popen([*PYTHON, "-c", SAVERS, str(path)], cwd=ROOT, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
-        for delay in (0.3, 0.55, 0.8, 1.05, 1.3):  # a 16 MB save takes a good part of a second: kills land inside it
+        # After one complete save, each kill lands inside the next, at a growing share of its 16 MB written.
+        for share in (0.05, 0.25, 0.5, 0.75, 1.0):
+            saved = _inode(path)
             savers.stdin.write("go\n")
             savers.stdin.flush()
             pid = int(savers.stdout.readline())
-            time.sleep(delay)
+            _wait_until(lambda saved=saved: _inode(path) != saved, "complete save")  # os.replace: a new file
+            _wait_until(lambda n=share * 16e6: _temporary_bytes(tmp_path) >= n, f"save {share:.0%} written")
             os.kill(pid, sig)
             assert savers.stdout.readline().strip() == "ended"
             if path.exists():
@@ -335,8 +366,8 @@ def test_a_live_run_folder_is_locked(tmp_path):
 @pytest.mark.netns
 def test_a_dead_link_ends_both_hosts_in_time_naming_the_other(tmp_path):
     """Two hosts (network namespaces, one torchrun each); the veth of host 1 goes down mid-run."""
-    from decnn.distributed.emulated_link import EmulatedLink
-    from decnn.distributed.netns import links_available
+    from decnn.emulation.links import EmulatedLink
+    from decnn.emulation.netns import links_available
 
     ok, reason = links_available()
     if not ok:

@@ -17,22 +17,24 @@ import torch
 import torch.distributed as dist
 from conftest import randomize_
 
+from decnn.common.record import RunRecord
+from decnn.common.verification import EXCHANGE_BOUNDS
 from decnn.deploy.export import main as export_main
 from decnn.distributed.communicator import Communicator
-from decnn.distributed.emulated_link import EmulatedLink
 from decnn.distributed.launcher import launch
-from decnn.distributed.netns import links_available
-from decnn.inference.__main__ import main
+from decnn.distributed.transport import TorchTensors
+from decnn.emulation.links import EmulatedLink
+from decnn.emulation.netns import links_available
 from decnn.inference.branch_mode import BranchMode
-from decnn.inference.codec import make_codec
 from decnn.inference.inputs import Normalize
 from decnn.inference.optimize import prepare_for_inference
+from decnn.inference.tensor_codecs import make_codec
+from decnn.jobs.infer import main
 from decnn.partition import Placement, extract_branch
-from decnn.record import RunRecord
 from decnn.train.config import load_config
 from decnn.train.evaluate import evaluate_checkpoint
 from decnn.train.trainer import train
-from decnn.verification import EXCHANGE_BOUNDS
+from decnn.wire.exchange import WIRE_DTYPES, row_elements
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--model", "decnn_resnet18", "--width", "0.5"]
@@ -124,12 +126,12 @@ def test_each_batch_costs_one_broadcast_one_all_to_all_per_shuffle_point_and_one
 @pytest.mark.parametrize("dtype", ["fp32", *TOLERANCE])
 def test_codec_round_trip(dtype, signed, rng):
     codec = make_codec(dtype)
-    rows = torch.relu(torch.randn(6, 2, 50, generator=rng)) * 3  # (channels, images, pixels)
+    rows = torch.relu(torch.randn(12, 50, generator=rng)) * 3  # (image, channel) rows of 50 pixels
     if signed:
-        rows = rows - 1.5 * torch.rand(6, 2, 1, generator=rng)
-    wire = torch.empty(6, codec.row_elements(2, 50), dtype=codec.wire_dtype) if codec.needs_buffer else None
-    back = codec.decode(codec.encode(rows, wire).clone(), 2, torch.empty(6, 2, 50))
-    # int8: half a step of (max - min) / 255 per (channel, image); 16-bit floats: their relative precision
+        rows = rows - 1.5 * torch.rand(12, 1, generator=rng)
+    wire = TorchTensors().empty((12, row_elements(dtype, 50)), WIRE_DTYPES[dtype])
+    back = codec.decode(codec.encode(rows, wire).clone(), torch.empty(12, 50))
+    # int8: half a step of (max - min) / 255 per row; 16-bit floats: their relative precision
     top = rows.abs().max().item()
     step = (rows.amax(-1) - rows.amin(-1)).max().item() / 255
     bound = {"fp32": 0.0, "fp16": top * 2**-11, "bf16": top * 2**-8, "int8": step / 2}[dtype]
@@ -239,8 +241,8 @@ def test_cli_pipeline_mode_runs_a_plain_resnet_and_keeps_the_ragged_batch(tmp_pa
 def test_every_mode_is_built_from_a_prepared_model(mode):
     """In a group of one: whatever the mode, its module has BN folded and channels-last weights."""
     from decnn.inference.build import build_mode
-    from decnn.inference.config import InferConfig
     from decnn.inference.optimize import is_prepared
+    from decnn.inference.settings import InferConfig
     from decnn.inference.spec import resolve_model
 
     cfg = InferConfig(mode=mode, random_init=True, model="decnn_resnet18", width=0.5)

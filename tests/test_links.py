@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from decnn.distributed.emulated_link import EmulatedLink
-from decnn.distributed.netns import cleanup_stale, links_available
-from decnn.distributed.rates import parse_rate
+from decnn.emulation.links import EmulatedLink
+from decnn.emulation.netns import cleanup_stale, links_available
+from decnn.emulation.rates import parse_rate
 
 PREFIX = "decnntest"  # keeps these tests' namespaces apart from real runs
 
@@ -105,7 +105,7 @@ def test_sigterm_tears_down(need_links):
     # `import decnn` does not load torch, so this child starts in a fraction of a second.
     code = textwrap.dedent(f"""
         import time
-        from decnn.distributed.emulated_link import EmulatedLink
+        from decnn.emulation.links import EmulatedLink
         with EmulatedLink(None, name_prefix={PREFIX!r}) as link:
             print(link.bridge_netns, *(h.netns for h in link.hosts), flush=True)
             time.sleep(60)
@@ -122,7 +122,7 @@ def test_sigterm_tears_down(need_links):
 def test_a_creator_killed_by_sigkill_leaves_nothing_after_the_next_link(need_links):
     code = textwrap.dedent(f"""
         import time
-        from decnn.distributed.emulated_link import EmulatedLink
+        from decnn.emulation.links import EmulatedLink
         with EmulatedLink(None, name_prefix={PREFIX!r}) as link:
             child = link.popen(1, ["sleep", "120"])
             print(child.pid, link.bridge_netns, *(h.netns for h in link.hosts), flush=True)

@@ -6,7 +6,7 @@ import nbformat
 from nbclient import NotebookClient
 
 from decnn.common.logger import make_logger
-from decnn.record import Latency, RunRecord
+from decnn.common.record import Latency, RunRecord
 
 NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "compare.ipynb"
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from decnn.bench.paper import accuracy_table, replace_block
-from decnn.record import RunRecord
+from decnn.common.record import RunRecord
 
 
 def test_only_the_named_block_is_replaced():

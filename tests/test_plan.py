@@ -5,9 +5,9 @@ import itertools
 import pytest
 import torch
 
+from decnn.common.costmodel import transfer_seconds
 from decnn.models.decoupled_resnet import ChannelShuffle
 from decnn.partition import Placement, extract_branches, run_branches_locally
-from decnn.plan.costmodel import transfer_seconds
 from decnn.plan.planner import candidates, eligible_dtypes, placements, plan, predict_branch
 from decnn.plan.profile import DeviceProfile, LinkProfile, Profile
 
@@ -130,7 +130,7 @@ def test_local_run_hook_sees_every_step_and_keeps_the_result():
 def test_profile_over_two_processes_then_plan_runs_and_reports(tmp_path, capsys):
     import json
 
-    from decnn.inference.__main__ import main as infer_main
+    from decnn.jobs.infer import main as infer_main
     from decnn.plan.__main__ import main as plan_main
 
     path = tmp_path / "profile.json"
@@ -166,7 +166,7 @@ def test_a_spatial_split_costs_each_step_of_its_slowest_device_and_each_exchange
 def test_a_shaped_link_lets_its_saved_up_burst_through_at_once():
     """tbf's token bucket: an idle link passes ``burst`` bytes at once and refills at its rate while the devices
     compute; what is left over goes at the rate."""
-    from decnn.plan.costmodel import lockstep
+    from decnn.common.costmodel import lockstep
 
     rate, latency = 1e6, [[0.0, 1e-4], [1e-4, 0.0]]
     compute = [[0.010, 0.010, 0.001], [0.010, 0.010, 0.001]]  # two steps, then the head

@@ -1,8 +1,7 @@
 """decnn export --quantize int8: int8 graphs per device, calibrated on the stand-in, guarded by their agreement."""
 
-import contextlib
-import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +15,11 @@ import decnn
 from decnn.common.checkpoint import save_checkpoint
 from decnn.deploy.export import main as export_main
 from decnn.deploy.onnx_branch import OnnxBranch
+from decnn.deploy.quantize import QuantizationRefused, quantize_shards, summary
 from decnn.deploy.shards import ShardError, read_manifest
-from decnn.inference.__main__ import main as infer_main
-from decnn.inference.config import ConfigError
 from decnn.inference.inputs import Normalize, ValImages
+from decnn.inference.settings import ConfigError
+from decnn.jobs.infer import main as infer_main
 from decnn.partition import run_branches_locally
 
 pytest.importorskip("onnxruntime")
@@ -43,13 +43,17 @@ def _export(tmp, standin, *extra):
                         str(CALIBRATION), *extra])
 
 
+def _quantize(onnx_export, tmp: Path, standin, images: int, min_agreement: float) -> dict:
+    """The shared fp32 export (the model of :func:`_checkpoint`), copied into ``tmp`` and quantized there."""
+    shutil.copytree(onnx_export[1] / "shards", tmp / "shards")
+    return quantize_shards(tmp / "shards", read_manifest(tmp / "shards"), standin, images, min_agreement)
+
+
 @pytest.fixture(scope="module")
-def quantized(tmp_path_factory, standin):
+def quantized(tmp_path_factory, standin, onnx_export):
     tmp = tmp_path_factory.mktemp("quantized")
-    model = _checkpoint(tmp / "best.pt")
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
-        assert _export(tmp, standin, "--min-agreement", str(BOUND)) == 0
-    return model, tmp / "shards", printed.getvalue()
+    manifest = _quantize(onnx_export, tmp, standin, CALIBRATION, BOUND)
+    return onnx_export[0], tmp / "shards", summary(manifest)
 
 
 def _val(standin, model, count=64):
@@ -101,16 +105,25 @@ def test_the_split_runs_quantized_shards_and_verify_reports_their_distance_from_
     assert r["max_abs_diff"] > 1e-4 and r["top1_agreement"] >= BOUND
 
 
-def test_a_quantization_under_the_threshold_is_refused_and_the_folder_no_longer_loads(tmp_path, standin, capsys):
-    _checkpoint(tmp_path / "best.pt")
-    assert _export(tmp_path, standin, "--min-agreement", "1.01", "--calibration-images", "16") == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: int8 quantization agrees with fp32 on top-1 for ")
-    assert "of the 16 calibration images" in err[0] and "--min-agreement 1.01" in err[0]
+def test_a_quantization_under_the_threshold_is_refused_and_the_folder_no_longer_loads(tmp_path, standin,
+                                                                                        onnx_export):
+    with pytest.raises(QuantizationRefused) as refused:
+        _quantize(onnx_export, tmp_path, standin, 16, 1.01)
+    assert str(refused.value).startswith("int8 quantization agrees with fp32 on top-1 for ")
+    assert "of the 16 calibration images" in str(refused.value) and "--min-agreement 1.01" in str(refused.value)
     with pytest.raises(ShardError):
         read_manifest(tmp_path / "shards")
     with pytest.raises(ConfigError):
         decnn.split(tmp_path / "shards", devices=2, backend="onnxruntime")
+
+
+@pytest.mark.slow
+def test_the_command_line_exports_quantizes_and_refuses_in_one_line(tmp_path, standin, capsys):
+    _checkpoint(tmp_path / "best.pt")
+    assert _export(tmp_path, standin, "--min-agreement", "1.01", "--calibration-images", "16") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: int8 quantization agrees with fp32 on top-1 for ")
+    assert not (tmp_path / "shards" / "manifest.json").exists()
 
 
 def test_quantize_needs_onnx_and_readable_calibration_images(tmp_path, standin, capsys):

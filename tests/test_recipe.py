@@ -9,9 +9,9 @@ from PIL import Image
 from test_trainer import tiny_overrides
 
 from decnn.common.checkpoint import save_checkpoint
+from decnn.common.errors import ConfigError
 from decnn.data import DatasetCorruptError, DatasetNotFoundError, ImageFolderTree, TinyImageNet, dataset_class
-from decnn.errors import ConfigError
-from decnn.inference.config import InferConfig
+from decnn.inference.settings import InferConfig
 from decnn.inference.spec import resolve_model
 from decnn.models.reference import REFERENCE_ZOO
 from decnn.train.builders import build_optimizer, build_scheduler, model_kwargs

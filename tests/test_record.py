@@ -7,7 +7,7 @@ import pytest
 
 from decnn.bench.compare import read_run
 from decnn.common.logger import make_logger
-from decnn.record import (
+from decnn.common.record import (
     EXPERIMENT_HPARAMS,
     EXPERIMENT_METRICS,
     HPARAMS,
@@ -97,7 +97,7 @@ def test_the_first_columns_say_what_a_row_is_and_counts_read_as_integers(tmp_pat
     """The tab shows five settings before any is ticked: the split, its runtime, devices and their CPU, the link,
     the exchange and the batches in flight are among them; a benchmark row's name leads its first column."""
     from decnn.common.logger import make_logger
-    from decnn.record import FIRST_HPARAMS
+    from decnn.common.record import FIRST_HPARAMS
 
     edge = dataclasses.replace(RECORD, name="edge decnn branch fp32", backend="onnxruntime", transport="mpi-tcp",
                                cpu_fraction=0.5, link="1gbit", overlap=2)

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from decnn.bench.scaling import board_share, rows, runs, table, versus, write
+from decnn.common.record import MB, Latency, RunRecord
 from decnn.emulation.quota import quotas_available
-from decnn.record import MB, Latency, RunRecord
 
 
 def test_every_series_runs_each_device_count_over_each_link_and_its_whole_model_once():

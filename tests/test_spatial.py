@@ -14,11 +14,11 @@ from conftest import randomize_
 
 from decnn.common.checkpoint import save_checkpoint
 from decnn.deploy.export import main as export_main
-from decnn.inference.config import InferConfig
+from decnn.inference.settings import InferConfig
 from decnn.inference.spec import resolve_model
 from decnn.partition.spatial import run_spatial_locally, spatial_model
 from decnn.plan.spatial import time_spatial
-from decnn.spatial import Layout, SpatialError, Tiling, compile_programs
+from decnn.wire.spatial import Layout, SpatialError, Tiling, compile_programs
 
 # (name, kwargs, image size): plain ResNet-18 (tiny stem), plain ResNet-50 (7x7/2 stem and max-pool) and VGG-16 at
 # sizes that halve unevenly, and a DeCNN model (groups and shuffles: a spatial split cuts them too).
@@ -111,7 +111,7 @@ def _spec():
 
 def _infer(tmp: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict | None]:
     out = tmp / "report.json"
-    run = subprocess.run([sys.executable, "-m", "decnn.inference", "--random-init", "--log-dir", "", "--out", str(out),
+    run = subprocess.run([sys.executable, "-m", "decnn.jobs.infer", "--random-init", "--log-dir", "", "--out", str(out),
                           *args], capture_output=True, text=True, timeout=300)
     return run, json.loads(out.read_text()) if run.returncode == 0 else None
 

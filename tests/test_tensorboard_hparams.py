@@ -13,8 +13,8 @@ from hparams_ui import chromium, columns, read_hparams, row, screenshot
 
 from decnn.bench.summary import write as write_bench
 from decnn.common.logger import EXPERIMENT_FILE, experiment_root, write_experiment
-from decnn.inference.__main__ import main as infer_main
-from decnn.record import EXPERIMENT_HPARAMS, EXPERIMENT_METRICS, RunRecord
+from decnn.common.record import EXPERIMENT_HPARAMS, EXPERIMENT_METRICS, RunRecord
+from decnn.jobs.infer import main as infer_main
 from decnn.train.config import load_config
 from decnn.train.trainer import train
 

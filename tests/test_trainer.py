@@ -17,9 +17,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from decnn.common.checkpoint import CheckpointError, load_checkpoint
+from decnn.common.errors import ConfigError
 from decnn.common.logger import NullLogger, make_logger
-from decnn.errors import ConfigError
-from decnn.record import EXPERIMENT_HPARAMS
+from decnn.common.record import EXPERIMENT_HPARAMS
 from decnn.train.builders import build_optimizer, build_scheduler
 from decnn.train.config import load_config
 from decnn.train.evaluate import evaluate_checkpoint
@@ -78,8 +78,8 @@ def test_tensorboard(trained):
     session = hparams_metadata.parse_session_start_info_plugin_data(
         events.PluginTagToContent("hparams")[hparams_metadata.SESSION_START_INFO_TAG])
     values = {k: v.string_value or v.number_value for k, v in session.hparams.items()}
-    assert {"model": "decnn_resnet34", "groups": 2, "width": 0.25, "stem": "tiny"}.items() <= values.items()
-    assert values["params"] > 0 and values["flops"] > 0
+    assert {"model": "decnn_resnet34", "groups": "2", "width": 0.25, "stem": "tiny"}.items() <= values.items()
+    assert int(values["params"]) > 0 and int(values["flops"]) > 0  # counts as text: one column type each
     assert set(values) <= set(EXPERIMENT_HPARAMS)  # every setting has its column in the HPARAMS tab
 
 

@@ -6,9 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from decnn.checksum import ExchangeCorrupted, block_crcs, check_blocks
-from decnn.inference.branch_mode import _bytes
-from decnn.verification import EXCHANGE_BOUNDS, QUANTIZED_BOUND, VerificationError, bound_for, check, compare, failure
+from decnn.common.checksum import ExchangeCorrupted, block_crcs, check_blocks
+from decnn.common.verification import (
+    EXCHANGE_BOUNDS,
+    QUANTIZED_BOUND,
+    VerificationError,
+    bound_for,
+    check,
+    compare,
+    failure,
+)
+from decnn.distributed.transport import TorchTensors
 
 REFERENCE = np.array([[4.0, 1.0, 0.0], [0.0, 2.0, 1.0], [1.0, 1.0, 3.0]])
 
@@ -56,13 +64,15 @@ def test_the_bounds_add_up_for_int8_graphs_and_a_run_without_verify_passes():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.uint8])
 def test_each_block_s_crc_is_zlib_s_crc_of_its_bytes_in_both_runtimes(dtype):
-    wire = (torch.randn(7, 12) * 50).to(dtype)
-    splits = [3, 0, 4]
-    torch_crcs = block_crcs(_bytes(wire), splits, np.zeros(3, np.int64))  # the PyTorch runtime's view
-    numpy_crcs = block_crcs(wire.view(torch.uint8).numpy().copy(), splits, np.zeros(3, np.int64))  # the device's
+    wire = (torch.randn(84) * 50).to(dtype)  # a flat wire cut into blocks of 36, 0 and 48 elements
+    counts = [36, 0, 48]
+    seen = TorchTensors().numpy(wire)  # the PyTorch runtime's view of it
+    torch_crcs = block_crcs(seen.view(np.uint8).reshape(84, -1), counts, np.zeros(3, np.int64))
     raw = wire.view(torch.uint8).numpy().tobytes()
-    row = len(raw) // 7
-    assert list(torch_crcs) == list(numpy_crcs) == [zlib.crc32(raw[:3 * row]), 0, zlib.crc32(raw[3 * row:])]
+    device = np.frombuffer(raw, seen.dtype)  # the device runtime's copy of the same bytes
+    numpy_crcs = block_crcs(device.view(np.uint8).reshape(84, -1), counts, np.zeros(3, np.int64))
+    size = len(raw) // 84
+    assert list(torch_crcs) == list(numpy_crcs) == [zlib.crc32(raw[:36 * size]), 0, zlib.crc32(raw[36 * size:])]
 
 
 def test_a_changed_byte_names_the_point_the_sender_and_the_receiver():
@@ -75,7 +85,7 @@ def test_a_changed_byte_names_the_point_the_sender_and_the_receiver():
 
 
 def test_the_elastic_timeline_names_the_worst_image_by_its_place_in_the_images():
-    from decnn.inference.config import InferConfig
+    from decnn.inference.settings import InferConfig
     from decnn.serve.timed_run import _compare
 
     refs = {0: torch.tensor([[1.0, 0.0], [0.0, 1.0]]), 1: torch.tensor([[2.0, 0.0], [0.0, 2.0]])}

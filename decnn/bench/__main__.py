@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from decnn.bench.configurations import FAMILIES, BenchConfig, configurations
 from decnn.bench.edge import export_models, run_edge
+from decnn.bench.infer_runs import RunFailed, run_local, run_over_link
 from decnn.bench.predict import measure_profiles, predictions
-from decnn.bench.run import RunFailed, run_local, run_over_link
 from decnn.bench.summary import (
     baseline_names,
     bench_table,
@@ -35,12 +35,12 @@ from decnn.bench.summary import (
     summarize,
     write,
 )
-from decnn.command import job_parser
-from decnn.distributed.emulated_link import EmulatedLink
-from decnn.distributed.netns import links_available
-from decnn.distributed.rates import parse_rate
-from decnn.exitcodes import run_main
-from decnn.record import RunRecord
+from decnn.common.exitcodes import run_main
+from decnn.common.job_parser import job_parser
+from decnn.common.record import RunRecord
+from decnn.emulation.links import EmulatedLink
+from decnn.emulation.netns import links_available
+from decnn.emulation.rates import parse_rate
 
 ELEMENT_SIZE = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 

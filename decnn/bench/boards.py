@@ -1,157 +1,215 @@
-"""Emulated boards, validated: the 2-device speed-up on boards of a fraction of a core against whole cores.
+"""Emulated boards: N devices on one machine, each a process held to ``cpu`` of a core by a CPU quota of its own
+(:class:`decnn.emulation.quota.CpuQuota`), over this host's loopback or over a tbf-shaped link, each board then in
+a network namespace of its own (:class:`decnn.emulation.links.EmulatedLink`). Needs root.
 
-Needs root (cgroups).
+    with Boards(2, cpu=0.5) as boards:                    # decnn edge on two boards of half a core
+        split = boards.edge("shards/", ["--images", "32"])
+    with Boards(1, cpu=0.5) as boards:                    # the 1-device baseline on a like board
+        whole = boards.edge("shards/", ["--images", "32"], single=True)
+    with Boards(2, cpu=0.5, link="100mbit") as boards:    # decnn infer (torchrun) over 100 Mbit/s
+        record = boards.infer(["--random-init", "--mode", "branch", "--num-images", "32"])
 
-    sudo .venv/bin/decnn bench boards --out results/boards.json
-    sudo .venv/bin/decnn bench boards --cpu 1 0.5 0.25 --rounds 5 --images 64
-
-Exports a random-init DeCNN ResNet-34 G4 x1.5 (64x64) for 1 and 2 devices, then, every round and at every CPU
-fraction F, runs its whole model on one board of F and its split on two boards of F (``decnn edge``, unpinned,
-one thread each); a round's speed-up is the ratio of their p50 latencies. The emulation holds where the median
-speed-up at every F lies within 10% of that at the first F (whole cores). Writes JSON and Markdown beside it.
+Each board runs one thread, unpinned: a quota'd process pinned beside another fights it for the core. With N x cpu
+at most the machine's cores every board gets its share. In a board's quota runs its device's process and what
+starts it there, as on a real board: torchrun's agent, or over a link mpiexec's proxy. Over a link mpiexec runs
+in a namespace of its own (the laptop): MPICH would start the proxy of a host it runs on without the launcher.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
-import statistics
+import os
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from decnn.command import job_parser
-from decnn.distributed.netns import LinkError
-from decnn.emulation.boards import Boards, BoardsError
-from decnn.emulation.quota import quotas_available
-from decnn.exitcodes import run_main
+from decnn.common.processes import die_with_parent
+from decnn.common.record import RunRecord
+from decnn.edge.launch import Report, mpiexec_command
+from decnn.emulation.links import EmulatedLink
+from decnn.emulation.quota import CpuQuota
+from decnn.emulation.rates import parse_rate
 
-TOLERANCE = 0.10
-
-
-def validate(single_dir: str | Path, split_dir: str | Path, fractions: tuple[float, ...] = (1.0, 0.5),
-             rounds: int = 3, images: int = 64, warmup: int = 3, batch: int = 1) -> dict:
-    """Interleaved rounds of the whole model on 1 board (``single_dir``'s export) and its 2-device split
-    (``split_dir``'s) at each CPU fraction; per fraction the rounds' latencies and speed-ups, their median and
-    its ratio to the first fraction's, and the split's per-rank breakdown in its median round."""
-    check(fractions, rounds)
-    args = ["--images", images, "--warmup", warmup, "--batch", batch]
-    runs = {f: [] for f in fractions}
-    for r in range(rounds):
-        for f in fractions[r % len(fractions):] + fractions[:r % len(fractions)]:  # no fraction always first
-            with Boards(1, f) as boards:
-                whole = boards.edge(single_dir, args, single=True)
-            with Boards(2, f) as boards:
-                split = boards.edge(split_dir, args)
-            runs[f].append((whole, split))
-    rows = [_row(f, runs[f]) for f in fractions]
-    for row in rows:
-        row["vs_first"] = row["speedup_median"] / rows[0]["speedup_median"]
-    worst = max(rows, key=lambda row: abs(row["vs_first"] - 1))
-    return {
-        "setup": {"model": runs[fractions[0]][0][1].model, "groups": runs[fractions[0]][0][1].groups,
-                  "width": runs[fractions[0]][0][1].width, "image_size": runs[fractions[0]][0][1].image_size,
-                  "batch": batch, "images": images, "warmup": warmup, "rounds": rounds, "devices": 2,
-                  "threads": 1, "pinned": False, "runtime": "decnn edge (ONNX Runtime + MPI)",
-                  "transport": runs[fractions[0]][0][1].transport},
-        "fractions": rows,
-        "ratio": worst["vs_first"],
-        "within_tolerance": abs(worst["vs_first"] - 1) <= TOLERANCE,
-        "tolerance": TOLERANCE,
-    }
+LOOPBACK = "loopback"
 
 
-def check(fractions: tuple[float, ...], rounds: int) -> None:
-    """Raise ValueError, in one line, for settings the validation cannot run."""
-    if rounds < 1 or not fractions:
-        raise ValueError(f"need at least 1 round and 1 CPU fraction; got {rounds} round(s), fractions {fractions}")
-    for f in fractions:
-        Boards(2, f)  # raises for a fraction out of (0, 1] or two boards of it beyond this machine's cores
+class BoardsError(RuntimeError):
+    """A run on the boards failed or timed out; the message is its first error line."""
 
 
-def _row(fraction: float, runs: list) -> dict:
-    single = [whole.latency_ms.p50 for whole, _ in runs]
-    split = [s.latency_ms.p50 for _, s in runs]
-    speedup = [a / b for a, b in zip(single, split)]
-    median_round = sorted(range(len(runs)), key=lambda i: speedup[i])[len(runs) // 2]
-    return {"cpu": fraction, "single_p50_ms": single, "split_p50_ms": split, "speedup": speedup,
-            "speedup_median": statistics.median(speedup), "speedup_min": min(speedup), "speedup_max": max(speedup),
-            "breakdown_per_rank": runs[median_round][1].breakdown_per_rank}
+class Boards:
+    """``devices`` boards of ``cpu`` of a core each, joined by ``link`` (a tbf rate such as "100mbit"; None or
+    "loopback": this host's loopback, where MPI shares memory). A context manager: leaving it ends what still
+    runs on the boards and removes their cgroups and namespaces."""
+
+    def __init__(self, devices: int, cpu: float, link: str | None = None):
+        cores = len(os.sched_getaffinity(0))
+        if devices < 1:
+            raise ValueError(f"devices must be at least 1; got {devices}")
+        if not 0 < cpu <= 1:
+            raise ValueError(f"cpu must lie in (0, 1] (a fraction of one core), e.g. 0.5; got {cpu}")
+        if devices * cpu > cores + 1e-9:
+            raise ValueError(f"{devices} boards of {cpu:g} core need {devices * cpu:g} cores; this machine has "
+                             f"{cores}: use cpu <= {cores / devices:g}")
+        self.devices, self.cpu = devices, cpu
+        self.link = None if link in (None, LOOPBACK) else link
+        if self.link:
+            parse_rate(self.link)  # a rate tc cannot take fails here, before any cgroup or namespace exists
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Boards:
+        with contextlib.ExitStack() as stack:
+            self.quotas = [stack.enter_context(CpuQuota(self.cpu)) for _ in range(self.devices)]
+            # Host 0 is the laptop that launches; boards are hosts 1..N.
+            self.net = (stack.enter_context(EmulatedLink(self.link, self.devices + 1, name_prefix="decnnboards"))
+                        if self.link else None)
+            self.tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="decnn-boards-")))
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    @property
+    def link_name(self) -> str:
+        return self.link or LOOPBACK
+
+    # -- decnn edge -----------------------------------------------------------------------------------------
+
+    def edge(self, directory: str | Path, run_args: list[str] = (), single: bool = False,
+             timeout: float = 120.0) -> RunRecord:
+        """One ``decnn edge`` run of the export in ``directory`` (``single``: its whole model on one board),
+        ``run_args`` going to every device (``python -m decnn.edge.device_run --help``); the run's record."""
+        if single and self.devices != 1:
+            raise ValueError(f"single runs the whole model on 1 board; these are {self.devices} boards")
+        out = self.tmp / "edge.json"
+        out.unlink(missing_ok=True)
+        args = ["--threads", "1", "--no-pin-cores", "--timeout", str(timeout), *map(str, run_args), "--out", str(out)]
+        if self.net is None:
+            cmd = mpiexec_command(directory, args, devices=self.devices, single=single)
+            # Every rank first joins its board's quota (mpiexec starts all ranks of one host from one proxy).
+            at = cmd.index(sys.executable)
+            cmd[at:at] = [str(self._rank_wrapper())]
+        else:
+            boards = self.net.hosts[1:]
+            cmd = mpiexec_command(directory, args, hosts=[h.address for h in boards], single=single,
+                                  iface=self.net.hosts[0].ifname, launcher_exec=str(self._launcher_exec()))
+            # mpiexec joins the laptop's network only: `ip netns exec` would hide the cgroups that the proxies it
+            # starts through the launcher must join.
+            cmd = ["nsenter", f"--net=/run/netns/{self.net.hosts[0].netns}", *cmd]
+        proc, log = self._start("edge", cmd, None, die_with_parent)
+        output = _finish([(proc, log)], timeout * 2 + 60)[0]
+        if proc.returncode:
+            report = Report()
+            report.feed(output)
+            raise BoardsError(_first_error(output) or report.failure(proc.returncode))
+        return self._record(out)
+
+    def _rank_wrapper(self) -> Path:
+        """A script mpiexec runs in front of each rank's command: the rank joins its board's quota, by rank."""
+        cases = "\n".join(f"  {i}) quota={q.path};;" for i, q in enumerate(self.quotas))
+        return _script(self.tmp / "join-board", (
+            "# mpiexec runs THIS COMMAND... for every rank: the rank joins its board's CPU quota, then runs.\n"
+            f"case $PMI_RANK in\n{cases}\n"
+            '  *) echo "error: no emulated board for rank $PMI_RANK" >&2; exit 1;;\n'
+            "esac\n"
+            'echo $$ > "$quota/cgroup.procs" && exec "$@"\n'))
+
+    def _launcher_exec(self) -> Path:
+        """mpiexec's ``-launcher-exec``: called as ``THIS [-x] HOST COMMAND...``, runs the proxy of board HOST
+        in its quota (joined first: inside a namespace /sys has no cgroups), then in its namespace."""
+        cases = "\n".join(f"  {h.address}) ns={h.netns} quota={q.path};;"
+                          for h, q in zip(self.net.hosts[1:], self.quotas))
+        return _script(self.tmp / "board-exec", (
+            '[ "$1" = "-x" ] && shift\n'
+            "host=$1; shift\n"
+            f"case $host in\n{cases}\n"
+            '  *) echo "error: no emulated board at $host" >&2; exit 1;;\n'
+            "esac\n"
+            'echo $$ > "$quota/cgroup.procs" && exec ip netns exec "$ns" sh -c "$*"\n'))
+
+    # -- decnn infer (PyTorch) ------------------------------------------------------------------------------
+
+    def infer(self, args: list[str], timeout: float = 300.0) -> RunRecord:
+        """One ``decnn infer`` run (``python -m decnn.jobs.infer ARGS``) with one torchrun node per board; the
+        run's record. Board i is rank i (a static rendezvous on board 0)."""
+        out = self.tmp / "infer.json"
+        out.unlink(missing_ok=True)
+        hosts = self.net.hosts[1:] if self.net else None
+        master = hosts[0].address if hosts else "127.0.0.1"
+        port = 29500 if hosts else _free_port()  # a board's namespace has its ports to itself
+        started = []
+        for i, quota in enumerate(self.quotas):
+            argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(self.devices),
+                    "--nproc-per-node", "1", "--node-rank", str(i), "--rdzv-backend", "static", "--master-addr",
+                    master, "--master-port", str(port), *(["--local-addr", hosts[i].address] if hosts else []),
+                    "-m", "decnn.jobs.infer", "--threads", "1", "--no-pin-cores", "--log-dir", "",
+                    "--timeout", str(timeout), *map(str, args), "--out", str(out)]
+            started.append(self._start(f"board{i}", argv, hosts[i].index if hosts else None, _joining(quota)))
+        outputs = _finish(started, timeout * 2 + 60)
+        for i, ((proc, _), output) in enumerate(zip(started, outputs)):
+            if proc.returncode:
+                said = _first_error(output) or " | ".join(output.strip().splitlines()[-3:])
+                raise BoardsError(f"board {i} exited with code {proc.returncode}: {said}")
+        return self._record(out)
+
+    def _start(self, name: str, argv: list[str], host: int | None, preexec) -> tuple[subprocess.Popen, Path]:
+        """Start ``argv`` in a session of its own (in host ``host``'s namespace, if any), its output in a log
+        file: several processes' pipes read one after the other could fill up and stall them."""
+        log = self.tmp / f"{name}.log"
+        with log.open("w") as f:
+            kw = {"stdout": f, "stderr": subprocess.STDOUT, "start_new_session": True, "preexec_fn": preexec}
+            proc = subprocess.Popen(argv, **kw) if host is None else self.net.popen(host, argv, **kw)
+        return proc, log
+
+    def _record(self, out: Path) -> RunRecord:
+        if not out.exists():
+            raise BoardsError(f"the run ended without writing its record ({out})")
+        record = RunRecord.from_dict(json.loads(out.read_text()))
+        return dataclasses.replace(record, cpu_fraction=self.cpu, link=self.link_name)
 
 
-def format_markdown(result: dict, command: str) -> str:
-    """The validation's tables: per round, per fraction, and where each rank's time went."""
-    s = result["setup"]
-    lines = ["# Emulated boards: validation", "", f"`{command}`", "",
-             f"{s['model']} G{s['groups']} x{s['width']:g}, {s['image_size']}x{s['image_size']}, batch "
-             f"{s['batch']}, {s['images']} images after {s['warmup']} warm-up steps, {s['rounds']} interleaved "
-             f"rounds; {s['runtime']} over {s['transport']}, one thread per board, unpinned; each board in its own "
-             "CPU quota (10 ms period).", "",
-             "| CPU per board | round | 1 board p50 ms | 2 boards p50 ms | speed-up |", "|---:|---:|---:|---:|---:|"]
-    for row in result["fractions"]:
-        for i, (a, b, x) in enumerate(zip(row["single_p50_ms"], row["split_p50_ms"], row["speedup"])):
-            lines.append(f"| {row['cpu']:g} | {i + 1} | {a:.1f} | {b:.1f} | {x:.2f}x |")
-    lines += ["", "| CPU per board | speed-up, median (min-max) | vs the first |", "|---:|---:|---:|"]
-    for row in result["fractions"]:
-        lines.append(f"| {row['cpu']:g} | {row['speedup_median']:.2f}x ({row['speedup_min']:.2f}-"
-                     f"{row['speedup_max']:.2f}) | {row['vs_first']:.3f} |")
-    lines += ["", verdict(result), "",
-              "Per rank, the split's median round (ms per batch; CPU while waiting lies within peer wait + wire):", "",
-              "| CPU per board | rank | step | segments | peer wait | wire | CPU while waiting | other |",
-              "|---:|---:|---:|---|---:|---:|---:|---:|"]
-    for row in result["fractions"]:
-        for rank, b in enumerate(row["breakdown_per_rank"]):
-            segments = " + ".join(f"{t:.1f}" for t in b["segments_ms"])
-            lines.append(f"| {row['cpu']:g} | {rank} | {b['step_ms']:.1f} | {segments} | {b['peer_wait_ms']:.2f} "
-                         f"| {b['wire_ms']:.2f} | {b.get('wait_cpu_ms', float('nan')):.2f} | {b['other_ms']:.2f} |")
-    return "\n".join(lines) + "\n"
+def _first_error(output: str) -> str | None:
+    """The first error line of a run's output: a device's own, or its argument parser's."""
+    return next((line.strip() for line in output.splitlines() if "error:" in line), None)
 
 
-def verdict(result: dict) -> str:
-    rows = result["fractions"]
-    first, last = rows[0], rows[-1]
-    holds = "holds" if result["within_tolerance"] else "does NOT hold"
-    return (f"2-device speed-up {last['speedup_median']:.2f}x at {last['cpu']:g} core per board, "
-            f"{first['speedup_median']:.2f}x at {first['cpu']:g}: ratio {last['vs_first']:.3f}; the emulation "
-            f"{holds} (largest deviation {result['ratio'] - 1:+.1%}, tolerance {result['tolerance']:.0%})")
+def _joining(quota: CpuQuota):
+    """A ``preexec_fn``: the child dies with this process and joins ``quota`` before its command runs."""
+    def preexec() -> None:
+        die_with_parent()
+        quota.join()
+    return preexec
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``decnn bench boards``: 0 done, 2 bad arguments, 1 a failed run or no cgroups here (one line each)."""
-    argv = sys.argv[1:] if argv is None else argv
-    return run_main(lambda: _main(argv), usage_errors=(ValueError,), runtime_errors=(BoardsError, LinkError))
+def _finish(started: list[tuple[subprocess.Popen, Path]], timeout: float) -> list[str]:
+    """Every process's output once all have ended; past ``timeout`` seconds their sessions are killed."""
+    deadline = time.monotonic() + timeout
+    try:
+        for proc, _ in started:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+    except subprocess.TimeoutExpired:
+        for proc, _ in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        raise BoardsError(f"the run on the boards did not end within {timeout:g} s") from None
+    return [log.read_text() for _, log in started]
 
 
-def _main(argv: list[str]) -> None:
-    p = job_parser("bench boards", __doc__)
-    p.add_argument("--cpu", type=float, nargs="+", default=[1.0, 0.5],
-                   help="CPU fractions per board; the first is the reference (default: 1 0.5)")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--images", type=int, default=64, help="timed images per run (default 64)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--out", default="results/boards.json", help="JSON here, Markdown beside it (.md)")
-    args = p.parse_args(argv)
-    check(tuple(args.cpu), args.rounds)  # before the export's minute
-    ok, reason = quotas_available()
-    if not ok:
-        raise LinkError(reason)
-    from decnn.bench.configurations import BenchConfig
-    from decnn.bench.edge import export_kind, export_models  # imports torch: after the arguments are checked
-
-    configs = [BenchConfig("edge decnn single", "single", 1, args.batch, runtime="edge"),
-               BenchConfig("edge decnn branch fp32", "branch", 2, args.batch, runtime="edge")]
-    with tempfile.TemporaryDirectory(prefix="decnn-bench-boards-") as tmp:
-        print("exporting DeCNN ResNet-34 G4 x1.5 for 1 and 2 devices ...", flush=True)
-        folders = export_models(configs, Path(tmp))
-        result = validate(folders[export_kind(configs[0])], folders[export_kind(configs[1])], tuple(args.cpu),
-                          args.rounds, args.images, args.warmup, args.batch)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(format_markdown(result, " ".join(["decnn bench boards", *argv])))
-    print(verdict(result))
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+def _script(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,7 +1,7 @@
 """Compare training and inference runs: one table and an accuracy-vs-latency plot, read from TensorBoard.
 
 Every run logs one HPARAMS row (its settings and headline metrics) into its TensorBoard folder; this module
-reads those rows back as :class:`~decnn.record.RunRecord`s, so the table here and TensorBoard's HPARAMS tab
+reads those rows back as :class:`~decnn.common.record.RunRecord`s, so the table here and TensorBoard's HPARAMS tab
 always show the same numbers.
 
     decnn compare runs/ --plot results/compare.png
@@ -16,9 +16,9 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from decnn.command import job_parser
-from decnn.exitcodes import run_main
-from decnn.record import RecordError, RunRecord
+from decnn.common.exitcodes import run_main
+from decnn.common.job_parser import job_parser
+from decnn.common.record import RecordError, RunRecord
 
 COLUMNS = (
     "model", "groups", "width", "mode", "devices", "link", "batch",

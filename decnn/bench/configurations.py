@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from decnn.spatial import SpatialError, Tiling
+from decnn.wire.spatial import SpatialError, Tiling
 
 
 @dataclass(frozen=True)

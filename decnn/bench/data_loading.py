@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from decnn.command import job_parser
+from decnn.common.exitcodes import run_main
+from decnn.common.job_parser import job_parser
 from decnn.data import STANDIN_ROOT, TinyImageNet, cache, make_standin
 from decnn.data.images import read_image
 from decnn.data.layout import scan
-from decnn.exitcodes import run_main
 
 BATCH = 256
 

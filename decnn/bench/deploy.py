@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from decnn.command import job_parser
-from decnn.distributed.netns import LinkError
-from decnn.exitcodes import run_main
+from decnn.common.exitcodes import run_main
+from decnn.common.job_parser import job_parser
+from decnn.emulation.netns import LinkError
 
 MODEL = {"model": "decnn_resnet34", "groups": 4, "width": 1.5, "stem": "tiny"}
 IMAGE_SIZE = 64
@@ -40,7 +40,7 @@ def prepare(tmp: Path) -> tuple[Path, Path]:
     """The random-init checkpoint and its even 2-device export."""
     from decnn.common.checkpoint import save_checkpoint
     from decnn.deploy.export import main as export_main
-    from decnn.inference.config import InferConfig
+    from decnn.inference.settings import InferConfig
     from decnn.inference.spec import resolve_model
 
     spec = resolve_model(InferConfig(random_init=True, **MODEL))

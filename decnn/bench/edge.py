@@ -21,10 +21,10 @@ import tempfile
 from pathlib import Path
 
 from decnn.bench.configurations import BenchConfig
-from decnn.bench.run import RunFailed, check
-from decnn.distributed.emulated_link import EmulatedLink
-from decnn.record import RunRecord
-from decnn.spatial import SPATIAL_MODES
+from decnn.bench.infer_runs import RunFailed, check
+from decnn.common.record import RunRecord
+from decnn.emulation.links import EmulatedLink
+from decnn.wire.spatial import SPATIAL_MODES
 
 
 def export_kind(config: BenchConfig) -> tuple:
@@ -40,7 +40,7 @@ def export_models(configs: list[BenchConfig], folder: Path) -> dict[tuple, Path]
     """Export folders for the edge configurations, by :func:`export_kind`: the torch rows' weights."""
     from decnn.common.checkpoint import save_checkpoint
     from decnn.deploy.export import main as export_main
-    from decnn.inference.config import InferConfig
+    from decnn.inference.settings import InferConfig
     from decnn.inference.spec import resolve_model
 
     folders = {}
@@ -93,8 +93,8 @@ def run_edge(config: BenchConfig, folders: dict[tuple, Path], link: EmulatedLink
     return dataclasses.replace(record, checkpoint=None)
 
 
-IDLE = ("from mpi4py import MPI; import numpy, onnxruntime; import decnn.edge.run; "
-        "from decnn.timing import peak_rss_bytes; print(peak_rss_bytes())")
+IDLE = ("from mpi4py import MPI; import numpy, onnxruntime; import decnn.edge.device_run; "
+        "from decnn.common.timing import peak_rss_bytes; print(peak_rss_bytes())")
 
 
 def idle_rss_bytes() -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from decnn.bench.configurations import BenchConfig
 from decnn.bench.edge import export_kind, export_models, idle_rss_bytes
-from decnn.command import job_parser
+from decnn.common.job_parser import job_parser
 
 CONFIGS = (BenchConfig("edge decnn branch fp32", "branch", 2, 1, runtime="edge"),
            BenchConfig("edge decnn single", "single", 1, 1, runtime="edge"))

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from decnn.bench.one_branch import median_ms, one_pinned_thread
-from decnn.command import job_parser
+from decnn.common.job_parser import job_parser
 from decnn.inference.optimize import prepare_for_inference
 from decnn.partition import Placement, extract_branch
 

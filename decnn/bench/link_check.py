@@ -14,11 +14,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from decnn.command import job_parser
-from decnn.distributed.emulated_link import EmulatedLink
-from decnn.distributed.netns import links_available
-from decnn.distributed.rates import parse_rate
-from decnn.exitcodes import run_main
+from decnn.common.exitcodes import run_main
+from decnn.common.job_parser import job_parser
+from decnn.emulation.links import EmulatedLink
+from decnn.emulation.netns import links_available
+from decnn.emulation.rates import parse_rate
 
 UNSHAPED_BYTES = 200_000_000
 GLOO_WORKER = """

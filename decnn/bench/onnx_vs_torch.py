@@ -19,8 +19,8 @@ import timm
 import torch
 
 from decnn.bench.one_branch import chain, interleaved_rounds, one_pinned_thread
-from decnn.command import job_parser
 from decnn.common.checkpoint import save_checkpoint
+from decnn.common.job_parser import job_parser
 from decnn.deploy.export import export_onnx
 from decnn.deploy.onnx_branch import OnnxBranch
 from decnn.deploy.shards import export_shards, load_shard_branch

@@ -15,9 +15,9 @@ from pathlib import Path
 from decnn.bench.compare import load_runs
 from decnn.bench.summary import bench_table
 from decnn.bench.summary import read as read_bench
-from decnn.command import job_parser
-from decnn.exitcodes import run_main
-from decnn.record import MB, RunRecord
+from decnn.common.exitcodes import run_main
+from decnn.common.job_parser import job_parser
+from decnn.common.record import MB, RunRecord
 
 REPORT = Path("paper/README.md")
 

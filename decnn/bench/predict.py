@@ -15,7 +15,7 @@ from decnn.plan.hetero import run_on_hosts
 from decnn.plan.planner import predict_branch
 from decnn.plan.profile import Profile
 from decnn.plan.spatial import predict_spatial
-from decnn.spatial import SPATIAL_MODES
+from decnn.wire.spatial import SPATIAL_MODES
 
 
 def _profile_args(config: BenchConfig, out: Path) -> list[str]:

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from decnn.bench.one_branch import interleaved_rounds, one_pinned_thread
-from decnn.command import job_parser
 from decnn.common.checkpoint import load_checkpoint, save_checkpoint
+from decnn.common.job_parser import job_parser
 from decnn.common.meters import agreement
 from decnn.deploy.export import export_onnx
 from decnn.deploy.onnx_branch import OnnxBranch

@@ -30,14 +30,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from decnn.bench.boards import LOOPBACK, Boards, BoardsError
 from decnn.bench.configurations import BASELINE, DECNN, FAMILIES, BenchConfig
-from decnn.command import job_parser
-from decnn.distributed.netns import LinkError
-from decnn.distributed.rates import parse_rate
-from decnn.emulation.boards import LOOPBACK, Boards, BoardsError
+from decnn.common.exitcodes import run_main
+from decnn.common.job_parser import job_parser
+from decnn.common.record import MB, Latency, RunRecord
+from decnn.emulation.netns import LinkError
 from decnn.emulation.quota import quotas_available
-from decnn.exitcodes import run_main
-from decnn.record import MB, Latency, RunRecord
+from decnn.emulation.rates import parse_rate
 
 METHODS = {"branch": "DeCNN", "modnn": "MoDNN", "grid": "Coates et al."}
 
@@ -199,7 +199,7 @@ def plot(records: list[RunRecord], path: Path) -> None:
 
 def write(records: list[RunRecord], validation: dict | None, meta: dict, out: Path, log_dir: str | None) -> None:
     """JSON, Markdown (the tables, the validation), the plot (.png) and one TensorBoard run per row."""
-    from decnn.bench.boards import verdict
+    from decnn.bench.validate_boards import verdict
     from decnn.common.logger import experiment_root, make_logger
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -256,8 +256,8 @@ def _main(argv: list[str]) -> None:
     ok, reason = quotas_available()
     if not ok:
         raise LinkError(reason)
-    from decnn.bench.boards import validate, verdict
     from decnn.bench.edge import export_kind, export_models, idle_rss_bytes  # torch: after the arguments
+    from decnn.bench.validate_boards import validate, verdict
 
     records: dict[str, list[RunRecord]] = {c.label(): [] for c in configs}
     with tempfile.TemporaryDirectory(prefix="decnn-bench-scaling-") as tmp:

@@ -14,8 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from decnn.command import job_parser
-from decnn.exitcodes import run_main
+from decnn.common.exitcodes import run_main
+from decnn.common.job_parser import job_parser
 
 HOWS = ("whole", "shard", "checkpoint")
 
@@ -26,11 +26,11 @@ def load_once(how: str, checkpoint: str, shards: str, device: int) -> dict:
     import torch
 
     from decnn.common.checkpoint import load_model
+    from decnn.common.timing import peak_rss_bytes
     from decnn.deploy.shards import load_checkpoint_branch, load_shard_branch, meta_model, read_manifest
     from decnn.inference.metrics import param_bytes
     from decnn.inference.optimize import prepare_for_inference
     from decnn.partition import Placement, extract_branch
-    from decnn.timing import peak_rss_bytes
 
     manifest = read_manifest(shards)
     placement = Placement(sum(len(d) for d in manifest["placement"]), tuple(map(tuple, manifest["placement"])))

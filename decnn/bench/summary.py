@@ -16,8 +16,8 @@ from pathlib import Path
 
 from decnn.bench.configurations import FAMILIES, BenchConfig
 from decnn.common.logger import experiment_root, make_logger
-from decnn.distributed.rates import parse_rate
-from decnn.record import Latency, RunRecord
+from decnn.common.record import Latency, RunRecord
+from decnn.emulation.rates import parse_rate
 
 
 def baseline_names(config: BenchConfig) -> dict[str, str]:

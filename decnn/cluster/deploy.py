@@ -44,13 +44,14 @@ from decnn.cluster.hosts import Host, Ssh, parse_hosts
 from decnn.cluster.mpmd import Rank
 from decnn.cluster.placement import MEMORY_MARGIN_BYTES, PLAN, BoardsPlan, PlanError
 from decnn.cluster.session import Board, Session, failed, on_every_board
-from decnn.command import job_parser
-from decnn.edge.bundle import BundleError, read_manifest, split_mode, whole_model
+from decnn.common.exitcodes import RUNTIME, USAGE
+from decnn.common.job_parser import job_parser
+from decnn.common.record import RunRecord, format_table
+from decnn.common.verification import VerificationError, check, compare
+from decnn.edge.branches import edge_whole
+from decnn.edge.bundle import whole_model
 from decnn.edge.spatial import tiling_of
-from decnn.edge.split import EdgeWhole
-from decnn.exitcodes import RUNTIME, USAGE
-from decnn.record import RunRecord, format_table
-from decnn.verification import VerificationError, check, compare
+from decnn.wire.export_format import BundleError, read_manifest, split_mode
 
 RUNS = "runs"  # ~/.decnn/runs/<run>/ on board 0: a run's record and logits until the laptop fetches them
 INPUTS = "inputs.npz"  # the images of a deployed run, in board 0's export folder
@@ -260,7 +261,7 @@ def _verification(todo: Job, logits: np.ndarray, inputs: Path) -> dict:
     """The run's logits against the whole model's (model.onnx, here) on the same images."""
     images = _read_images(inputs)[: len(logits)]
     manifest = todo.manifest
-    whole = EdgeWhole(whole_model(todo.directory, len(os.sched_getaffinity(0))), manifest["mean"], manifest["std"])
+    whole = edge_whole(whole_model(todo.directory, len(os.sched_getaffinity(0))), manifest["mean"], manifest["std"])
     reference = np.concatenate(whole.step([images]))
     return compare(logits, reference, todo.run.exchange_dtype, "quantization" in manifest)
 
@@ -308,7 +309,7 @@ def _read_images(path: Path) -> np.ndarray:
 
 def _run_parser() -> argparse.ArgumentParser:
     """The devices' parser (decnn.edge.run), raising ValueError instead of exiting."""
-    from decnn.edge.run import parser as run_parser
+    from decnn.edge.device_run import parser as run_parser
 
     p = run_parser()
 

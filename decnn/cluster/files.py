@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from decnn.edge.bundle import MANIFEST, plans_file, split_mode
+from decnn.wire.export_format import MANIFEST, plans_file, split_mode
 
 EXPORTS = "exports"  # ~/.decnn/exports/<export id>/ on a board
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
+from decnn.edge.device_run import as_device
 from decnn.edge.profile import measure_links
-from decnn.edge.run import as_device
 from decnn.edge.transport import MpiComm
 
 TIMEOUT_S = 60.0

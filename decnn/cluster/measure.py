@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from decnn.common.timing import peak_rss_bytes, reset_peak_rss
 from decnn.edge.bundle import DeviceBundle
+from decnn.edge.device_run import release_freed_memory
 from decnn.edge.profile import time_branch
-from decnn.edge.run import release_freed_memory
-from decnn.timing import peak_rss_bytes, reset_peak_rss
 
 REPEATS = 10
 

@@ -15,8 +15,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from decnn.common.costmodel import Prediction
 from decnn.edge.profile import predict
-from decnn.plan.costmodel import Prediction
 
 FORMAT = "decnn-boards-plan/1"
 PLAN = "plan.json"  # beside the export it chose

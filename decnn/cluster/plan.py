@@ -38,9 +38,9 @@ from decnn.cluster.placement import (
     rank,
 )
 from decnn.cluster.session import Board, Session, failed, on_every_board
-from decnn.command import job_parser
-from decnn.edge.bundle import MANIFEST
-from decnn.exitcodes import RUNTIME, USAGE
+from decnn.common.exitcodes import RUNTIME, USAGE
+from decnn.common.job_parser import job_parser
+from decnn.wire.export_format import MANIFEST
 
 PROFILE = "profile"  # ~/.decnn/profile/ on a board: the graphs it times, while it times them
 

@@ -18,8 +18,8 @@ from decnn.cluster.placement import Traffic
 from decnn.common.checkpoint import load_checkpoint, save_checkpoint
 from decnn.deploy.export import export_device_onnx
 from decnn.deploy.shards import export_shards, shard_file
-from decnn.edge.bundle import MANIFEST
 from decnn.partition import Placement
+from decnn.wire.export_format import MANIFEST
 
 
 def export_profile_set(checkpoint: str | Path, out: Path) -> tuple[int, Traffic]:

@@ -22,8 +22,8 @@ from decnn.cluster.facts import Facts, MiB, check, probe
 from decnn.cluster.files import Transfer, sha256, transfer
 from decnn.cluster.hosts import Host, HostError, Ssh
 from decnn.cluster.mpmd import Rank, launcher_exec, mpiexec_command
+from decnn.common.exitcodes import RUNTIME
 from decnn.edge.launch import supervise
-from decnn.exitcodes import RUNTIME
 
 ENVIRONMENT_BYTES = 400 * MiB  # decnn[edge] installed in a venv (222 MiB on x86_64), with pip's unpacking room
 T = TypeVar("T")

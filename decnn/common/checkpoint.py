@@ -25,7 +25,7 @@ import timm
 import torch
 from torch import nn
 
-from decnn.distributed.procfs import pid_alive
+from decnn.common.processes import pid_alive
 
 REQUIRED_KEYS = ("model", "model_name", "model_kwargs")
 

@@ -26,7 +26,7 @@ from tensorboard.plugins.text.summary_v2 import text_pb
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from decnn.record import DISPLAY_NAMES, EXPERIMENT_HPARAMS, EXPERIMENT_METRICS, FIRST_HPARAMS
+from decnn.common.record import DISPLAY_NAMES, EXPERIMENT_HPARAMS, EXPERIMENT_METRICS, FIRST_HPARAMS
 
 # The experiment's event file in the log root: one fixed name, so that rewriting it replaces it.
 EXPERIMENT_FILE = "events.out.tfevents.decnn-experiment"
@@ -112,7 +112,7 @@ def experiment_root(runs_of_a_kind: str | Path) -> Path:
 
 
 def experiment_summary() -> Summary:
-    """The HPARAMS experiment: every setting and metric any decnn run logs (decnn.record's lists). The tab
+    """The HPARAMS experiment: every setting and metric any decnn run logs (decnn.common.record's lists). The tab
     shows five settings at first, those marked ``differs`` first: the ones that say what a row is. Counts are
     text, so that the tab shows "2", not "2.0000"."""
     types = {str: api_pb2.DATA_TYPE_STRING, int: api_pb2.DATA_TYPE_STRING, float: api_pb2.DATA_TYPE_FLOAT64}

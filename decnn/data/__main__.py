@@ -12,12 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from decnn.command import job_parser
+from decnn.common.exitcodes import RUNTIME, USAGE, run_main
+from decnn.common.job_parser import job_parser
 from decnn.data import cache
 from decnn.data.download import KaggleUnavailableError, download, unpack_zip
 from decnn.data.layout import DEFAULT_ROOT, STANDIN_ROOT, DatasetCorruptError, scan
 from decnn.data.standin import make_standin
-from decnn.exitcodes import RUNTIME, USAGE, run_main
 
 
 def main(argv: list[str] | None = None) -> int:

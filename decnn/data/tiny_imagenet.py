@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from decnn.common.normalization import TINY_MEAN, TINY_STD
 from decnn.data import cache
 from decnn.data.layout import scan
-from decnn.normalization import TINY_MEAN, TINY_STD
 
 
 class TinyImageNet(Dataset):

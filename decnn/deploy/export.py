@@ -36,9 +36,9 @@ from decnn.deploy.quantize import (
 )
 from decnn.deploy.shards import ShardError, export_shards, load_shard_branch, meta_model
 from decnn.deploy.spatial import export_spatial
-from decnn.edge.bundle import MANIFEST, WHOLE_MODEL
 from decnn.partition import Branch, Placement
-from decnn.spatial import SPATIAL_MODES, Tiling
+from decnn.wire.export_format import MANIFEST, WHOLE_MODEL
+from decnn.wire.spatial import SPATIAL_MODES, Tiling
 
 EXAMPLES = """examples:
   decnn export runs/train/<run>/best.pt --placement 0,1/2,3 --out shards/

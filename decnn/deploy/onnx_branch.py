@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from decnn.deploy.shards import read_manifest, shard_file
-from decnn.partition import ExchangePlan
+from decnn.wire.exchange import ShufflePlan
 
 
 class OnnxBranch:
@@ -25,7 +25,7 @@ class OnnxBranch:
         if not manifest.get("onnx"):
             raise FileNotFoundError(f"{directory} has no ONNX graphs: export with `decnn export ... --onnx`")
         shard = torch.load(shard_file(directory, device), map_location="cpu", mmap=True, weights_only=True)
-        self.plans = [ExchangePlan(**plan) for plan in shard["plans"]]
+        self.plans = [ShufflePlan.from_dict(plan) for plan in shard["plans"]]
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         names = graphs or manifest["onnx"][device]

@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from decnn.common.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-from decnn.edge.bundle import FORMAT, MANIFEST, BundleError, plans_file
-from decnn.edge.bundle import read_manifest as read_bundle_manifest
-from decnn.partition import Branch, ExchangePlan, Placement, extract_branch, run_branches_locally
+from decnn.partition import Branch, Placement, extract_branch, run_branches_locally
+from decnn.wire.exchange import ShufflePlan
+from decnn.wire.export_format import FORMAT, MANIFEST, BundleError, write_plans
+from decnn.wire.export_format import read_manifest as read_bundle_manifest
 
 
 class ShardError(ValueError):
@@ -49,11 +50,9 @@ def export_shards(checkpoint: str | Path, placement: Placement, out: str | Path)
     for d in range(placement.num_devices):
         branch = extract_branch(model, placement, d)
         save_checkpoint(shard_file(out, d), {**stamp, "device": d, "branch": branch.state_dict(),
-                                             "plans": [vars(p) for p in branch.plans]})
-        plans = [{k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in vars(p).items()}
-                 for p in branch.plans]
-        plans_file(out, d).write_text(json.dumps({**stamp, "device": d, "plans": plans}) + "\n")
-        devices.append({"file": shard_file(out, d).name, "plans": plans_file(out, d).name,
+                                             "plans": [p.to_dict() for p in branch.plans]})
+        plans = write_plans(out, {**stamp, "device": d}, branch.plans)
+        devices.append({"file": shard_file(out, d).name, "plans": plans.name,
                         "param_bytes": _param_bytes(branch)})
     cfg = model.pretrained_cfg
     manifest = {**stamp, "image_size": ckpt["config"]["data"]["image_size"], "source": str(checkpoint),
@@ -106,9 +105,7 @@ def load_shard_branch(directory: str | Path, placement: Placement, device: int) 
         load_weights(branch, shard["branch"], where=str(path), assign=True)
     except CheckpointError as e:
         raise ShardError(str(e)) from None
-    # Cloned: a tensor left on the mapped file would keep the whole mapping, weights included, resident.
-    branch.plans = [ExchangePlan(**{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in plan.items()})
-                    for plan in shard["plans"]]
+    branch.plans = [ShufflePlan.from_dict(plan) for plan in shard["plans"]]
     return branch.eval()
 
 

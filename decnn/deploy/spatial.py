@@ -1,7 +1,7 @@
 """A spatial split's export for devices without torch (``decnn export --mode modnn|grid --onnx``).
 
 The manifest holds the model's layout for the export's image size (its pieces and the maps they read,
-:class:`decnn.spatial.Layout`), from which each device derives its own program for whatever tiling it runs
+:class:`decnn.wire.spatial.Layout`), from which each device derives its own program for whatever tiling it runs
 (``decnn edge DIR --devices N``); every piece is one ONNX graph for any tile size (``piece<i>.onnx``); every
 device pools its tile of the features with ``pool.onnx`` and device 0 runs ``classifier.onnx`` on the sum;
 ``model.onnx`` is the whole model (the 1-device baseline and the reference of ``--verify``). Every device
@@ -20,9 +20,9 @@ from torch import nn
 
 from decnn.common.checkpoint import load_checkpoint, load_weights
 from decnn.deploy.onnx_graph import export_graph
-from decnn.edge.bundle import FORMAT, MANIFEST, WHOLE_MODEL
 from decnn.partition.spatial import spatial_model
-from decnn.spatial import Tiling, compile_programs
+from decnn.wire.export_format import FORMAT, MANIFEST, WHOLE_MODEL
+from decnn.wire.spatial import Tiling, compile_programs
 
 POOL, CLASSIFIER = "pool.onnx", "classifier.onnx"
 

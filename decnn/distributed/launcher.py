@@ -18,15 +18,10 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-from decnn.distributed.faults import FAULT_ENV
-from decnn.distributed.process import (
-    LOCAL_ENDPOINT,
-    die_with_parent,
-    is_local_launch,
-    start_worker_server,
-    worker_environment,
-)
+from decnn.common.processes import die_with_parent
+from decnn.distributed.process import LOCAL_ENDPOINT, is_local_launch, start_worker_server, worker_environment
 from decnn.distributed.watchdog import terminable_when_stopped
+from decnn.emulation.faults import FAULT_ENV
 
 __all__ = ["LaunchError", "exit_with_launcher", "launch"]
 

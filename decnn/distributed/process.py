@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import multiprocessing.forkserver
 import os
-import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 LOCAL_ENDPOINT = "127.0.0.1:0"  # port 0: the launcher picks a free one
-_PR_SET_PDEATHSIG = 1
 
 
 def under_launcher() -> bool:
@@ -63,14 +60,3 @@ def start_worker_server(module: str, local: bool) -> None:
     multiprocessing.set_forkserver_preload([module])
     with worker_environment(local):
         multiprocessing.forkserver.ensure_running()
-
-
-def die_with_parent() -> None:
-    """Have the kernel SIGKILL this process when its parent dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``).
-
-    Safe as a ``subprocess.Popen(preexec_fn=...)``; the setting survives ``exec``.
-    """
-    parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the setting took effect
-        os.kill(os.getpid(), signal.SIGKILL)

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
-from decnn.distributed import procfs
+from decnn.common import processes
 
 __all__ = ["terminable_when_stopped"]
 
@@ -28,7 +28,7 @@ def terminable_when_stopped(interval_s: float = 0.1) -> Iterator[None]:
     def watch() -> None:
         while not done.wait(interval_s):
             for pid in _stopped_descendants(os.getpid()):
-                if procfs.pending_signals(pid) & _ENDING_SIGNALS:
+                if processes.pending_signals(pid) & _ENDING_SIGNALS:
                     with suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGCONT)
 
@@ -43,7 +43,7 @@ def terminable_when_stopped(interval_s: float = 0.1) -> Iterator[None]:
 
 def _stopped_descendants(root: int) -> list[int]:
     parents, stopped = {}, []
-    for pid, (state, ppid, _pgrp) in procfs.processes():
+    for pid, (state, ppid, _pgrp) in processes.processes():
         parents[pid] = ppid
         if state == "T":
             stopped.append(pid)

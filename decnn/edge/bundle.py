@@ -3,51 +3,11 @@ of the model (classes, input normalisation) from the manifest."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-MANIFEST = "manifest.json"
-FORMAT = "decnn-shards/1"
-WHOLE_MODEL = "model.onnx"  # the whole model as one graph: the 1-device baseline, the reference of --verify
-
-
-class BundleError(ValueError):
-    """A folder that is not a device's export, or belongs to another export, device or placement."""
-
-
-def plans_file(directory: str | Path, device: int) -> Path:
-    """Device ``device``'s exchange plans as JSON."""
-    return Path(directory) / f"device{device}.plans.json"
-
-
-def split_mode(manifest: dict) -> str:
-    """How an export splits the model: ``branch`` (DeCNN's groups), ``modnn`` or ``grid`` (spatial)."""
-    return manifest.get("mode", "branch")
-
-
-def read_manifest(directory: str | Path) -> dict:
-    path = Path(directory) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise BundleError(f"{directory} is not a shard folder written by `decnn export` ({e})") from None
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
-    return manifest
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Device ``device``'s part of the all-to-all at one shuffle point (see decnn.partition.exchange)."""
-
-    device: int
-    send_index: np.ndarray
-    send_splits: list[int]
-    recv_splits: list[int]
-    recv_index: np.ndarray
+from decnn.wire.export_format import WHOLE_MODEL, BundleError, read_manifest, read_plans, split_mode
 
 
 def session(path: Path, threads: int):
@@ -110,7 +70,7 @@ class DeviceBundle:
                               f"(placement {_spec(self.placement)}); there is no device {device}")
         if not manifest.get("onnx"):
             raise BundleError(f"{directory} has no ONNX graphs: export with `decnn export CHECKPOINT --onnx ...`")
-        self.plans = self._plans(directory)
+        self.plans = read_plans(directory, manifest, device)
         names = manifest["onnx"][device]
         missing = [n for n in names if not (directory / n).is_file()]
         if missing:
@@ -120,20 +80,6 @@ class DeviceBundle:
         self.head = graphs[len(self.segments)]
         self.tail = graphs[-1] if names[-1].endswith(".tail.onnx") else None
         self.param_bytes: int = manifest["devices"][device]["param_bytes"]
-
-    def _plans(self, directory: Path) -> list[Plan]:
-        path = plans_file(directory, self.device)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise BundleError(f"{path} cannot be read ({e}): copy it from the export, or export again") from None
-        expected = {"export_id": self.manifest["export_id"], "device": self.device, "placement": self.placement}
-        wrong = [f"{k}={data.get(k)!r}, expected {v!r}" for k, v in expected.items() if data.get(k) != v]
-        if wrong:
-            raise BundleError(f"{path} belongs to another export ({'; '.join(wrong)}): export the folder again")
-        return [Plan(device=p["device"], send_index=np.asarray(p["send_index"], np.int64),
-                     send_splits=p["send_splits"], recv_splits=p["recv_splits"],
-                     recv_index=np.asarray(p["recv_index"], np.int64)) for p in data["plans"]]
 
 
 def whole_model(directory: str | Path, threads: int = 1) -> Graph:

@@ -7,7 +7,7 @@
     decnn edge modnn/ --devices 3 --verify                       # a spatial export on any device count
 
 Every argument after the folder that this command does not know goes to each device's run
-(``python -m decnn.edge.run --help``). The command checks the folder first, starts ``mpiexec``, passes the
+(``python -m decnn.edge.device_run --help``). The command checks the folder first, starts ``mpiexec``, passes the
 devices' output through, and turns ``mpiexec``'s report of a dead process into one line naming its rank and
 host. Exit codes: 0, 2 (bad input), 1 (a device failed), 130 (Ctrl-C).
 """
@@ -24,12 +24,12 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
-from decnn.command import job_parser
-from decnn.edge.bundle import BundleError, read_manifest, split_mode
-from decnn.edge.run import IDENTITY, speeds_arg
+from decnn.common.exitcodes import INTERRUPTED, RUNTIME, USAGE
+from decnn.common.job_parser import job_parser
+from decnn.edge.device_run import IDENTITY, speeds_arg
 from decnn.edge.spatial import tiling_of
-from decnn.exitcodes import INTERRUPTED, RUNTIME, USAGE
-from decnn.spatial.tiling import SPATIAL_MODES
+from decnn.wire.export_format import BundleError, read_manifest, split_mode
+from decnn.wire.spatial import SPATIAL_MODES
 
 # On one host MPICH moves data through shared memory; these make UCX, its network layer, use TCP instead.
 TCP_ENV = {"MPIR_CVAR_NOLOCAL": "1", "UCX_TLS": "tcp,self"}
@@ -56,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def mpiexec_command(directory: str | Path, run_args: list[str], *, module: str = "decnn.edge.run",
+def mpiexec_command(directory: str | Path, run_args: list[str], *, module: str = "decnn.edge.device_run",
                     devices: int | None = None, hosts: list[str] | None = None, single: bool = False,
                     transport: str = "auto", iface: str | None = None, mpiexec: str | None = None,
                     launcher_exec: str | None = None, spatial: str | None = None,

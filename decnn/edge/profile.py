@@ -1,7 +1,7 @@
 """The cost model's prediction of a run on devices without torch, from parts measured where it runs
 (``decnn edge ... --predict``): before the timed run, every rank times each step of its part with a transport
 that moves nothing (all ranks at once, as in the run), and every ordered pair of ranks measures its link with an
-MPI ping-pong (a few bytes: the latency; a large block: the bandwidth). :func:`decnn.plan.costmodel.lockstep`
+MPI ping-pong (a few bytes: the latency; a large block: the bandwidth). :func:`decnn.common.costmodel.lockstep`
 joins them: per step the slowest rank, then the exchange's bytes over the measured links.
 """
 
@@ -14,13 +14,13 @@ from collections import Counter
 
 import numpy as np
 
+from decnn.common.costmodel import Prediction, lockstep
+from decnn.edge.branches import EdgeSplit
 from decnn.edge.bundle import DeviceBundle
-from decnn.edge.codec import make_codec
+from decnn.edge.numpy_codecs import make_codec
 from decnn.edge.spatial import EdgeSpatial
-from decnn.edge.split import EdgeSplit
 from decnn.edge.transport import MpiComm
-from decnn.plan.costmodel import Prediction, lockstep
-from decnn.spatial.executor import Then
+from decnn.execution.messages import Then
 
 _REPEATS = 5
 _SMALL, _LARGE = 64, 1 << 20
@@ -80,9 +80,9 @@ def time_steps(split: EdgeSplit | EdgeSpatial, inputs: list[np.ndarray], repeats
                    split.comm.size if isinstance(split, EdgeSplit) else split.program.devices)
     ends: list[float] = []
     if isinstance(split, EdgeSplit):
-        dry = EdgeSplit(split.bundle, wire, split.codec, 1)
-        dry.bundle = copy.copy(split.bundle)
-        dry.bundle.segments = _timed(split.bundle.segments, ends)
+        timed = copy.copy(split.bundle)
+        timed.segments = _timed(split.bundle.segments, ends)
+        dry = EdgeSplit(timed, wire, split.codec, 1)
     else:
         dry = EdgeSpatial(split.bundle, wire, split.tiling)
         dry.pieces = _timed(split.pieces, ends)
@@ -149,7 +149,7 @@ def _ping(comm: MpiComm, i: int, j: int, message: np.ndarray, reply: np.ndarray,
 def sent_bytes(split: EdgeSplit | EdgeSpatial, batch: int) -> list[list[int]]:
     """The bytes this rank sends to each rank at each exchange of a batch (after a step has run)."""
     if isinstance(split, EdgeSplit):
-        return [list(slots[0].send_counts) for slots in split.exchanges]
+        return [[n * e.itemsize for n in e.send_counts] for e in (slots[0] for slots in split.exchanges)]
     channels = [c for c, _, _ in split.bundle.layout.shapes]
     return [[sum(x.part.rows * x.part.cols * channels[x.tensor] * 4 * batch for x in step.sends if x.dst == d)
              for d in range(split.program.devices)] for step in split.program.steps]

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from decnn.edge.bundle import BundleError, read_manifest
-from decnn.edge.codec import EXCHANGE_DTYPES
+from decnn.common.exitcodes import USAGE
+from decnn.common.timing import peak_rss_bytes
+from decnn.edge.device_run import as_device, exit_now, open_split, pin_cores, release_freed_memory, speeds_arg
 from decnn.edge.launch import Report, mpiexec_command
-from decnn.edge.run import as_device, exit_now, open_split, pin_cores, release_freed_memory, speeds_arg
 from decnn.edge.transport import MpiComm
-from decnn.exitcodes import USAGE
-from decnn.spatial.tiling import SPATIAL_MODES
-from decnn.timing import peak_rss_bytes
+from decnn.wire.exchange import EXCHANGE_DTYPES
+from decnn.wire.export_format import BundleError, read_manifest
+from decnn.wire.spatial import SPATIAL_MODES
 
 STOP, RUN, STATS = 0, 1, 2
 DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))  # what a request may carry, by its code in the header

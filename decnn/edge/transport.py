@@ -18,6 +18,8 @@ from collections import Counter
 
 import numpy as np
 
+from decnn.execution.messages import AllOf, Then
+
 _REPORT_TAG = 77
 _REPORT_GRACE_S = 1.0  # how long a rank that timed out waits for the other ranks' reports
 _HOST_BYTES = 64
@@ -147,3 +149,52 @@ class MpiComm:
 
 def _offsets(counts: list[int]) -> list[int]:
     return [0, *np.cumsum(counts[:-1]).tolist()] if counts else []
+
+
+class MpiTransport:
+    """MPI as the executors' transport (:class:`decnn.execution.messages.Transport`)."""
+
+    def __init__(self, comm: MpiComm):
+        self.comm, self.rank = comm, comm.rank
+
+    def broadcast(self, array: np.ndarray, root: int) -> Request:
+        return self.comm.bcast(array, root)
+
+    def reduce_sum(self, array: np.ndarray, root: int) -> Then:
+        out = np.empty_like(array) if self.rank == root else None
+        return Then(self.comm.reduce(array, out, root), lambda: out)
+
+    def all_to_all(self, send: np.ndarray, send_counts: list[int], recv: np.ndarray, recv_counts: list[int],
+                   what: str = "all_to_all") -> Request:
+        size = send.itemsize
+        return self.comm.alltoallv(send, [n * size for n in send_counts], recv, [n * size for n in recv_counts], what)
+
+    def exchange(self, sends: list, receives: list) -> AllOf:
+        """MoDNN's way: non-blocking point-to-point with the devices that hold or need the halos."""
+        return AllOf([self.comm.recv(a, src, tag) for a, src, tag in receives]
+                     + [self.comm.send(a, dst, tag) for a, dst, tag in sends])
+
+
+class NumpyTensors:
+    """Activations as numpy arrays (NCHW, float32): the executors' array operations."""
+
+    def array(self, values: np.ndarray) -> np.ndarray:
+        return np.asarray(values)
+
+    def empty(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        return np.empty(shape, dtype)
+
+    def like(self, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return np.empty(shape, x.dtype)
+
+    def full(self, shape: tuple[int, ...], fill: float) -> np.ndarray:
+        return np.full(shape, fill, np.float32)
+
+    def take(self, x: np.ndarray, index: np.ndarray, out: np.ndarray) -> np.ndarray:
+        return np.take(x, index, axis=1, out=out)
+
+    def put(self, out: np.ndarray, index: np.ndarray, src: np.ndarray) -> None:
+        out[:, index] = src
+
+    def numpy(self, array: np.ndarray) -> np.ndarray:
+        return array

@@ -16,8 +16,8 @@ import signal
 import time
 from pathlib import Path
 
-from decnn.distributed.netns import LinkError, namespace_name
-from decnn.distributed.procfs import pid_alive
+from decnn.common.processes import pid_alive
+from decnn.emulation.netns import LinkError, namespace_name
 
 PERIOD_US = 10_000
 PREFIX = "decnn-quota"

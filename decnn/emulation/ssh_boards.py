@@ -25,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from decnn.distributed.emulated_link import EmulatedLink
-from decnn.distributed.netns import LinkError, command
-from decnn.distributed.process import die_with_parent
+from decnn.common.processes import die_with_parent
+from decnn.emulation.links import EmulatedLink
+from decnn.emulation.netns import LinkError, command
 from decnn.emulation.quota import CpuQuota
 
 SSHD = Path("/usr/sbin/sshd")

@@ -10,35 +10,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from decnn.common.timing import Clock
 from decnn.distributed.communicator import Communicator
+from decnn.execution.whole import WholeStep
 from decnn.inference.inputs import Normalize
-from decnn.timing import Clock
 
 
-class SingleMode:
+class SingleMode(WholeStep):
     """The whole model on this process, one batch per step (its compute counts as one segment)."""
 
-    batches_per_step = 1
-
     def __init__(self, model: nn.Module, normalize: Normalize):
-        self.module, self.normalize = model, normalize
-        self.clock = Clock()
-
-    @torch.inference_mode()
-    def step(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        out = []
-        for x in inputs:
-            with self.clock.part("normalize"):
-                x = self.normalize(x)
-            with self.clock.part("segment 0"):
-                out.append(self.module(x))
-        return out
-
-    def reset_stats(self) -> None:
-        self.clock.reset()
-
-    def rank_stats(self) -> dict:
-        return {}
+        super().__init__(torch.inference_mode()(model), normalize)
+        self.module = model
 
 
 class DataMode:

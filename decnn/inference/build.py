@@ -14,16 +14,16 @@ import torch
 from decnn.distributed.communicator import Communicator
 from decnn.inference.baselines import DataMode, SingleMode
 from decnn.inference.branch_mode import BranchMode
-from decnn.inference.codec import make_codec
-from decnn.inference.config import InferConfig
 from decnn.inference.inputs import Normalize
 from decnn.inference.metrics import param_bytes
 from decnn.inference.mode import Mode
 from decnn.inference.optimize import prepare_for_inference
 from decnn.inference.pipeline_mode import PipelineMode
+from decnn.inference.settings import InferConfig
 from decnn.inference.spatial_mode import SpatialMode
 from decnn.inference.spec import ModelSpec
-from decnn.spatial import SPATIAL_MODES
+from decnn.inference.tensor_codecs import make_codec
+from decnn.wire.spatial import SPATIAL_MODES
 
 
 @dataclass

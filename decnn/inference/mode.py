@@ -3,7 +3,7 @@
 A :class:`Mode` (single, data, branch, pipeline) owns the prepared module this rank runs and a ``step``
 that runs a list of uint8 batches across the ranks. It needs nothing of the timed loop: the runner and a
 persistent runtime call the same ``step``. Where a rank's time goes is measured by its
-:class:`~decnn.timing.Clock`.
+:class:`~decnn.common.timing.Clock`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from decnn.timing import Clock
+from decnn.common.timing import Clock
 
 
 class Mode(Protocol):

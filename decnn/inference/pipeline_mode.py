@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from decnn.common.timing import Clock
 from decnn.distributed.communicator import Communicator
 from decnn.inference.inputs import Normalize
 from decnn.inference.metrics import synced_time
 from decnn.models import DecoupledModelError, DecoupledNet
-from decnn.timing import Clock
 
 __all__ = ["PipelineMode", "UnitProfile", "balanced_cuts", "model_units", "profile_units", "stage_module"]
 

@@ -1,4 +1,4 @@
-"""The run's report: one :class:`~decnn.record.RunRecord`, written as JSON (``--out``), to TensorBoard and as a
+"""The run's report: one :class:`~decnn.common.record.RunRecord`, written as JSON (``--out``), to TensorBoard and as a
 console table."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ import dataclasses
 import json
 from pathlib import Path
 
-from decnn.inference.config import InferConfig
+from decnn.common.record import MB, Latency, RunRecord, format_table
+from decnn.common.tensorboard import log_run
+from decnn.common.timing import breakdowns, percentiles_ms
 from decnn.inference.inputs import batch_sizes
+from decnn.inference.settings import InferConfig
 from decnn.inference.spec import ModelSpec
-from decnn.inference.tensorboard import log_run
-from decnn.record import MB, Latency, RunRecord, format_table
-from decnn.spatial import SPATIAL_MODES
-from decnn.timing import breakdowns, percentiles_ms
+from decnn.wire.spatial import SPATIAL_MODES
 
 
 def build_report(cfg: InferConfig, spec: ModelSpec, placement, image_size: int, timing, stats: list[dict],

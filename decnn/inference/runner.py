@@ -18,25 +18,25 @@ from pathlib import Path
 
 import torch
 
+from decnn.common.errors import ConfigError
+from decnn.common.record import RunRecord
+from decnn.common.timing import Clock, peak_rss_bytes, reset_peak_rss
+from decnn.common.verification import compare
 from decnn.deploy.shards import read_manifest
 from decnn.distributed.communicator import Communicator
-from decnn.distributed.faults import inject_fault
 from decnn.distributed.launcher import exit_with_launcher
 from decnn.distributed.pinning import configure_threads, threads_and_cores_restored
 from decnn.distributed.process import under_launcher
-from decnn.errors import ConfigError
+from decnn.emulation.faults import inject_fault
 from decnn.inference.build import build_mode
-from decnn.inference.config import DEFAULT_DATA_ROOT, InferConfig
 from decnn.inference.inputs import Normalize, SyntheticImages, ValImages, batch_sizes
 from decnn.inference.metrics import synced_time, topk_accuracy
 from decnn.inference.mode import Mode
 from decnn.inference.optimize import keep_freed_memory
 from decnn.inference.report import write_report
+from decnn.inference.settings import DEFAULT_DATA_ROOT, InferConfig
 from decnn.inference.spec import ModelSpec, resolve_model
-from decnn.record import RunRecord
-from decnn.spatial import SPATIAL_MODES
-from decnn.timing import Clock, peak_rss_bytes, reset_peak_rss
-from decnn.verification import compare
+from decnn.wire.spatial import SPATIAL_MODES
 
 SYNTHETIC_IMAGES = 64
 _PROGRESS_EVERY_S = 5.0
@@ -78,7 +78,7 @@ def preflight(cfg: InferConfig, rank: int = 0) -> tuple[ModelSpec, object]:
 
 def run_rank(cfg: InferConfig) -> RunRecord | None:
     """The whole run on this rank (the function every process runs); returns the report on rank 0 (its caller
-    fails the run if it says ``verified: false``: decnn.verification.check)."""
+    fails the run if it says ``verified: false``: decnn.common.verification.check)."""
     if under_launcher():
         exit_with_launcher()
     rank = int(os.environ.get("RANK", 0))
@@ -190,7 +190,7 @@ def _tracing(trace_dir: str | None, rank: int, clock: Clock) -> Iterator[None]:
 
 def _quality(cfg, spec: ModelSpec, normalize, source, sizes, timing: Timing) -> dict:
     """Rank 0, after the timed run: top-1/top-5 with labels; with --verify, the comparison with the whole model
-    (decnn.verification)."""
+    (decnn.common.verification)."""
     quality = {}
     if not timing.logits:
         return quality

@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 from decnn.common.checkpoint import CheckpointError, load_checkpoint, load_model
+from decnn.common.errors import ConfigError, option
 from decnn.deploy import shards
-from decnn.errors import ConfigError, option
-from decnn.inference.config import InferConfig
+from decnn.inference.settings import InferConfig
 from decnn.models import DecoupledModelError, verify_decoupled
 from decnn.partition import Branch, Placement, extract_branch
 from decnn.partition.spatial import spatial_model
-from decnn.spatial import SpatialError, Tiling, compile_programs
+from decnn.wire.spatial import SpatialError, Tiling, compile_programs
 
 DEFAULT_MODEL = "decnn_resnet34"
 

@@ -23,8 +23,8 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
+from decnn.common.normalization import TINY_MEAN, TINY_STD
 from decnn.models.decoupled import ChannelShuffle, DecoupledNet, HeadParts
-from decnn.normalization import TINY_MEAN, TINY_STD
 
 __all__ = ["DecoupledVGG"]
 

@@ -1,12 +1,11 @@
 """Partitioning a decoupled model into per-device branches (pure torch; no torch.distributed here)."""
 
 from decnn.partition.branch import Branch, extract_branch, extract_branches, run_branches_locally
-from decnn.partition.exchange import ExchangePlan, exchange_plans, local_exchange
-from decnn.partition.placement import Placement
+from decnn.partition.exchange_plans import exchange_plans, local_exchange
+from decnn.wire.placement import Placement
 
 __all__ = [
     "Branch",
-    "ExchangePlan",
     "Placement",
     "exchange_plans",
     "extract_branch",

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from decnn.models.decoupled import verify_decoupled
-from decnn.partition.exchange import ExchangePlan, exchange_plans, local_exchange
-from decnn.partition.placement import Placement
+from decnn.partition.exchange_plans import exchange_plans, local_exchange
+from decnn.wire.exchange import ShufflePlan
+from decnn.wire.placement import Placement
 
 Exchange = Callable[[int, torch.Tensor], torch.Tensor]
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -34,7 +35,7 @@ class Branch(nn.Module):
 
     def __init__(
         self, stem: nn.Module, segments: nn.ModuleList, pool: nn.Module, fc: nn.Linear, tail: nn.Module | None,
-        plans: list[ExchangePlan],
+        plans: list[ShufflePlan],
     ):
         super().__init__()
         self.stem, self.segments, self.pool, self.fc, self.tail = stem, segments, pool, fc, tail
@@ -66,6 +67,11 @@ class Branch(nn.Module):
                 x = exchange(i, x)
         summed = reduce(self.head(x))
         return None if self.tail is None else self.finish(summed)
+
+
+def _local(placement: Placement, channels: int, device: int) -> torch.Tensor:
+    """The global indices of ``device``'s channels of a layer of ``channels``, as a tensor."""
+    return torch.from_numpy(placement.local_channels(channels, device))
 
 
 def _slice_conv(conv: nn.Conv2d, out_index: torch.Tensor, groups: int) -> nn.Conv2d:
@@ -111,9 +117,9 @@ def _slice_segment(segment: nn.Module, placement: Placement, device: int) -> nn.
     local_groups = len(placement.devices[device])
     for name, m in segment.named_modules():
         if isinstance(m, nn.Conv2d):
-            _replace(sliced, name, _slice_conv(m, placement.local_channels(m.out_channels, device), local_groups))
+            _replace(sliced, name, _slice_conv(m, _local(placement, m.out_channels, device), local_groups))
         elif isinstance(m, nn.BatchNorm2d):
-            _replace(sliced, name, _slice_bn(m, placement.local_channels(m.num_features, device)))
+            _replace(sliced, name, _slice_bn(m, _local(placement, m.num_features, device)))
     return sliced
 
 
@@ -121,7 +127,7 @@ def _slice_stem(stem: nn.Sequential, placement: Placement, device: int) -> nn.Se
     """The dense stem computes only this device's output channels: slice its last conv and what follows."""
     stem = copy.deepcopy(stem)
     last_conv = max(i for i, m in enumerate(stem) if isinstance(m, nn.Conv2d))
-    index = placement.local_channels(stem[last_conv].out_channels, device)
+    index = _local(placement, stem[last_conv].out_channels, device)
     stem[last_conv] = _slice_conv(stem[last_conv], index, groups=1)
     for i in range(last_conv + 1, len(stem)):
         if isinstance(stem[i], nn.BatchNorm2d):
@@ -179,7 +185,7 @@ def extract_branch(model: nn.Module, placement: Placement, device: int) -> Branc
     segments = nn.ModuleList(_slice_segment(seg, placement, device) for seg in model.segments)
     head = model.head_parts()
     channels = model.num_features
-    columns = _head_columns(head.pool, channels, placement.local_channels(channels, device))
+    columns = _head_columns(head.pool, channels, _local(placement, channels, device))
     fc = _slice_fc(head.linear, columns, with_bias=device == 0)
     tail = copy.deepcopy(head.tail) if device == 0 else None
     branch = Branch(_slice_stem(model.stem, placement, device), segments, copy.deepcopy(head.pool), fc, tail, plans)
@@ -193,7 +199,7 @@ def extract_branches(model: nn.Module, placement: Placement) -> list[Branch]:
 def run_branches_locally(
     branches: list[Branch],
     x: torch.Tensor,
-    exchange: Callable[[list[ExchangePlan], list[torch.Tensor]], list[torch.Tensor]] = local_exchange,
+    exchange: Callable[[list[ShufflePlan], list[torch.Tensor]], list[torch.Tensor]] = local_exchange,
     on_step: Callable[[int, int, Callable[[], torch.Tensor]], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run all branches in one process with the reference exchange; returns the model's logits.

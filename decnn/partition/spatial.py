@@ -3,7 +3,7 @@ into pieces between the layers that read a window of another device's pixels, an
 
 torch.fx traces ``forward_features`` (a channel shuffle stays one per-pixel step); batch norms are folded into
 the convolutions before them, as every mode's preparation does. Each layer is a convolution or pool that
-reads a window (:class:`decnn.spatial.Window`), or a per-pixel layer (batch norm, activations, additions,
+reads a window (:class:`decnn.wire.spatial.Window`), or a per-pixel layer (batch norm, activations, additions,
 the shuffle, 1x1 convolutions of stride 1); anything else is refused with its name. A piece ends before a
 layer that reads a window of a map the same piece computed; in a piece, windowed layers read buffers that
 the executor has padded and completed with the halo, so their own padding is set to 0. The pieces are
@@ -22,11 +22,12 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from decnn.distributed.transport import TorchTensors
+from decnn.execution.spatial import LocalGroup, SpatialStep
 from decnn.models.decoupled import ChannelShuffle, verify_decoupled
-from decnn.spatial import Layout, Piece, SpatialError, Tiling, Use, Window, compile_programs
-from decnn.spatial.executor import LocalGroup, SpatialStep
+from decnn.wire.spatial import Layout, Piece, SpatialError, Tiling, Use, Window, compile_programs
 
-__all__ = ["SpatialModel", "TorchArrays", "run_spatial_locally", "spatial_model"]
+__all__ = ["SpatialModel", "run_spatial_locally", "spatial_model"]
 
 PER_PIXEL_MODULES = (nn.BatchNorm2d, nn.Identity, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Sigmoid,
                      nn.LeakyReLU, nn.Dropout, ChannelShuffle)
@@ -231,20 +232,6 @@ def _unpadded(m: nn.Module) -> nn.Module:
     return c
 
 
-class TorchArrays:
-    """Activations as tensors on ``device`` (channels-last where ``channels_last``: oneDNN's fastest on CPU)."""
-
-    def __init__(self, device: torch.device | str = "cpu", channels_last: bool = False):
-        self.device = device
-        self.layout = torch.channels_last if channels_last else torch.contiguous_format
-
-    def full(self, shape: tuple[int, ...], fill: float) -> torch.Tensor:
-        return torch.empty(shape, device=self.device, memory_format=self.layout).fill_(fill)
-
-    def empty(self, shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.empty(shape, device=self.device)
-
-
 @torch.no_grad()
 def run_spatial_locally(spatial: SpatialModel, x: torch.Tensor, tiling: Tiling) -> torch.Tensor:
     """The logits of a spatial split of normalised inputs ``x`` with every device a thread of this process
@@ -254,7 +241,7 @@ def run_spatial_locally(spatial: SpatialModel, x: torch.Tensor, tiling: Tiling) 
     pieces = [no_grad(lambda inputs, p=p: p(*inputs)) for p in spatial.pieces]
 
     def device(transport) -> SpatialStep:
-        return SpatialStep(programs[transport.rank], pieces, TorchArrays(x.device), transport, lambda v: v,
+        return SpatialStep(programs[transport.rank], pieces, TorchTensors(x.device), transport, lambda v: v,
                            no_grad(spatial.pool), no_grad(spatial.classifier))
 
     return LocalGroup(tiling.devices, copy=torch.clone).run(device, x)

@@ -14,13 +14,13 @@ import json
 import sys
 from pathlib import Path
 
-from decnn.command import job_parser
+from decnn.common.errors import ConfigError
+from decnn.common.job_parser import job_parser
 from decnn.distributed.communicator import PeerError
 from decnn.distributed.launcher import LaunchError, launch
-from decnn.distributed.netns import LinkError
 from decnn.distributed.process import under_launcher
-from decnn.errors import ConfigError
-from decnn.inference.config import InferConfig
+from decnn.emulation.netns import LinkError
+from decnn.inference.settings import InferConfig
 from decnn.plan.hetero import format_side_by_side, side_by_side
 from decnn.plan.planner import OBJECTIVES, format_plans, plan
 from decnn.plan.profile import Profile, ProfileArgs, profile_rank

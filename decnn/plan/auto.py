@@ -15,11 +15,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from decnn.common.errors import ConfigError
 from decnn.distributed.launcher import launch
 from decnn.distributed.process import under_launcher
-from decnn.errors import ConfigError
-from decnn.inference.config import InferConfig
 from decnn.inference.runner import preflight, run_rank
+from decnn.inference.settings import InferConfig
 from decnn.plan.planner import MODES, Plan, format_plans, plan
 from decnn.plan.profile import Profile, ProfileArgs, profile_rank
 

@@ -1,5 +1,5 @@
 """Heterogeneous devices, emulated: one host's CPU slowed by a cgroup bandwidth quota, one host's link slowed
-by tbf in both directions, on the namespaces of :class:`decnn.distributed.emulated_link.EmulatedLink`.
+by tbf in both directions, on the namespaces of :class:`decnn.emulation.links.EmulatedLink`.
 
 A CPU quota (cgroup v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us`` where only v1 is mounted) lets a host's
 processes run ``fraction`` of one core's time in every 10 ms period: a board that many times slower than
@@ -18,9 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from decnn.distributed.emulated_link import EmulatedLink
-from decnn.distributed.rates import parse_rate
+from decnn.emulation.links import EmulatedLink
 from decnn.emulation.quota import CpuQuota
+from decnn.emulation.rates import parse_rate
 from decnn.partition import Placement
 from decnn.plan.planner import Plan, plan, predict_branch, predict_single
 from decnn.plan.profile import Profile
@@ -91,7 +91,7 @@ def side_by_side(devices: int, batch: int, slow_host: int, cpu: float, link_rate
             for name, p in configs.items():
                 port += 1
                 out = Path(tmp) / "report.json"
-                args = ["decnn.inference", "--random-init", "--batch", batch, "--threads", 1, "--num-images",
+                args = ["decnn.jobs.infer", "--random-init", "--batch", batch, "--threads", 1, "--num-images",
                         images * batch, "--warmup", 2, "--log-dir", "", "--out", out, *p.infer_args()]
                 if p.mode == "single":
                     run_single(link, args)

@@ -19,13 +19,14 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from decnn.inference.codec import EXCHANGE_DTYPES, make_codec
+from decnn.common.costmodel import Prediction, data_parallel, pipeline, simulate_branch, transfer_seconds
 from decnn.inference.pipeline_mode import UnitProfile, balanced_cuts
 from decnn.partition import Placement, exchange_plans
-from decnn.plan.costmodel import Prediction, data_parallel, pipeline, simulate_branch, transfer_seconds
 from decnn.plan.profile import Profile
+from decnn.wire.exchange import EXCHANGE_DTYPES, WIRE_DTYPES, row_elements
 
 OBJECTIVES = ("latency", "throughput")
 MODES = ("branch", "pipeline", "data", "single")
@@ -92,12 +93,11 @@ def _message_s(profile: Profile) -> float:
 
 def predict_branch(profile: Profile, placement: Placement, dtype: str, in_flight: int) -> Prediction:
     n, b = placement.num_devices, profile.batch
-    codec = make_codec(dtype)
-    wire_bytes = torch.empty(0, dtype=codec.wire_dtype).element_size()
+    wire_bytes = np.dtype(WIRE_DTYPES[dtype]).itemsize
     transfer = []
     for perm, pixels in zip(profile.permutations, profile.pixels):
         plans = exchange_plans(torch.tensor(perm), placement)
-        row = codec.row_elements(b, pixels) * wire_bytes
+        row = b * row_elements(dtype, pixels) * wire_bytes
         sent = [[0 if s == d else plans[s].send_splits[d] * row for d in range(n)] for s in range(n)]
         transfer.append(transfer_seconds(sent, profile.links.bytes_per_s, _message_s(profile)))
     compute = []

@@ -22,18 +22,21 @@ from pathlib import Path
 import torch
 
 from decnn.common.meters import agreement
+from decnn.common.timing import Clock
 from decnn.distributed.communicator import Communicator
 from decnn.distributed.pinning import configure_threads
-from decnn.inference.branch_mode import ShuffleExchange
-from decnn.inference.codec import EXCHANGE_DTYPES, make_codec
-from decnn.inference.config import InferConfig
+from decnn.distributed.transport import TorchTensors
+from decnn.execution.branch import ShuffleExchange
+from decnn.execution.messages import Done
 from decnn.inference.inputs import Normalize, SyntheticImages
 from decnn.inference.optimize import keep_freed_memory, prepare_for_inference
 from decnn.inference.pipeline_mode import profile_units
+from decnn.inference.settings import InferConfig
 from decnn.inference.spec import ModelSpec, resolve_model
+from decnn.inference.tensor_codecs import make_codec
 from decnn.partition import Placement, extract_branches, local_exchange, run_branches_locally
 from decnn.plan.spatial import time_spatial
-from decnn.timing import Clock
+from decnn.wire.exchange import EXCHANGE_DTYPES, WIRE_DTYPES, row_elements
 
 PROFILE_VERSION = 1
 _REPEATS = 5
@@ -120,16 +123,14 @@ class Profile:
 
 
 class _NoWire:
-    """Stands in for the communicator so that a ShuffleExchange's packing can be timed without peers."""
+    """Stands in for the transport so that a ShuffleExchange's packing can be timed without peers (what would
+    arrive is zeros)."""
 
-    device = torch.device("cpu")
+    rank = 0
 
-    class _Done:
-        def wait(self) -> None:
-            pass
-
-    def all_to_all(self, *args, **kwargs):
-        return self._Done()
+    def all_to_all(self, send, send_counts, recv, recv_counts) -> Done:
+        recv.zero_()
+        return Done()
 
 
 def _branch_pair(model, groups: int, k: int):
@@ -166,7 +167,8 @@ def time_device(spec: ModelSpec, batch: int, image_size: int, repeats: int = _RE
         for dtype in EXCHANGE_DTYPES:
             per_point = []
             for s, plan in enumerate(branches[0].plans if k < spec.groups else []):
-                exchange = ShuffleExchange(s, plan, make_codec(dtype), _NoWire(), Clock())
+                exchange = ShuffleExchange(s, plan, make_codec(dtype), TorchTensors(), _NoWire(),
+                                           Clock())
 
                 def pack(exchange=exchange, y=outputs[s]):
                     start = time.perf_counter()  # packing and the codec: there is no wire to wait for
@@ -195,12 +197,11 @@ def measure_agreement(spec: ModelSpec, image_size: int, images: int = _AGREEMENT
     for dtype in EXCHANGE_DTYPES:
         codec = make_codec(dtype)
 
-        def roundtrip(y, codec=codec):
+        def roundtrip(y, codec=codec, dtype=dtype):
             b, c, h, w = y.shape
-            rows = y.transpose(0, 1).reshape(c, b, h * w).contiguous()
-            wire = torch.empty(c, codec.row_elements(b, h * w), dtype=codec.wire_dtype) if codec.needs_buffer else None
-            decoded = codec.decode(codec.encode(rows, wire), b, torch.empty_like(rows))
-            return decoded.reshape(c, b, h, w).transpose(0, 1)
+            rows = y.reshape(b * c, h * w).contiguous()  # the wire's (image, channel) rows
+            wire = TorchTensors().empty((b * c, row_elements(dtype, h * w)), WIRE_DTYPES[dtype])
+            return codec.decode(codec.encode(rows, wire), torch.empty_like(rows)).reshape(b, c, h, w)
 
         logits = run_branches_locally(
             branches, x, exchange=lambda plans, outs: local_exchange(plans, [roundtrip(o) for o in outs]))

@@ -18,12 +18,14 @@ import time
 
 import torch
 
+from decnn.common.costmodel import Prediction, lockstep
+from decnn.distributed.transport import TorchTensors
+from decnn.execution.messages import Then
+from decnn.execution.spatial import SpatialStep, part
 from decnn.inference.inputs import Normalize, SyntheticImages
 from decnn.inference.spec import ModelSpec
-from decnn.partition.spatial import TorchArrays, spatial_model
-from decnn.plan.costmodel import Prediction, lockstep
-from decnn.spatial import SPATIAL_MODES, SpatialError, Tiling, compile_programs
-from decnn.spatial.executor import SpatialStep, Then, part
+from decnn.partition.spatial import spatial_model
+from decnn.wire.spatial import SPATIAL_MODES, SpatialError, Tiling, compile_programs
 
 _REPEATS = 5
 
@@ -85,7 +87,7 @@ def time_spatial(spec: ModelSpec, batch: int, image_size: int, devices: int, ran
             return out
 
         step = SpatialStep(programs[rank], [lambda inputs, p=p: timed(p, inputs) for p in spatial.pieces],
-                           TorchArrays(channels_last=True), _NoWire(rank), lambda v: v, spatial.pool,
+                           TorchTensors(channels_last=True), _NoWire(rank), lambda v: v, spatial.pool,
                            spatial.classifier)
         runs = []
         for r in range(repeats + 1):  # the first is a warm-up

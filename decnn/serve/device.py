@@ -23,8 +23,8 @@ import socket
 import sys
 import time
 
-from decnn.command import job_parser
-from decnn.errors import ConfigError
+from decnn.common.errors import ConfigError
+from decnn.common.job_parser import job_parser
 
 RUN_ID = "decnn-serve"
 # Seconds: a lost device is dropped from the rendezvous after keep_alive_interval x keep_alive_max_attempt

@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 
 from decnn.common.logger import make_logger
-from decnn.inference.config import InferConfig
+from decnn.common.verification import check, compare
 from decnn.inference.inputs import batch_sizes
 from decnn.inference.metrics import topk_accuracy
 from decnn.inference.runner import open_inputs
+from decnn.inference.settings import InferConfig
 from decnn.inference.spec import resolve_model
-from decnn.serve.elastic import ElasticSplitModel
+from decnn.serve.elastic_model import ElasticSplitModel
 from decnn.serve.timeline import Timeline
-from decnn.verification import check, compare
 
 _PROGRESS_EVERY_S = 5.0
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass, field
 
-from decnn.timing import percentiles_ms
+from decnn.common.timing import percentiles_ms
 
 __all__ = ["Answer", "Timeline"]
 

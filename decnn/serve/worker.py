@@ -20,14 +20,14 @@ import sys
 
 import torch
 
+from decnn.common.timing import peak_rss_bytes
 from decnn.distributed.communicator import Communicator, host_label
 from decnn.distributed.pinning import configure_threads
 from decnn.inference.build import build_mode
-from decnn.inference.config import InferConfig
 from decnn.inference.inputs import Normalize
 from decnn.inference.optimize import keep_freed_memory
+from decnn.inference.settings import InferConfig
 from decnn.inference.spec import ModelSpec
-from decnn.timing import peak_rss_bytes
 
 STOP, RUN, STATS, IDLE = 0, 1, 2, 3  # IDLE: no request yet (an elastic group's keep-alive, decnn.serve.device)
 DTYPES = (torch.uint8, torch.float32)  # the inputs a request may carry, by their code in the header

@@ -11,8 +11,8 @@ Exit codes: 2 usage or input error (config, checkpoint, dataset, run folder), 1 
 import sys
 from pathlib import Path
 
-from decnn.command import job_parser
-from decnn.exitcodes import USAGE, run_main
+from decnn.common.exitcodes import USAGE, run_main
+from decnn.common.job_parser import job_parser
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             return USAGE
 
     from decnn.common.checkpoint import CheckpointError, load_checkpoint
+    from decnn.common.errors import ConfigError
     from decnn.data import DatasetCorruptError, DatasetNotFoundError
-    from decnn.errors import ConfigError
     from decnn.train.config import load_config
     from decnn.train.evaluate import evaluate_checkpoint
     from decnn.train.trainer import train

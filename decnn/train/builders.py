@@ -17,9 +17,9 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from decnn.common.checkpoint import normalization_kwargs
+from decnn.common.errors import ConfigError
 from decnn.data import dataset_class, make_standin
 from decnn.distributed.communicator import backend_for
-from decnn.errors import ConfigError
 from decnn.train.config import DataConfig, ModelConfig, OptimConfig, TrainingConfig
 from decnn.train.transforms import eval_transform
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from decnn.errors import ConfigError
+from decnn.common.errors import ConfigError
 from decnn.models import STEMS, model_names
 
 OPTIMIZERS = ("sgd", "adamw")

@@ -19,8 +19,8 @@ from pathlib import Path
 import timm
 import torch
 
-from decnn.command import job_parser
 from decnn.common.checkpoint import normalization_kwargs, save_checkpoint
+from decnn.common.job_parser import job_parser
 from decnn.data.folder import ImageFolderTree
 from decnn.models.reference import REFERENCE_ZOO, ReferenceFormatError, to_decnn_state_dict
 from decnn.train.config import load_config

@@ -29,12 +29,12 @@ from decnn.common.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from decnn.common.errors import ConfigError
 from decnn.common.logger import experiment_root, make_logger
 from decnn.common.meters import Progress
+from decnn.common.record import ACCURACY_TRAINING, architecture
 from decnn.data import dataset_class
-from decnn.errors import ConfigError
 from decnn.models import count_flops, count_params
-from decnn.record import ACCURACY_TRAINING, architecture
 from decnn.train.builders import (
     amp_dtype,
     build_dataset,
@@ -290,7 +290,7 @@ class Trainer:
         }
 
     def hparams(self) -> dict:
-        """What tells runs apart in TensorBoard's HPARAMS tab (columns of decnn.record.EXPERIMENT_HPARAMS)."""
+        """What tells runs apart in TensorBoard's HPARAMS tab (columns of decnn.common.record.EXPERIMENT_HPARAMS)."""
         c = self.cfg
         return {
             "architecture": architecture(c.model.name, c.model.groups, c.model.width), "mode": "train",
