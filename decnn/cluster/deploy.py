@@ -13,8 +13,8 @@ index where it reaches it, otherwise from wheels fetched here for its platform),
 is not copied again. Then this machine's mpiexec runs the device runtime across the boards over TCP, and the run's
 report is printed here. A deploy that copied or installed anything, or ran on these hosts for the first time,
 checks the run's answers against the export's model.onnx here (--verify always, --no-verify never): beyond the
-exchange's bound it exits 1 (decnn.verification). Every argument it does not know goes to each device's run
-(`python -m decnn.edge.run --help`: --images, --batch, --exchange-dtype, --threads, --timeout, ...).
+exchange's bound it exits 1 (decnn.common.verification). Every argument it does not know goes to each device's run
+(`python -m decnn.edge.device_run --help`: --images, --batch, --exchange-dtype, --threads, --timeout, ...).
 Exit codes: 0, 2 (bad input), 1 (a board or the run failed: one line per board, naming it and what to do; the
 same command again after the fix completes the deploy), 130 (Ctrl-C).
 """
@@ -205,7 +205,7 @@ def _run(session: Session, boards: list[Board], folder: str, run_args: list[str]
     run = f"{first.facts.root}/{RUNS}/{int(time.time() * 1e3)}"
     ranks = []
     for b in boards:
-        args = ["-m", "decnn.edge.run", f"{b.facts.root}/{folder}", "--transport", "mpi-tcp", *run_args]
+        args = ["-m", "decnn.edge.device_run", f"{b.facts.root}/{folder}", "--transport", "mpi-tcp", *run_args]
         if b is first:
             args += ["--inputs", f"{b.facts.root}/{folder}/{INPUTS}", "--out", f"{run}/record.json",
                      "--logits", f"{run}/logits.npy"]
@@ -308,13 +308,13 @@ def _read_images(path: Path) -> np.ndarray:
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    """The devices' parser (decnn.edge.run), raising ValueError instead of exiting."""
+    """The devices' parser (decnn.edge.device_run), raising ValueError instead of exiting."""
     from decnn.edge.device_run import parser as run_parser
 
     p = run_parser()
 
     def error(message: str):
-        raise ValueError(f"{message} (the devices' run: python -m decnn.edge.run --help)")
+        raise ValueError(f"{message} (the devices' run: python -m decnn.edge.device_run --help)")
 
     p.error = error
     return p

@@ -1,6 +1,6 @@
 """Boards reached over OpenSSH, on this machine: a small cluster for ``decnn deploy`` and ``decnn plan --hosts``.
 
-Each board is a network namespace behind an emulated link (:class:`decnn.distributed.emulated_link.EmulatedLink`)
+Each board is a network namespace behind an emulated link (:class:`decnn.emulation.links.EmulatedLink`)
 with Debian's ``sshd`` listening on its address, in a mount namespace of its own in which the home folder (/root)
 is a private directory: what the laptop copies there lands in that directory, not in this machine's /root. Each
 board's sshd, and so everything a session runs there, is held to its share of a core
