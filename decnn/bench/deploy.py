@@ -16,6 +16,7 @@ Writes JSON and Markdown beside it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(lambda: _main(argv), usage_errors=(ValueError,), runtime_errors=(DeployFailed, LinkError))
 
 
-def _main(argv: list[str]) -> None:
+def parser() -> argparse.ArgumentParser:
     p = job_parser("bench deploy", __doc__)
     p.add_argument("--cpu", type=float, nargs=2, default=[1.0, 0.4], help="each board's share of a core "
                    "(default: 1 0.4)")
@@ -174,7 +175,11 @@ def _main(argv: list[str]) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--images", type=int, default=64, help="timed images per run (default 64)")
     p.add_argument("--out", default="results/deploy.json", help="JSON here, Markdown beside it (.md)")
-    args = p.parse_args(argv)
+    return p
+
+
+def _main(argv: list[str]) -> None:
+    args = parser().parse_args(argv)
     if args.rounds < 1 or not all(0 < c <= 1 for c in args.cpu):
         raise ValueError("--rounds must be at least 1 and each --cpu in (0, 1]")
     from decnn.emulation.ssh_boards import ssh_boards_available
