@@ -78,8 +78,10 @@ def test_every_command_of_the_guide_parses():
 
 
 def test_a_wrong_command_does_not_parse():
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="--batchh"):  # passed on to the devices' run, which does not know it
         check_decnn(["deploy", "shards/", "--hosts", "a,b", "--batchh", "8"])
+    with pytest.raises(SystemExit):
+        check_decnn(["export", "best.pt", "--devices", "2"])  # no --out
     with pytest.raises(SystemExit):
         check_decnn(["plan", "--hosts", "a,b", "best.pt"])  # no --out
     with pytest.raises(ValueError):
