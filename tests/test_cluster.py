@@ -255,3 +255,22 @@ def test_the_front_door_works_on_a_board_without_torch(tmp_path):
                  [decnn, "--help"], [decnn, "edge", "--help"], [decnn, "deploy", "--help"]):
         run = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
         assert run.returncode == 0 and "Traceback" not in run.stderr, (argv, run.stderr)
+
+
+def test_decnn_bench_deploy_reports_the_speed_up_the_prediction_and_each_board_s_bytes(capsys):
+    from decnn.bench.deploy import format_markdown, main, verdict
+
+    assert main(["--rounds", "0"]) == 2 and "--rounds must be at least 1" in capsys.readouterr().err
+    assert main(["--cpu", "1", "1.5"]) == 2
+    result = {"setup": {"model": "decnn_resnet34", "groups": 4, "width": 1.5, "image_size": 64, "cpu": [1.0, 0.4],
+                        "link": "unshaped veth", "images": 64},
+              "wheels_fetch_s": 0.0, "fresh_deploy_s": 34.7, "plan_s": 142.7, "planned_deploy_s": 21.3,
+              "placement": [[0, 1, 2], [3]], "predicted_ms": 50.0, "even_p50_ms": [80.0, 81.0],
+              "planned_p50_ms": [50.0, 54.0], "speedup": [1.6, 1.5], "speedup_median": 1.55,
+              "prediction_error": 0.04,
+              "held": [{"abc": {"manifest.json": 1000, "device0.seg0.onnx": 5000}}, {"abc": {"device1.seg0.onnx": 7}}]}
+    assert verdict(result) == ("placement 0,1,2/3 from the boards' profile: 1.55x the even placement's speed (median "
+                               "of 2 rounds); predicted 50.0 ms, measured 52.0 ms (+4.0%)")
+    text = format_markdown(result, "decnn bench deploy")
+    assert "| 2 | 81.0 | 54.0 | 1.50x |" in text and "board 0, export abc: 6,000 bytes" in text
+    assert "board 1, export abc: 7 bytes: device1.seg0.onnx 7" in text
