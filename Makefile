@@ -5,7 +5,7 @@ EDGE_VENV ?= .venv-edge
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all demo screenshot lint clean edge
+.PHONY: install test test-all demo screenshot lint clean edge arm-check
 
 install: $(STAMP)
 
@@ -15,14 +15,13 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# A device's environment without torch: decnn itself (no dependencies) and its `edge` extra.
+# A device's environment without torch: decnn and its `edge` extra (numpy, onnxruntime, mpi4py, mpich).
 edge: $(EDGE_VENV)/.installed
 
 $(EDGE_VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(EDGE_VENV)/bin/python || $(PYTHON) -m venv $(EDGE_VENV)
 	$(EDGE_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(EDGE_VENV)/bin/python -m pip install --quiet --no-deps -e .
-	$(EDGE_VENV)/bin/python -m pip install --quiet $$($(EDGE_VENV)/bin/python -m decnn.edge.requirements)
+	$(EDGE_VENV)/bin/python -m pip install --quiet -e '.[edge]'
 	touch $@
 
 # The fast tests in parallel, a test file per worker (its fixtures built once); TEST_WORKERS=0 runs them in one process
@@ -39,6 +38,11 @@ demo: $(STAMP)
 # TensorBoard's HPARAMS tab over runs/ (after `make demo`), as headless Chromium renders it (apt-get install chromium)
 screenshot: $(STAMP)
 	$(PY) tests/hparams_ui.py runs paper/hparams_tab.png
+
+# An arm64 board's userland (Debian under qemu-user; root, ~2 GB, minutes): decnn[edge] installed as decnn deploy
+# installs a board, decnn edge --verify --check-exchange on 1 and 2 devices, logits equal to x86's within 1e-4
+arm-check: $(STAMP)
+	$(PY) tests/arm_check.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

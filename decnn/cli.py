@@ -13,6 +13,7 @@ jobs:
   data      download, check or prepare Tiny-ImageNet, or write the offline stand-in
   models    the model table: params and FLOPs, whole and per device
   edge      run an export on devices without torch: ONNX Runtime computes, MPI exchanges (mpiexec)
+  deploy    an export onto boards over ssh: install, copy each board its part, run, verify
   device    one device of an elastic split (decnn.split(..., elastic=True)): torch's elastic agent, one node
 
 `decnn <job> --help` lists a job's options with examples. Exit codes, for every job: 0 done, 1 runtime
@@ -37,6 +38,7 @@ JOBS = {
     "data": "decnn.data.__main__",
     "models": "decnn.jobs.models",
     "edge": "decnn.edge.launch",
+    "deploy": "decnn.cluster.deploy",
     "device": "decnn.serve.device",
 }
 BENCH_TOOLS = {  # `decnn bench TOOL`: the stand-alone measurements
@@ -51,6 +53,7 @@ BENCH_TOOLS = {  # `decnn bench TOOL`: the stand-alone measurements
     "elastic": "decnn.bench.lost_devices",
     "boards": "decnn.bench.validate_boards",
     "scaling": "decnn.bench.scaling",
+    "deploy": "decnn.bench.deploy",
 }
 
 

@@ -72,25 +72,27 @@ def export_onnx(out: str | Path, manifest: dict) -> list[list[str]]:
     ``model.onnx`` (the 1-device baseline and the reference of ``--verify``); dynamic batch, height, width."""
     out = Path(out)
     placement = Placement(sum(len(dev) for dev in manifest["placement"]), tuple(map(tuple, manifest["placement"])))
-    x0 = torch.zeros(1, 3, manifest["image_size"], manifest["image_size"])
-    files = []
-    for d in range(placement.num_devices):
-        branch = load_shard_branch(out, placement, d)
-        names = onnx_files(d, len(branch.segments))
-        steps = [*(_Step(branch, "segment", i) for i in range(len(branch.segments))), _Step(branch, "head")]
-        steps += [_Step(branch, "finish")] if d == 0 else []
-        x = x0
-        for module, name in zip(steps, names):
-            export_graph(module.eval(), (x,), out / name, image_dims=module.method != "finish")
-            with torch.no_grad():  # not inference_mode: the next export traces with this tensor
-                x = module(x)
-        files.append(names)
-        del branch
+    files = [export_device_onnx(out, placement, d, manifest["image_size"]) for d in range(placement.num_devices)]
     ckpt = load_checkpoint(manifest["source"])
     model = meta_model(ckpt["model_name"], ckpt["model_kwargs"])
     load_weights(model, ckpt.pop("model"), where=manifest["source"], assign=True)
-    export_graph(model, (x0,), out / WHOLE_MODEL, image_dims=True)
+    export_graph(model, (torch.zeros(1, 3, manifest["image_size"], manifest["image_size"]),), out / WHOLE_MODEL,
+                 image_dims=True)
     return files
+
+
+def export_device_onnx(out: Path, placement: Placement, device: int, image_size: int) -> list[str]:
+    """Device ``device``'s graphs (its segments, its head, on device 0 the tail), from its shard in ``out``."""
+    branch = load_shard_branch(out, placement, device)
+    names = onnx_files(device, len(branch.segments))
+    steps = [*(_Step(branch, "segment", i) for i in range(len(branch.segments))), _Step(branch, "head")]
+    steps += [_Step(branch, "finish")] if device == 0 else []
+    x = torch.zeros(1, 3, image_size, image_size)
+    for module, name in zip(steps, names):
+        export_graph(module.eval(), (x,), out / name, image_dims=module.method != "finish")
+        with torch.no_grad():  # not inference_mode: the next export traces with this tensor
+            x = module(x)
+    return names
 
 
 def parser() -> argparse.ArgumentParser:

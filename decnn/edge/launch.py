@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import TextIO
 
 from decnn.common.exitcodes import INTERRUPTED, RUNTIME, USAGE
 from decnn.common.job_parser import job_parser
@@ -160,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     return supervise(cmd)
 
 
-def supervise(cmd: list[str]) -> int:
-    """Run mpiexec; pass the devices' lines through; mpiexec's own report of a failure becomes one line."""
+def supervise(cmd: list[str], stdout: TextIO | None = None) -> int:
+    """Run mpiexec; pass the devices' lines through (their stdout to ``stdout``, default this process's);
+    mpiexec's own report of a failure becomes one line."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
     report = Report()
 
@@ -172,8 +174,8 @@ def supervise(cmd: list[str]) -> int:
                 out.write(shown)
                 out.flush()
 
-    stdout = threading.Thread(target=read, args=(proc.stdout, sys.stdout), daemon=True)
-    stdout.start()
+    reader = threading.Thread(target=read, args=(proc.stdout, stdout or sys.stdout), daemon=True)
+    reader.start()
     try:
         read(proc.stderr, sys.stderr)
         code = proc.wait()
@@ -184,7 +186,7 @@ def supervise(cmd: list[str]) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
         report.interrupted, code = True, INTERRUPTED
-    stdout.join(timeout=5)
+    reader.join(timeout=5)
     if report.interrupted:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED

@@ -16,6 +16,8 @@ import numpy as np
 
 from decnn.common.costmodel import Prediction, lockstep
 from decnn.edge.branches import EdgeSplit
+from decnn.edge.bundle import DeviceBundle
+from decnn.edge.numpy_codecs import make_codec
 from decnn.edge.spatial import EdgeSpatial
 from decnn.edge.transport import MpiComm
 from decnn.execution.messages import Then
@@ -92,6 +94,13 @@ def time_steps(split: EdgeSplit | EdgeSpatial, inputs: list[np.ndarray], repeats
         if r:
             runs.append([b - a for a, b in zip([start, *ends], [*ends, time.perf_counter()])])
     return [statistics.median(t) for t in zip(*runs)]
+
+
+def time_branch(bundle: DeviceBundle, inputs: list[np.ndarray], repeats: int = _REPEATS) -> list[float]:
+    """:func:`time_steps` of ``bundle``'s branch on its own, before any MPI job: what the device that holds its
+    groups computes per step (``decnn plan --hosts`` times each board so)."""
+    wire = _NoWire(bundle.device, len(bundle.placement))
+    return time_steps(EdgeSplit(bundle, wire, make_codec("fp32")), inputs, repeats)
 
 
 def measure_links(comm: MpiComm) -> tuple[list[list[float]], list[list[float]], list[float]]:

@@ -4,6 +4,7 @@
     torchrun --nnodes 2 ... -m decnn.plan profile --batch 1 --out profile.json     # one process per host
     decnn plan plan results/profile.json --objective throughput
     sudo .venv/bin/decnn plan hetero --slow-host 1 --cpu 0.4
+    decnn plan --hosts pi@board0,pi@board1 best.pt --out shards/    # boards over ssh (decnn plan --hosts --help)
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--hosts" or a.startswith("--hosts=") for a in argv):
+        from decnn.cluster.plan import main as plan_boards  # boards reached over ssh, profiled with ONNX Runtime
+
+        return plan_boards(argv)
     args = parse_args(argv)
     try:
         if args.command == "plan":
