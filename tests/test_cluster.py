@@ -189,7 +189,6 @@ def test_an_unreachable_board_is_one_line_and_the_same_command_completes_after_t
     (["--hosts", "a"], "exported for 2 devices, and --hosts names 1"),
     (["--hosts", "a,a"], "names a twice"),
     (["--hosts", "a,b c"], "give [user@]address per board"),
-    (["--hosts", "a,b", "--exchange-dtype", "fp64"], "invalid choice: 'fp64'"),
     (["--hosts", "a,b", "--single"], "--single runs the whole model on one device"),
     (["--plan"], "is not a plan written by `decnn plan --hosts`"),
 ])
@@ -197,6 +196,12 @@ def test_bad_input_is_one_line_and_exit_2(onnx_export, args, said, capsys):
     assert deploy([str(onnx_export[1] / "shards"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("error: ") and said in err, err
+
+
+def test_a_bad_option_of_the_devices_run_is_refused_before_any_board_is_touched(onnx_export, capsys):
+    with pytest.raises(SystemExit) as e:
+        deploy([str(onnx_export[1] / "shards"), "--hosts", "a,b", "--exchange-dtype", "fp64"])
+    assert e.value.code == 2 and "argument --exchange-dtype: invalid choice: 'fp64'" in capsys.readouterr().err
 
 
 def test_the_placement_arithmetic_moves_the_shuffled_channels_and_favours_the_faster_board():

@@ -146,10 +146,11 @@ def test_a_wrong_option_fails_the_check(capsys):
         check(shlex.split("make tests"))
 
 
-def test_decnn_edge_help_lists_every_option_of_a_devices_run():
+@pytest.mark.parametrize("job", ["decnn.edge.launch", "decnn.cluster.deploy"])
+def test_decnn_edge_and_deploy_help_lists_every_option_of_a_devices_run(job):
     from decnn.edge.device_run import parser as run_parser
-    from decnn.edge.launch import parser
 
     options = set(re.findall(r"(--[a-z][a-z-]*)", run_parser().format_help()))
     assert {"--batch", "--verify", "--images", "--exchange-dtype", "--overlap", "--timeout", "--out"} <= options
-    assert options <= set(re.findall(r"(--[a-z][a-z-]*)", parser().format_help()))
+    shown = set(re.findall(r"(--[a-z][a-z-]*)", importlib.import_module(job).parser().format_help()))
+    assert options - {"--single"} <= shown  # a deploy never runs the whole model alone

@@ -13,8 +13,8 @@ index where it reaches it, otherwise from wheels fetched here for its platform),
 is not copied again. Then this machine's mpiexec runs the device runtime across the boards over TCP, and the run's
 report is printed here. A deploy that copied or installed anything, or ran on these hosts for the first time,
 checks the run's answers against the export's model.onnx here (--verify always, --no-verify never): beyond the
-exchange's bound it exits 1 (decnn.common.verification). Every argument it does not know goes to each device's run
-(`python -m decnn.edge.device_run --help`: --images, --batch, --exchange-dtype, --threads, --timeout, ...).
+exchange's bound it exits 1 (decnn.common.verification). The options under "each device's run" go to every device's
+run as they are (--images, --batch, --exchange-dtype, --threads, --timeout, ...).
 Exit codes: 0, 2 (bad input), 1 (a board or the run failed: one line per board, naming it and what to do; the
 same command again after the fix completes the deploy), 130 (Ctrl-C).
 """
@@ -50,15 +50,25 @@ from decnn.common.record import RunRecord, format_table
 from decnn.common.verification import VerificationError, check, compare
 from decnn.edge.branches import edge_whole
 from decnn.edge.bundle import whole_model
+from decnn.edge.device_run import add_run_arguments
+from decnn.edge.device_run import parser as run_parser
 from decnn.edge.spatial import tiling_of
 from decnn.wire.export_format import BundleError, read_manifest, split_mode
 
 RUNS = "runs"  # ~/.decnn/runs/<run>/ on board 0: a run's record and logits until the laptop fetches them
 INPUTS = "inputs.npz"  # the images of a deployed run, in board 0's export folder
+_OWN_RUN_OPTIONS = ("--inputs", "--verify", "--out", "--logits")  # a deploy's own, not passed to the devices
 IDLE_DEVICE_BYTES = 64 * MiB  # a device process with its libraries and MPI up and no graph (decnn bench edge-memory)
 
 
 def parser() -> argparse.ArgumentParser:
+    """Every option of ``decnn deploy``: its own and those it passes to each device's run."""
+    p = _deploy_parser()
+    add_run_arguments(p.add_argument_group("each device's run"), leave_out=_OWN_RUN_OPTIONS)
+    return p
+
+
+def _deploy_parser() -> argparse.ArgumentParser:
     p = job_parser("deploy", __doc__)
     p.add_argument("directory", help="a folder written by `decnn export CHECKPOINT --onnx` (or by "
                    "`decnn plan --hosts`)")
@@ -75,6 +85,7 @@ def parser() -> argparse.ArgumentParser:
                    "random ones, --images of them)")
     p.add_argument("--out", help="write the run's record as JSON here")
     p.add_argument("--logits", help="write the run's logits as .npy here")
+    p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)  # refused with what to run instead
     p.add_argument("--ssh-config", help="an ssh_config file for ssh and scp (ssh -F; default: ~/.ssh/config)")
     return p
 
@@ -120,7 +131,7 @@ def job(args: argparse.Namespace, run_args: list[str]) -> Job:
     else:
         tiling_of(manifest, len(hosts))
     run = _run_parser().parse_args([str(directory), *run_args])
-    if run.single:
+    if args.single:
         raise ValueError(f"--single runs the whole model on one device: decnn edge {directory} --single")
     if args.inputs:
         _read_images(Path(args.inputs))
@@ -130,7 +141,8 @@ def job(args: argparse.Namespace, run_args: list[str]) -> Job:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, run_args = parser().parse_known_args(argv)
+    args = parser().parse_args(argv)  # every option checked, the devices' too, before any board is touched
+    run_args = _deploy_parser().parse_known_args(argv)[1]
     try:
         todo = job(args, run_args)
     except (ValueError, BundleError, PlanError) as e:
@@ -309,8 +321,6 @@ def _read_images(path: Path) -> np.ndarray:
 
 def _run_parser() -> argparse.ArgumentParser:
     """The devices' parser (decnn.edge.device_run), raising ValueError instead of exiting."""
-    from decnn.edge.device_run import parser as run_parser
-
     p = run_parser()
 
     def error(message: str):

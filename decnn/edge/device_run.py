@@ -47,37 +47,43 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory", help="a folder written by `decnn export CHECKPOINT --onnx`")
     p.add_argument("--single", action="store_true", help="run the whole model's graph on one rank (the baseline)")
-    p.add_argument("--mode", choices=SPATIAL_MODES, help="a spatial export: run it as row bands (modnn) or tiles "
-                   "(grid) on however many devices mpiexec starts (default: the export's mode)")
-    p.add_argument("--speeds", type=speeds_arg, help="modnn: the devices' relative speeds, e.g. 1,0.4")
     p.add_argument("--transport", default=None, help=argparse.SUPPRESS)  # set by `decnn edge`: mpi-shm / mpi-tcp
     add_run_arguments(p)
     return p
 
 
-def add_run_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """The options of a device's run that ``decnn edge`` passes to every device as they are."""
-    p.add_argument("--batch", type=_positive, default=1, help="images per batch (default 1)")
-    p.add_argument("--images", type=_positive, default=64, help="images to time (default 64; at most the inputs')")
-    p.add_argument("--inputs", help="an .npz with `images` (uint8 N,3,H,W) and optionally `labels`")
-    p.add_argument("--image-size", type=_positive, help="random images' size (default: the export's)")
-    p.add_argument("--warmup", type=_non_negative, default=3, help="untimed steps first (default 3)")
-    p.add_argument("--overlap", type=_positive, default=1, help="batches in flight (default 1)")
-    p.add_argument("--exchange-dtype", choices=EXCHANGE_DTYPES, default="fp32",
-                   help="what the shuffle points send (default fp32)")
-    p.add_argument("--check-exchange", action="store_true", help="send a CRC-32 of every block with each "
-                   "all-to-all and end the run at the first block that arrives with other bytes")
-    p.add_argument("--threads", type=_positive, help="ONNX Runtime threads (default: cores / local ranks)")
-    p.add_argument("--no-pin-cores", dest="pin_cores", action="store_false", help="leave the cores unpinned")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds a peer may stay silent (default 60)")
-    p.add_argument("--verify", action="store_true", help="also run model.onnx on rank 0: agreement with the split; "
-                   "beyond the exchange's bound the run fails (exit 1)")
-    p.add_argument("--predict", action="store_true", help="before the timed run, profile every rank's steps and "
-                   "every link, and record the cost model's prediction beside the measurement (one batch in flight)")
-    p.add_argument("--out", help="write the run's record as JSON")
-    p.add_argument("--logits", help="write rank 0's logits of the timed images as .npy")
-    p.add_argument("--log-dir", help="TensorBoard runs folder (e.g. runs/infer)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random images (default 0)")
+def add_run_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, leave_out: tuple[str, ...] = ()):
+    """The options of a device's run that ``decnn edge`` and ``decnn deploy`` pass to every device as they are
+    (but those in ``leave_out``, which the caller takes itself)."""
+
+    def add(flag: str, **kwargs) -> None:
+        if flag not in leave_out:
+            p.add_argument(flag, **kwargs)
+
+    add("--mode", choices=SPATIAL_MODES, help="a spatial export: run it as row bands (modnn) or tiles (grid) on "
+        "however many devices there are (default: the export's mode)")
+    add("--speeds", type=speeds_arg, help="modnn: the devices' relative speeds, e.g. 1,0.4")
+    add("--batch", type=_positive, default=1, help="images per batch (default 1)")
+    add("--images", type=_positive, default=64, help="images to time (default 64; at most the inputs')")
+    add("--inputs", help="an .npz with `images` (uint8 N,3,H,W) and optionally `labels`")
+    add("--image-size", type=_positive, help="random images' size (default: the export's)")
+    add("--warmup", type=_non_negative, default=3, help="untimed steps first (default 3)")
+    add("--overlap", type=_positive, default=1, help="batches in flight (default 1)")
+    add("--exchange-dtype", choices=EXCHANGE_DTYPES, default="fp32",
+        help="what the shuffle points send (default fp32)")
+    add("--check-exchange", action="store_true", help="send a CRC-32 of every block with each "
+        "all-to-all and end the run at the first block that arrives with other bytes")
+    add("--threads", type=_positive, help="ONNX Runtime threads (default: cores / local ranks)")
+    add("--no-pin-cores", dest="pin_cores", action="store_false", help="leave the cores unpinned")
+    add("--timeout", type=float, default=60.0, help="seconds a peer may stay silent (default 60)")
+    add("--verify", action="store_true", help="also run model.onnx on rank 0: agreement with the split; "
+        "beyond the exchange's bound the run fails (exit 1)")
+    add("--predict", action="store_true", help="before the timed run, profile every rank's steps and "
+        "every link, and record the cost model's prediction beside the measurement (one batch in flight)")
+    add("--out", help="write the run's record as JSON")
+    add("--logits", help="write rank 0's logits of the timed images as .npy")
+    add("--log-dir", help="TensorBoard runs folder (e.g. runs/infer)")
+    add("--seed", type=int, default=0, help="seed of the random images (default 0)")
 
 
 def main(argv: list[str] | None = None) -> int:

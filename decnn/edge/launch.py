@@ -41,7 +41,7 @@ _HYDRA_EXIT = re.compile(r"EXIT (?:CODE|STRING): (.+)")
 def parser() -> argparse.ArgumentParser:
     """Every option of ``decnn edge``: its own and each device's run's."""
     p = _launcher_parser()
-    add_run_arguments(p.add_argument_group("each device's run"))
+    add_run_arguments(p.add_argument_group("each device's run"), leave_out=("--mode", "--speeds"))  # they are ours
     return p
 
 
