@@ -353,6 +353,9 @@ def pin_cores(threads: int | None, pin: bool) -> list[int]:
 
 
 def exit_now(line: str, code: int) -> int:
+    if code == USAGE and os.environ.get("DECNN_EDGE_LAUNCHER"):
+        # mpiexec may exit with a peer's code when it ends the others: tell `decnn edge` that the input was bad.
+        print(f"{IDENTITY} usage;", file=sys.stderr, flush=True)
     if line:
         print(line, file=sys.stderr, flush=True)
     # MPI_Finalize would wait for peers that may never come: leave at once, mpiexec ends the other ranks.

@@ -34,6 +34,7 @@ from decnn.wire.spatial import SPATIAL_MODES
 # On one host MPICH moves data through shared memory; these make UCX, its network layer, use TCP instead.
 TCP_ENV = {"MPIR_CVAR_NOLOCAL": "1", "UCX_TLS": "tcp,self"}
 _IDENTITY = re.compile(re.escape(IDENTITY) + r" rank (\d+) pid (\d+) host ([^\s;]+);\n?")
+_USAGE = re.compile(re.escape(IDENTITY) + r" usage;\n?")  # a device refused its input (exit 2)
 _HYDRA_DEATH = re.compile(r"PID (\d+) RUNNING AT (\S+)")
 _HYDRA_EXIT = re.compile(r"EXIT (?:CODE|STRING): (.+)")
 
@@ -110,7 +111,7 @@ class Report:
         self.ranks: dict[str, tuple[str, str]] = {}  # pid -> (rank, host)
         self.hydra: list[str] = []
         self.errors: list[str] = []
-        self.interrupted = False
+        self.interrupted = self.usage = False
 
     def feed(self, line: str) -> str | None:
         """The line (or lines) to show; None: keep it off the console."""
@@ -120,6 +121,8 @@ class Report:
         for rank, pid, host in _IDENTITY.findall(line):
             self.ranks[pid] = (rank, host)
         line = _IDENTITY.sub("", line)
+        if _USAGE.search(line):
+            self.usage, line = True, _USAGE.sub("", line)
         if _hydra(line):
             self.hydra.append(line)
         elif line.strip() == "interrupted":
@@ -192,6 +195,8 @@ def supervise(cmd: list[str], stdout: TextIO | None = None) -> int:
         return INTERRUPTED
     if code in (0, USAGE):
         return code
+    if report.usage:
+        return USAGE
     if not report.errors:
         print(report.failure(code), file=sys.stderr)
     return RUNTIME
