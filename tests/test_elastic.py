@@ -120,6 +120,7 @@ def test_a_killed_or_stopped_device_shrinks_the_split_and_its_return_grows_it_ba
     assert all(proc.poll() is not None and not processes.group_alive(proc.pid) for proc in devices)
 
 
+@pytest.mark.slow  # the shrink above and test_no_device_left_is_a_clear_error_within_the_deadline check it fast
 def test_down_to_one_device_the_split_is_the_whole_model_and_with_none_a_call_fails_at_the_deadline():
     # 30 s for the first group to form (two devices starting torch on a busy machine), then a call's 8 s.
     with decnn.split("decnn_resnet18", devices=2, elastic=True, timeout=TIMEOUT_S, deadline=30, **MODEL) as model:

@@ -138,8 +138,8 @@ def test_the_pytorch_runtime_equals_the_whole_model(tmp_path, mode, devices):
     (["--mode", "grid", "--devices", "2"], "a grid needs a device count that factors"),
     (["--mode", "modnn", "--devices", "2", "--overlap", "2"], "--overlap applies to modes branch"),
     (["--mode", "branch", "--devices", "2", "--speeds", "1,2"], "--speeds applies to mode modnn"),
-    (["--mode", "modnn", "--devices", "3", "--model", "decnn_resnet50", "--groups", "1", "--stem", "imagenet",
-      "--image-size", "32"], "cannot split decnn_resnet50 at 32x32: a 2x2 feature map cannot give each of 3"),
+    (["--mode", "modnn", "--devices", "3", "--model", "decnn_resnet18", "--groups", "1", "--width", "0.25",
+      "--image-size", "16"], "cannot split decnn_resnet18 at 16x16: a 2x2 feature map cannot give each of 3"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(tmp_path, args, message):
     run, _ = _infer(tmp_path, *args)
