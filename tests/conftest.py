@@ -81,7 +81,7 @@ def rng():
 
 @pytest.fixture(scope="session")
 def onnx_export(tmp_path_factory):
-    """DeCNN ResNet-18 G4 x0.5 (10 classes, 32x32, random weights): its checkpoint ``best.pt``, exported with
+    """DeCNN ResNet-18 G4 x0.5, one block a stage (10 classes, 32x32, random weights): its checkpoint ``best.pt``, exported with
     ``--onnx`` for 2 devices (0,1/2,3) into ``shards/``, and 8 labelled uint8 images in ``inputs.npz``. An
     export costs seconds of tracing per graph: the tests of the export and of both ONNX runtimes share one."""
     import numpy as np
@@ -90,7 +90,7 @@ def onnx_export(tmp_path_factory):
     from decnn.common.checkpoint import save_checkpoint
     from decnn.deploy.export import main as export_main
 
-    kwargs = {"width": 0.5, "num_classes": 10}
+    kwargs = {"width": 0.5, "num_classes": 10, "layers": (1, 1, 1, 1)}
     model = randomize_(timm.create_model("decnn_resnet18", **kwargs))  # seeded: the same in every worker
 
     def export(tmp: Path) -> None:

@@ -226,6 +226,7 @@ def test_cli_data_mode_equals_single(tmp_path):
     assert r["collectives_per_batch"][0] == {"scatter": 0.5, "gather": 0.5}  # one of each per 2 batches
 
 
+@pytest.mark.slow  # test_pipeline_mode (ragged batches, counts) and test_split_model (the pipeline) check it fast
 def test_cli_pipeline_mode_runs_a_plain_resnet_and_keeps_the_ragged_batch(tmp_path):
     r = _report(tmp_path, "--random-init", "--model", "decnn_resnet18", "--groups", "1", "--width", "0.5",
                 "--image-size", "32", "--num-images", "5", "--batch", "2", "--warmup", "1", "--devices", "2",

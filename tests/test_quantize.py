@@ -75,7 +75,7 @@ def test_the_manifest_lists_int8_segments_and_records_the_calibration_and_agreem
     for int8, fp32 in zip(manifest["onnx"], q["fp32_onnx"]):
         int8_bytes = sum((shards / n).stat().st_size for n in int8 if ".seg" in n)
         fp32_bytes = sum((shards / n).stat().st_size for n in fp32 if ".seg" in n)
-        assert int8_bytes < 0.35 * fp32_bytes  # int8 weights: a quarter, plus scales and zero points
+        assert int8_bytes < 0.4 * fp32_bytes  # int8 weights: a quarter, plus scales, zero points and the graph
 
 
 def test_the_int8_split_with_the_reference_exchange_agrees_with_the_fp32_whole_model(quantized, standin):

@@ -116,7 +116,8 @@ def _infer(tmp: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict | N
     return run, json.loads(out.read_text()) if run.returncode == 0 else None
 
 
-@pytest.mark.parametrize(("mode", "devices"), [("modnn", 3), ("grid", 4)])
+# modnn on 3 devices: in-process above, in the device runtime below; grid-4 takes the PyTorch runtime's path fast
+@pytest.mark.parametrize(("mode", "devices"), [pytest.param("modnn", 3, marks=pytest.mark.slow), ("grid", 4)])
 def test_the_pytorch_runtime_equals_the_whole_model(tmp_path, mode, devices):
     run, record = _infer(tmp_path, "--mode", mode, "--devices", str(devices), "--model", "decnn_resnet18",
                          "--groups", "1", "--width", "0.25", "--image-size", "33", "--batch", "3", "--num-images",
