@@ -81,9 +81,10 @@ def rng():
 
 @pytest.fixture(scope="session")
 def onnx_export(tmp_path_factory):
-    """DeCNN ResNet-18 G4 x0.5, one block a stage (10 classes, 32x32, random weights): its checkpoint ``best.pt``, exported with
-    ``--onnx`` for 2 devices (0,1/2,3) into ``shards/``, and 8 labelled uint8 images in ``inputs.npz``. An
-    export costs seconds of tracing per graph: the tests of the export and of both ONNX runtimes share one."""
+    """DeCNN ResNet-18 G4 x0.5, one block a stage (10 classes, 32x32, random weights): its checkpoint
+    ``best.pt``, exported with ``--onnx`` for 2 devices (0,1/2,3) into ``shards/``, and 8 labelled uint8 images in
+    ``inputs.npz``. An export costs seconds of tracing per graph: the tests of the export and of both ONNX
+    runtimes share one."""
     import numpy as np
     import timm
 
