@@ -112,9 +112,12 @@ def test_a_killed_or_stopped_device_shrinks_the_split_and_its_return_grows_it_ba
     shrinks, grows = [c for c in changes if c["lost"]], [c for c in changes if c["joined"]]
     assert [c["lost"] for c in shrinks] == [["device1"], ["device2"]]
     assert [c["joined"] for c in grows] == [["device3"], ["device2"]]
-    for shrink, happened in zip(shrinks, ["closed its connection", "did not answer within the timeout"]):
+    # A stopped device is mostly seen as silent; under load the rendezvous (3 missed 1 s heartbeats) can drop it
+    # before the 4 s collective timeout, and the survivors then see its connection go.
+    seen = [("closed its connection",), ("did not answer within the timeout", "closed its connection")]
+    for shrink, happened in zip(shrinks, seen):
         assert shrink["devices_after"] == 2 and f"{shrink['lost'][0]} lost: rank" in shrink["cause"], shrink
-        assert happened in shrink["cause"] and shrink["outage_s"] <= TIMEOUT_S + SLACK_S, shrink
+        assert any(h in shrink["cause"] for h in happened) and shrink["outage_s"] <= TIMEOUT_S + SLACK_S, shrink
     assert all(c["devices_after"] == 3 and "joined" in c["cause"] for c in grows)
     # Closing ends every device's agent and worker.
     assert all(proc.poll() is not None and not processes.group_alive(proc.pid) for proc in devices)
