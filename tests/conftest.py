@@ -18,17 +18,6 @@ from decnn.data import make_standin
 # each time.
 multiprocessing.set_forkserver_preload(["decnn"])
 
-# The files whose tests wait longest (devices starting, timeouts, exports), first: `make test` hands whole files to
-# its workers in this order, so that no long file is left to run alone at the end.
-LONGEST_FIRST = ("test_elastic.py", "test_infer_distributed.py", "test_faults.py", "test_spatial.py",
-                 "test_split_model.py", "test_edge.py", "test_cluster.py")
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
-
-
 # Small enough for fast tests: the VGG's default MLP alone holds 120M parameters.
 SMALL_VGG = {"stem_width": 32, "num_features": 64, "mlp_hidden": 64}
 
