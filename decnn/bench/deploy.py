@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from decnn.bench.summary import write_result
 from decnn.common.exitcodes import run_main
 from decnn.common.job_parser import job_parser
 from decnn.emulation.netns import LinkError
@@ -189,12 +190,9 @@ def _main(argv: list[str]) -> None:
         raise LinkError(reason)
     with tempfile.TemporaryDirectory(prefix="decnn-bench-deploy-") as tmp:
         result = measure(args.cpu, args.link, args.rounds, args.images, Path(tmp))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(format_markdown(result, " ".join(["decnn bench deploy", *argv])))
+    written = write_result(args.out, result, format_markdown(result, " ".join(["decnn bench deploy", *argv])))
     print(verdict(result))
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    print(written)
 
 
 if __name__ == "__main__":

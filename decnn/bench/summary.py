@@ -258,6 +258,15 @@ def write(records: list[RunRecord], meta: dict, out: Path, log_dir: str | None) 
             r.log_hparams(log)
 
 
+def write_result(out: str | Path, result: dict, markdown: str) -> str:
+    """A stand-alone measurement's ``result`` as JSON at ``out`` and its ``markdown`` beside it; says where."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown)
+    return f"wrote {out} and {out.with_suffix('.md')}"
+
+
 def read(path: Path) -> tuple[dict, list[RunRecord]]:
     """The meta and records of a benchmark JSON written by :func:`write`."""
     data = json.loads(Path(path).read_text())

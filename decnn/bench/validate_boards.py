@@ -13,13 +13,13 @@ speed-up at every F lies within 10% of that at the first F (whole cores). Writes
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 from decnn.bench.boards import Boards, BoardsError
+from decnn.bench.summary import write_result
 from decnn.common.exitcodes import run_main
 from decnn.common.job_parser import job_parser
 from decnn.emulation.netns import LinkError
@@ -145,12 +145,9 @@ def _main(argv: list[str]) -> None:
         folders = export_models(configs, Path(tmp))
         result = validate(folders[export_kind(configs[0])], folders[export_kind(configs[1])], tuple(args.cpu),
                           args.rounds, args.images, args.warmup, args.batch)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(format_markdown(result, " ".join(["decnn bench boards", *argv])))
+    written = write_result(args.out, result, format_markdown(result, " ".join(["decnn bench boards", *argv])))
     print(verdict(result))
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    print(written)
 
 
 if __name__ == "__main__":
