@@ -15,7 +15,7 @@ import pytest
 from fake_openssh import write_fakes
 
 from decnn.cluster.deploy import main as deploy
-from decnn.cluster.environment import Platform, Wheels, build_wheel, edge_extra, requirements
+from decnn.cluster.environment import Platform, Wheels, edge_extra, requirements
 from decnn.cluster.facts import Facts, MiB, check, probe
 from decnn.cluster.files import device_files, sha256, transfer
 from decnn.cluster.hosts import Host, Ssh, failure, parse_hosts
@@ -238,8 +238,8 @@ def test_a_board_times_its_branch_with_onnx_runtime_and_no_torch(onnx_export, tm
     assert 30 * MiB < result["peak_rss"] < 250 * MiB
 
 
-def test_decnn_edge_pulls_numpy_onnxruntime_mpi4py_and_mpich_only(tmp_path):
-    wheel = build_wheel(tmp_path)
+def test_decnn_edge_pulls_numpy_onnxruntime_mpi4py_and_mpich_only(cache):
+    wheel = Wheels(cache / "decnn" / "wheels").decnn()  # built once for these tests (the boards' stamp too)
     with zipfile.ZipFile(wheel) as z:
         lines = z.read("decnn-0.1.0.dist-info/METADATA").decode().splitlines()
     needs = [line.split(": ", 1)[1] for line in lines if line.startswith("Requires-Dist:")]
