@@ -29,10 +29,12 @@ def _placements(groups: int) -> list[Placement]:
 
 
 def _case(name: str, groups: int, placement: Placement):
-    """ResNet-50 G8's uneven placements repeat what the smaller models' check (slow: its grouped convolutions)."""
+    """Uneven placements of ResNet-34 (ResNet-18's blocks, deeper) and of ResNet-50 G8 (slow: its grouped
+    convolutions) repeat what ResNet-18, the VGG and ResNet-50 G2/G4 check fast."""
     n = placement.num_devices
     uneven = groups % n != 0 or placement.as_lists() != Placement.even(groups, n).as_lists()
-    marks = [pytest.mark.slow] if name == "decnn_resnet50" and groups == 8 and uneven else []
+    repeated = name == "decnn_resnet34" or (name == "decnn_resnet50" and groups == 8)
+    marks = [pytest.mark.slow] if repeated and uneven else []
     return pytest.param(name, groups, placement, marks=marks, id=f"{name}-g{groups}-{placement.as_lists()}")
 
 
