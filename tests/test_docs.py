@@ -18,7 +18,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SCRIPTS = {"train.py": "decnn.train.__main__", "infer_distributed.py": "decnn.jobs.infer"}
 ALLOWED = {"tensorboard", "pip", "git", "cd"}  # other programs a page may show; their own parsers are theirs
 _FENCE = re.compile(r"^```bash\n(.*?)^```", re.S | re.M)
-_INLINE = re.compile(r"`((?:sudo )?(?:\.venv/bin/)?decnn [^`]+)`")
+_INLINE = re.compile(r"`((?:sudo )?(?:\.venv/bin/)?decnn\s+([\w-]+)[^`]*)`")  # (the command, its job)
 _LINK = re.compile(r"\]\(([^)#\s]+)\)")
 
 
@@ -35,10 +35,8 @@ def commands() -> list[tuple[str, str]]:
             for line in block.replace("\\\n", " ").splitlines():
                 if line.strip() and not line.lstrip().startswith("#"):
                     found.append((page.name, line.strip()))
-        for span in _INLINE.findall(text.replace("\n", " ")):
-            words = span.split()
-            job = words[words.index(next(w for w in words if w.endswith("decnn"))) + 1]
-            named = words[-1] == job  # `decnn train` names the job
+        for span, job in _INLINE.findall(text.replace("\n", " ")):
+            named = span.split()[-1] == job  # `decnn train` names the job
             if job in JOBS and not named and not re.search(r"\.\.\.|\|", span):  # nor a synopsis (`a|b`)
                 found.append((page.name, span))
     return found
